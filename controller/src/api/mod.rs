@@ -1,0 +1,25 @@
+//! The custom resources: `AgentPolicy` and `AgentSandbox` (`palisade.dev/v1alpha1`).
+
+pub mod crd;
+pub mod policy;
+pub mod report;
+pub mod sandbox;
+
+pub use policy::{AgentPolicy, AgentPolicySpec, AgentPolicyStatus};
+pub use report::{EnforcementReport, ReportEntry};
+pub use sandbox::{AgentSandbox, AgentSandboxSpec, AgentSandboxStatus, SandboxPhase};
+
+/// The API group of every Palisade kind.
+pub const GROUP: &str = "palisade.dev";
+/// The only served version.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` of every Palisade kind.
+pub const API_VERSION: &str = "palisade.dev/v1alpha1";
+/// Label on every object the operator creates.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`], and the server-side apply field manager.
+pub const MANAGER: &str = "palisade";
+/// Label naming the sandbox an object belongs to.
+pub const SANDBOX_LABEL: &str = "palisade.dev/sandbox";
+/// Pod annotation holding the hash of the compiled pod.
+pub const POLICY_HASH_ANNOTATION: &str = "palisade.dev/policy-hash";

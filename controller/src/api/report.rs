@@ -1,0 +1,62 @@
+//! The enforcement report: how each policy field is enforced on Kubernetes.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One line of the enforcement report.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportEntry {
+    /// The policy field, as a path (`network.egress.allow[0].ports[1]`).
+    pub field: String,
+    /// What happens to it on Kubernetes, in a sentence.
+    pub message: String,
+}
+
+impl ReportEntry {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything the compiler adds, narrows, cannot apply or cannot guarantee.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnforcementReport {
+    /// Allowances the platform adds (e.g. cluster DNS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<ReportEntry>,
+    /// Fields enforced more strictly than written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub narrowed: Vec<ReportEntry>,
+    /// Fields accepted that have no meaning in a pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_applicable: Vec<ReportEntry>,
+    /// Fields asked for that the platform cannot guarantee.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_enforced: Vec<ReportEntry>,
+}
+
+impl EnforcementReport {
+    pub fn added(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.added.push(ReportEntry::new(field, message));
+    }
+    pub fn narrowed(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.narrowed.push(ReportEntry::new(field, message));
+    }
+    pub fn not_applicable(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.not_applicable.push(ReportEntry::new(field, message));
+    }
+    pub fn not_enforced(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.not_enforced.push(ReportEntry::new(field, message));
+    }
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.narrowed.is_empty()
+            && self.not_applicable.is_empty()
+            && self.not_enforced.is_empty()
+    }
+}

@@ -1,0 +1,343 @@
+//! `AgentSandbox`: an agent workload bound to an `AgentPolicy`. Nothing in it can loosen the
+//! policy: there is no free-form pod spec, and reserved labels and annotations are refused.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Label and annotation key prefixes a sandbox may not set on its pod: they belong to Palisade
+/// or configure the runtime's security.
+pub const RESERVED_ANNOTATION_PREFIXES: &[&str] = &[
+    "palisade.dev/",
+    "io.katacontainers.",
+    "dev.gvisor.",
+    "container.apparmor.security.beta.kubernetes.io/",
+    "seccomp.security.alpha.kubernetes.io/",
+    "container.seccomp.security.alpha.kubernetes.io/",
+    "io.kubernetes.cri-o.",
+];
+
+/// An agent workload (image, command, environment) run under an AgentPolicy.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "palisade.dev",
+    version = "v1alpha1",
+    kind = "AgentSandbox",
+    namespaced,
+    status = "AgentSandboxStatus",
+    shortname = "asb",
+    category = "palisade",
+    doc = "AgentSandbox runs an agent workload (image, command, environment) in a hardened pod compiled from the AgentPolicy it references.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policyRef.name"),
+    printcolumn(
+        name = "Runtime",
+        type_ = "string",
+        json_path = ".status.runtimeClassName"
+    ),
+    printcolumn(name = "Pod IP", type_ = "string", json_path = ".status.podIP"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentSandboxSpec {
+    /// The AgentPolicy (in the same namespace) this sandbox runs under.
+    pub policy_ref: PolicyRef,
+
+    /// Container image of the agent. The policy's `images` rules apply.
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: String,
+
+    /// Entrypoint; the image's when omitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub command: Vec<String>,
+
+    /// Arguments to the entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub args: Vec<String>,
+
+    /// Environment variables: literal values or keys of Secrets and ConfigMaps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub env: Vec<EnvVar>,
+
+    /// Working directory; the image's when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096), regex(pattern = r"^/"))]
+    pub working_dir: Option<String>,
+
+    /// Ports the agent listens on. Ingress to them is still governed by the policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub ports: Vec<SandboxPort>,
+
+    /// Requests and limits for `cpu`, `memory` and `ephemeral-storage`, within the policy's caps.
+    /// Omitted: the caps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<SandboxResources>,
+
+    /// Create a headless Service so the sandbox has a stable DNS name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<bool>,
+
+    /// Remove the pod but keep the sandbox and its persistent workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+
+    /// Absolute time after which the sandbox is expired and its pod removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// Seconds after the agent finished (Succeeded or Failed) before the sandbox is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 31_536_000))]
+    pub ttl_seconds_after_finished: Option<i32>,
+
+    /// `Always` (default), `OnFailure` or `Never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+
+    /// Extra node labels the pod must match (the RuntimeClass adds its own).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<Toleration>,
+
+    /// Extra labels on the pod. Keys under `palisade.dev/` and `app.kubernetes.io/managed-by`
+    /// are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(k, !k.startsWith('palisade.dev/') && !k.contains('.palisade.dev/') && k != 'app.kubernetes.io/managed-by')",
+         "message": "pod labels under palisade.dev/ and app.kubernetes.io/managed-by are reserved"}
+    ]))]
+    pub pod_labels: BTreeMap<String, String>,
+
+    /// Extra annotations on the pod. Keys under `palisade.dev/` and annotations that configure
+    /// runtimes or security (`io.katacontainers.`, `dev.gvisor.`, AppArmor, seccomp,
+    /// `io.kubernetes.cri-o.`) are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(k, !k.startsWith('palisade.dev/') && !k.contains('.palisade.dev/') && !k.startsWith('io.katacontainers.') && !k.startsWith('dev.gvisor.') && !k.startsWith('container.apparmor.security.beta.kubernetes.io/') && !k.startsWith('seccomp.security.alpha.kubernetes.io/') && !k.startsWith('container.seccomp.security.alpha.kubernetes.io/') && !k.startsWith('io.kubernetes.cri-o.'))",
+         "message": "pod annotations under palisade.dev/ and annotations that configure runtimes or security are reserved"}
+    ]))]
+    pub pod_annotations: BTreeMap<String, String>,
+}
+
+/// Reference to an AgentPolicy in the sandbox's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyRef {
+    /// Name of the AgentPolicy.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// An environment variable.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(has(self.value) && has(self.valueFrom))", "message": "set value or valueFrom, not both"}
+]))]
+pub struct EnvVar {
+    /// Name of the variable.
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    )]
+    pub name: String,
+
+    /// Literal value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+
+    /// Value from a key of a Secret or ConfigMap in the sandbox's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+/// Where an environment variable's value comes from: exactly one key reference.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.secretKeyRef) != has(self.configMapKeyRef)", "message": "set exactly one of secretKeyRef or configMapKeyRef"}
+]))]
+pub struct EnvVarSource {
+    /// A key of a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeyRef>,
+
+    /// A key of a ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeyRef>,
+}
+
+/// A key of a Secret or ConfigMap.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyRef {
+    /// Name of the Secret or ConfigMap.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+    /// Start even when the object or key is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// A port the agent listens on.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxPort {
+    /// Name of the port (also the Service port name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 15),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: Option<String>,
+
+    /// Port number (1-65535).
+    #[schemars(range(min = 1, max = 65535))]
+    pub container_port: i32,
+
+    /// `TCP` (default), `UDP` or `SCTP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<PortProtocol>,
+}
+
+// Protocol of a container port.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum PortProtocol {
+    /// TCP.
+    #[default]
+    TCP,
+    /// UDP.
+    UDP,
+    /// SCTP.
+    SCTP,
+}
+
+/// Requests and limits, in the shape of Kubernetes `ResourceRequirements`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxResources {
+    /// Minimum resources (`cpu`, `memory`, `ephemeral-storage`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(k, k in ['cpu', 'memory', 'ephemeral-storage'])", "message": "only cpu, memory and ephemeral-storage may be requested"}
+    ]))]
+    pub requests: BTreeMap<String, Quantity>,
+
+    /// Maximum resources (`cpu`, `memory`, `ephemeral-storage`), at most the policy's caps.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(k, k in ['cpu', 'memory', 'ephemeral-storage'])", "message": "only cpu, memory and ephemeral-storage may be limited"}
+    ]))]
+    pub limits: BTreeMap<String, Quantity>,
+}
+
+// Restart policy of the sandbox's pod.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RestartPolicy {
+    /// Restart the agent whenever it exits.
+    #[default]
+    Always,
+    /// Restart the agent when it fails.
+    OnFailure,
+    /// Never restart the agent.
+    Never,
+}
+
+// Lifecycle phase of a sandbox.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum SandboxPhase {
+    /// Accepted, nothing created yet.
+    #[default]
+    Pending,
+    /// Children created, the pod is not ready yet.
+    Starting,
+    /// The pod is ready.
+    Running,
+    /// Paused: no pod, workspace kept.
+    Paused,
+    /// The agent exited successfully.
+    Succeeded,
+    /// The agent failed.
+    Failed,
+    /// The sandbox cannot run as its policy states; see `message` and the `Stalled` condition.
+    Blocked,
+    /// `expiresAt` or the policy's `timeoutMs` has passed.
+    Expired,
+}
+
+/// Observed state of an AgentSandbox, recomputed from the cluster on every pass.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSandboxStatus {
+    /// Lifecycle phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<SandboxPhase>,
+
+    /// `Ready`, `PolicyResolved`, `RuntimeReady`, `NetworkIsolated`, `Reconciling`, `Stalled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Name of the sandbox's pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+
+    /// IP address of the sandbox's pod.
+    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+
+    /// DNS name of the sandbox's headless Service.
+    #[serde(
+        default,
+        rename = "serviceFQDN",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub service_fqdn: Option<String>,
+
+    /// RuntimeClass the pod runs on (empty for runc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Option<String>,
+
+    /// Hash of the compiled pod; the pod is recreated when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_hash: Option<String>,
+
+    /// When the sandbox first started running (the base of `timeoutMs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+
+    /// When the sandbox expires (the earlier of `expiresAt` and `startedAt + timeoutMs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// A sentence for people: why the sandbox is in this phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

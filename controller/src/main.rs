@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", palisade::api::crd::crds_yaml().unwrap());
+}

@@ -1,0 +1,281 @@
+//! The network part of a policy in one shape: legacy MXC fields translated to the directional
+//! form, the proxy resolved, DNS mode settled.
+
+use crate::api::policy::{
+    AgentPolicySpec, DefaultAction, DnsMode, EgressPeer, EgressPolicy, EgressRule, IngressPeer,
+    IngressPolicy, IngressRule,
+};
+use crate::api::report::EnforcementReport;
+
+use super::hosts::{self, ProxyAddr};
+use super::net::Cidr;
+use super::{Invalid, PolicyError};
+
+/// Private ranges that legacy `allowLocalNetwork` admits as ingress sources.
+pub const PRIVATE_CIDRS: &[&str] = &["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"];
+
+/// How egress is routed through a proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Proxy {
+    /// A proxy at this address: direct egress only to it (none at all when it is loopback).
+    At(ProxyAddr),
+    /// MXC's built-in test proxy, which does not exist on Kubernetes.
+    Unavailable,
+}
+
+/// The network part of a policy, directional.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Network {
+    pub egress: EgressPolicy,
+    pub ingress: Option<IngressPolicy>,
+    pub dns: DnsMode,
+    pub proxy: Option<Proxy>,
+}
+
+fn host_peer(h: &str) -> EgressPeer {
+    let cidr = match h.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => Some(format!("{ip}/32")),
+        Ok(std::net::IpAddr::V6(ip)) => Some(format!("{ip}/128")),
+        Err(_) if Cidr::parse(h).is_ok() => Some(h.to_string()),
+        Err(_) => None,
+    };
+    match cidr {
+        Some(c) => EgressPeer {
+            cidr: Some(c),
+            ..Default::default()
+        },
+        None => EgressPeer {
+            fqdn: Some(h.to_string()),
+            ..Default::default()
+        },
+    }
+}
+
+fn wildcard_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => name.ends_with(&format!(".{suffix}")),
+        None => pattern == name,
+    }
+}
+
+/// Translates the policy's network fields. Assumes [`super::validate::validate_policy`] passed.
+pub fn normalize(
+    spec: &AgentPolicySpec,
+    report: &mut EnforcementReport,
+) -> Result<Network, Invalid> {
+    let mut out = Network::default();
+    let Some(net) = &spec.network else {
+        return Ok(out);
+    };
+    out.dns = net.dns.unwrap_or_default();
+    if let Some(eg) = &net.egress {
+        out.egress = eg.clone();
+    }
+    out.ingress = net.ingress.clone();
+
+    let allow_outbound = net.allow_outbound.unwrap_or(false);
+    let allowed: Vec<String> = net.allowed_hosts.clone().unwrap_or_default();
+    let blocked: Vec<String> = net.blocked_hosts.clone().unwrap_or_default();
+    let mut errors = Vec::new();
+    if allow_outbound && allowed.is_empty() {
+        out.egress.default = Some(DefaultAction::Allow);
+    } else if allow_outbound {
+        report.narrowed("network.allowOutbound", "with allowedHosts set, only the listed hosts are reachable (MXC: \"only these hosts\")");
+    }
+    for h in &allowed {
+        out.egress.allow.push(EgressRule {
+            to: Some(vec![host_peer(h)]),
+            ports: None,
+        });
+    }
+    let allows_everything = out.egress.default == Some(DefaultAction::Allow);
+    for (i, h) in blocked.iter().enumerate() {
+        let peer = host_peer(h);
+        match &peer.fqdn {
+            None => out.egress.deny.push(EgressRule { to: Some(vec![peer]), ports: None }),
+            Some(name) if allows_everything => errors.push(PolicyError::new(
+                format!("network.blockedHosts[{i}]"),
+                format!("host name `{name}` cannot be cut out of allow-all egress by a NetworkPolicy; list its IP addresses or CIDRs, or use allowedHosts instead of allowOutbound"),
+            )),
+            Some(name) if allowed.iter().any(|a| wildcard_matches(a, name)) => errors.push(PolicyError::new(
+                format!("network.blockedHosts[{i}]"),
+                format!("host name `{name}` is also allowed by allowedHosts; a name cannot be cut out of an fqdn allow"),
+            )),
+            Some(name) => report.not_applicable(
+                format!("network.blockedHosts[{i}]"),
+                format!("`{name}` is already unreachable: egress is denied by default and no allowed host matches it"),
+            ),
+        }
+    }
+    if net.allow_local_network == Some(true) {
+        let from = PRIVATE_CIDRS
+            .iter()
+            .map(|c| IngressPeer {
+                cidr: Some(c.to_string()),
+                ..Default::default()
+            })
+            .collect();
+        out.ingress = Some(IngressPolicy {
+            allow: vec![IngressRule {
+                from: Some(from),
+                ports: None,
+            }],
+            ..Default::default()
+        });
+    }
+
+    let runtime_proxy = spec
+        .runtime_config
+        .as_ref()
+        .and_then(|r| r.network_proxy.as_ref());
+    let legacy_proxy = net.proxy.as_ref();
+    let proxy_field = if runtime_proxy.is_some() {
+        "runtimeConfig.networkProxy"
+    } else {
+        "network.proxy"
+    };
+    out.proxy = match (runtime_proxy, legacy_proxy) {
+        (Some(url), _) => {
+            Some(Proxy::At(hosts::parse_proxy(url).map_err(|m| {
+                Invalid(vec![PolicyError::new(proxy_field, m)])
+            })?))
+        }
+        (None, Some(p)) if p.builtin_test_server.is_some() => Some(Proxy::Unavailable),
+        (None, Some(p)) => {
+            let url = match (p.localhost, &p.url) {
+                (Some(port), _) => format!("http://127.0.0.1:{port}"),
+                (None, Some(url)) => url.clone(),
+                (None, None) => {
+                    return Err(Invalid(vec![PolicyError::new(
+                        "network.proxy",
+                        "set exactly one of localhost, builtinTestServer or url",
+                    )]));
+                }
+            };
+            Some(Proxy::At(hosts::parse_proxy(&url).map_err(|m| {
+                Invalid(vec![PolicyError::new("network.proxy", m)])
+            })?))
+        }
+        (None, None) => None,
+    };
+    if matches!(out.proxy, Some(Proxy::At(_)))
+        && (out.egress.default == Some(DefaultAction::Allow)
+            || !out.egress.allow.is_empty()
+            || !out.egress.deny.is_empty())
+    {
+        errors.push(PolicyError::new(
+            proxy_field,
+            "a proxy and direct egress rules are different connectivity models: with a proxy, egress must be default deny with no allow or deny rules",
+        ));
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(Invalid(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::policy::{LegacyProxy, NetworkRules};
+
+    fn spec(net: NetworkRules) -> AgentPolicySpec {
+        AgentPolicySpec {
+            network: Some(net),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn allowed_hosts_are_an_allowlist() {
+        let mut r = EnforcementReport::default();
+        let n = normalize(
+            &spec(NetworkRules {
+                allow_outbound: Some(true),
+                allowed_hosts: Some(vec![
+                    "api.github.com".into(),
+                    "140.82.121.0/24".into(),
+                    "192.0.2.1".into(),
+                ]),
+                ..Default::default()
+            }),
+            &mut r,
+        )
+        .unwrap();
+        assert_eq!(n.egress.default, None);
+        assert_eq!(n.egress.allow.len(), 3);
+        assert_eq!(
+            n.egress.allow[2].to.as_ref().unwrap()[0].cidr.as_deref(),
+            Some("192.0.2.1/32")
+        );
+        assert_eq!(
+            n.egress.allow[0].to.as_ref().unwrap()[0].fqdn.as_deref(),
+            Some("api.github.com")
+        );
+        assert_eq!(r.narrowed.len(), 1);
+    }
+
+    #[test]
+    fn blocked_host_name_under_allow_all_is_refused() {
+        let mut r = EnforcementReport::default();
+        let net = NetworkRules {
+            allow_outbound: Some(true),
+            blocked_hosts: Some(vec!["evil.example.com".into()]),
+            ..Default::default()
+        };
+        let err = normalize(&spec(net), &mut r).unwrap_err();
+        assert!(err.to_string().contains("blockedHosts[0]"), "{err}");
+        let net = NetworkRules {
+            allow_outbound: Some(true),
+            blocked_hosts: Some(vec!["203.0.113.0/24".into()]),
+            ..Default::default()
+        };
+        let n = normalize(&spec(net), &mut r).unwrap();
+        assert_eq!(n.egress.deny.len(), 1);
+    }
+
+    #[test]
+    fn local_network_is_ingress_only() {
+        let mut r = EnforcementReport::default();
+        let n = normalize(
+            &spec(NetworkRules {
+                allow_local_network: Some(true),
+                ..Default::default()
+            }),
+            &mut r,
+        )
+        .unwrap();
+        assert!(n.egress.allow.is_empty() && n.egress.default.is_none());
+        assert_eq!(
+            n.ingress.unwrap().allow[0].from.as_ref().unwrap().len(),
+            PRIVATE_CIDRS.len()
+        );
+    }
+
+    #[test]
+    fn legacy_proxy_forms() {
+        let mut r = EnforcementReport::default();
+        let n = normalize(
+            &spec(NetworkRules {
+                proxy: Some(LegacyProxy {
+                    localhost: Some(8080),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            &mut r,
+        )
+        .unwrap();
+        assert!(matches!(n.proxy, Some(Proxy::At(ref p)) if p.is_loopback() && p.port == 8080));
+        let bad = NetworkRules {
+            allow_outbound: Some(true),
+            proxy: Some(LegacyProxy {
+                url: Some("http://192.0.2.10:3128".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(normalize(&spec(bad), &mut r).is_err());
+    }
+}

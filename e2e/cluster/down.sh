@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Stops the e2e cluster started by up.sh (by its recorded pids: SIGTERM, then
+# SIGKILL after PALISADE_E2E_STOP_GRACE seconds) and deletes its state
+# directory. Never touches the binary cache. Safe to run when nothing runs.
+# Usage: e2e/cluster/down.sh
+set -euo pipefail
+
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+if [[ $# -gt 0 ]]; then
+  sed -n '2,5p' "${BASH_SOURCE[0]}"
+  [[ "$1" == "-h" || "$1" == "--help" ]] && exit 0
+  exit 2
+fi
+
+if [[ ! -e "${STATE_DIR}" ]]; then
+  echo "down.sh: nothing to do (${STATE_DIR} does not exist)"
+  exit 0
+fi
+stop_components
+remove_state
+echo "down.sh: removed ${STATE_DIR}"
