@@ -1,6 +1,10 @@
 //! Palisade: one declarative agent policy, compiled exactly (or stricter) into Kubernetes
 //! primitives. `api` holds the custom resources, `policy` the pure policy model and network
-//! compilers, `render` the compilation of a sandbox into the objects that run it.
+//! compilers, `render` the compilation of a sandbox into the objects that run it, `mxc` the
+//! import of MXC documents, and `cli` the command line.
 
 pub mod api;
+pub mod cli;
+pub mod mxc;
 pub mod policy;
+pub mod render;

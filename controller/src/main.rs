@@ -1,3 +1,9 @@
+use clap::Parser;
+
 fn main() {
-    print!("{}", palisade::api::crd::crds_yaml().unwrap());
+    let cli = palisade::cli::Cli::parse();
+    if let Err(message) = palisade::cli::run(cli) {
+        eprintln!("error: {message}");
+        std::process::exit(1);
+    }
 }

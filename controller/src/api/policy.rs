@@ -481,7 +481,20 @@ pub enum Clipboard {
 }
 
 // Sandbox runtime.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     /// gVisor (`runsc`): a user-space kernel.

@@ -1,6 +1,9 @@
 //! `AgentSandbox`: an agent workload bound to an `AgentPolicy`. Nothing in it can loosen the
 //! policy: there is no free-form pod spec, and reserved labels and annotations are refused.
 
+// kube's printcolumn attributes repeat `type_ = "string"`, which clippy takes for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Toleration;

@@ -24,6 +24,16 @@ pub const METADATA_CIDRS: &[&str] = &[
     "fd00:ec2::254/128",
 ];
 
+/// Where cluster addresses are assumed to lie when the cluster's CIDRs are not known: the
+/// private and shared address ranges every common network plugin uses.
+pub const ASSUMED_CLUSTER_CIDRS: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+];
+
 /// The result of compiling the egress part of a policy.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CompiledEgress {
@@ -112,7 +122,8 @@ fn cidr_set(list: &[&str]) -> AddrSet {
 }
 
 /// Compiles `egress` (directional form). `cluster_cidrs` are the pod and service ranges; when
-/// empty they are unknown, and every deny rule is assumed to reach in-cluster addresses.
+/// empty they are unknown, and in-cluster addresses are assumed to lie in the private ranges
+/// ([`ASSUMED_CLUSTER_CIDRS`]) for deciding which deny rules reach selector destinations.
 pub fn compile_egress(
     egress: &EgressPolicy,
     cluster_cidrs: &[Cidr],
@@ -234,12 +245,16 @@ pub fn compile_egress(
         });
     }
 
-    // Selector and FQDN destinations cannot have CIDRs cut out of them: deny rules that may reach
-    // in-cluster addresses (all of them when the cluster's CIDRs are unknown) remove their
-    // services from every selector allow instead.
+    // Selector destinations cannot have CIDRs cut out of them: deny rules that may reach
+    // in-cluster addresses remove their services from every selector allow instead.
+    let maybe_cluster = if cluster_cidrs.is_empty() {
+        cidr_set(ASSUMED_CLUSTER_CIDRS)
+    } else {
+        cluster.clone()
+    };
     let in_cluster_denied = deny_boxes
         .iter()
-        .filter(|(a, _)| cluster_cidrs.is_empty() || !a.intersect(&cluster).is_empty())
+        .filter(|(a, _)| !a.intersect(&maybe_cluster).is_empty())
         .fold(Services::none(), |acc, (_, s)| acc.union(s));
     for (i, r) in allow.iter().enumerate() {
         if !r.selectors.is_empty() {

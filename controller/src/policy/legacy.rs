@@ -32,7 +32,8 @@ pub struct Network {
     pub proxy: Option<Proxy>,
 }
 
-fn host_peer(h: &str) -> EgressPeer {
+/// A legacy host entry as a peer: IP addresses and CIDRs become `cidr`, names `fqdn`.
+pub fn host_peer(h: &str) -> EgressPeer {
     let cidr = match h.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V4(ip)) => Some(format!("{ip}/32")),
         Ok(std::net::IpAddr::V6(ip)) => Some(format!("{ip}/128")),

@@ -354,10 +354,10 @@ pub fn validate_policy(spec: &AgentPolicySpec) -> Result<(), Invalid> {
                 "network.proxy.builtinTestServer",
                 "builtinTestServer must be true when set",
             );
-            if let Some(url) = &p.url {
-                if let Err(msg) = hosts::parse_proxy(url) {
-                    e.check(false, "network.proxy.url", msg);
-                }
+            if let Some(url) = &p.url
+                && let Err(msg) = hosts::parse_proxy(url)
+            {
+                e.check(false, "network.proxy.url", msg);
             }
         }
     }
@@ -494,14 +494,14 @@ pub fn validate_policy(spec: &AgentPolicySpec) -> Result<(), Invalid> {
             "storageClassName needs persistent: true",
         );
     }
-    if let Some(id) = &spec.identity {
-        if let Some(s) = id.token_expiry_seconds {
-            e.check(
-                (600..=86400).contains(&s),
-                "identity.tokenExpirySeconds",
-                format!("{s} is outside 600-86400"),
-            );
-        }
+    if let Some(id) = &spec.identity
+        && let Some(s) = id.token_expiry_seconds
+    {
+        e.check(
+            (600..=86400).contains(&s),
+            "identity.tokenExpirySeconds",
+            format!("{s} is outside 600-86400"),
+        );
     }
     if let Some(img) = &spec.images {
         for (i, r) in img.allowed_registries.iter().enumerate() {

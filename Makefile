@@ -1,0 +1,45 @@
+# Palisade developer entry points. `make test` is what CI runs.
+CARGO ?= cargo
+
+VENV := target/venv
+KUBERNETES_VALIDATE := $(VENV)/bin/kubernetes-validate
+
+.PHONY: test unit lint fmt validate generate crds golden render bench
+
+## test: formatting, lints, every unit/property/golden/CLI test, and CRD schema validation
+test: lint unit validate
+
+unit:
+	$(CARGO) test --workspace --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+$(KUBERNETES_VALIDATE):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "kubernetes-validate==1.34.1"
+
+## validate: the generated CRDs are valid CustomResourceDefinitions (kubernetes-validate --strict)
+validate: $(KUBERNETES_VALIDATE)
+	$(KUBERNETES_VALIDATE) --strict crds/*.yaml
+
+## generate: regenerate every generated file (CRDs, golden render outputs)
+generate: crds golden
+
+crds:
+	$(CARGO) run -q -- crd > crds/palisade.dev_crds.yaml
+
+golden:
+	PALISADE_UPDATE_GOLDEN=1 $(CARGO) test --test golden
+
+## render: what the examples compile to
+render:
+	$(CARGO) run -q -- render -f examples/
+
+## bench: time to compile one sandbox (criterion)
+bench:
+	$(CARGO) bench --bench compile

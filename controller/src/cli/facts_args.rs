@@ -1,0 +1,91 @@
+//! Flags that state cluster facts for offline compilation.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use clap::Args;
+
+use crate::api::policy::Runtime;
+use crate::policy::net::Cidr;
+use crate::render::facts::{ClusterFacts, DnsEndpoints, RuntimeClasses};
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct FactsArgs {
+    /// RuntimeClass for a runtime, RUNTIME=NAME (gvisor=gvisor and kata=kata-qemu by default).
+    #[arg(long = "runtime-class", value_name = "RUNTIME=NAME", value_parser = parse_runtime_class)]
+    pub runtime_class: Vec<(Runtime, String)>,
+    /// Treat this RuntimeClass as missing (offline, mapped classes are assumed to exist).
+    #[arg(long = "missing-runtime-class", value_name = "NAME")]
+    pub missing_runtime_class: Vec<String>,
+    /// Cluster DNS server address (e.g. a NodeLocal DNSCache 169.254.20.10) instead of the
+    /// kube-system/k8s-app=kube-dns pods. Repeatable.
+    #[arg(long = "dns-ip", value_name = "IP")]
+    pub dns_ip: Vec<IpAddr>,
+    /// A pod or service CIDR of the cluster, removed from every CIDR allow. Repeatable.
+    #[arg(long = "cluster-cidr", value_name = "CIDR", value_parser = parse_cidr)]
+    pub cluster_cidr: Vec<Cidr>,
+    /// The Security Profiles Operator (SeccompProfile CRD) is installed.
+    #[arg(long)]
+    pub seccomp_profile_crd: bool,
+    /// Cilium (CiliumNetworkPolicy CRD) is installed, so FQDN egress can be enforced.
+    #[arg(long)]
+    pub cilium: bool,
+    /// The nodes of this runtime apply the pod's seccomp profile (e.g. runsc --oci-seccomp).
+    #[arg(long = "seccomp-applied", value_name = "RUNTIME", value_parser = parse_runtime)]
+    pub seccomp_applied: Vec<Runtime>,
+}
+
+fn parse_runtime(s: &str) -> Result<Runtime, String> {
+    match s {
+        "gvisor" => Ok(Runtime::Gvisor),
+        "kata" => Ok(Runtime::Kata),
+        "runc" => Ok(Runtime::Runc),
+        _ => Err(format!(
+            "unknown runtime `{s}` (expected gvisor, kata or runc)"
+        )),
+    }
+}
+
+fn parse_runtime_class(s: &str) -> Result<(Runtime, String), String> {
+    let (r, name) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected RUNTIME=NAME, e.g. gvisor=gvisor-runsc"))?;
+    let runtime = parse_runtime(r)?;
+    if runtime == Runtime::Runc {
+        return Err("runc uses no RuntimeClass".into());
+    }
+    if name.is_empty() {
+        return Err(format!("`{s}`: the RuntimeClass name is empty"));
+    }
+    Ok((runtime, name.to_string()))
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    Cidr::parse(s).map_err(|e| e.to_string())
+}
+
+impl FactsArgs {
+    pub fn facts(&self) -> ClusterFacts {
+        let mut facts = ClusterFacts::default();
+        for (runtime, name) in &self.runtime_class {
+            facts.runtime_class_names.insert(*runtime, name.clone());
+        }
+        facts.runtime_classes = RuntimeClasses::AssumeMapped {
+            missing: self
+                .missing_runtime_class
+                .iter()
+                .cloned()
+                .collect::<BTreeSet<_>>(),
+        };
+        if !self.dns_ip.is_empty() {
+            facts.dns = DnsEndpoints::Ips(self.dns_ip.clone());
+        }
+        facts.cluster_cidrs = self.cluster_cidr.clone();
+        facts.seccomp_profile_crd = self.seccomp_profile_crd;
+        facts.cilium = self.cilium;
+        facts
+            .seccomp_applied
+            .extend(self.seccomp_applied.iter().copied());
+        facts
+    }
+}

@@ -1,0 +1,40 @@
+//! The `palisade` command line.
+
+pub mod documents;
+pub mod facts_args;
+pub mod policy_cmd;
+pub mod render_cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Palisade runs AI agents in hardened Kubernetes sandboxes compiled from one declarative policy.
+#[derive(Parser, Debug)]
+#[command(name = "palisade", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the Kubernetes objects that would be created for the given policies and sandboxes.
+    Render(render_cmd::RenderArgs),
+    /// Check or import policies (AgentPolicy, MXC SandboxPolicy or MXC ContainerConfig).
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
+    /// Print the CustomResourceDefinitions (what crds/ holds).
+    Crd,
+}
+
+/// Runs the command; the error is the message for standard error.
+pub fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Render(args) => render_cmd::run(args),
+        Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Crd => {
+            let yaml = crate::api::crd::crds_yaml().map_err(|e| e.to_string())?;
+            print!("{yaml}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! `palisade render`: the objects that would be created, as multi-document YAML in apply order.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::api::report::EnforcementReport;
+use crate::render::{self, check_policy};
+
+use super::documents::{Document, classify, collect_files, parse_values, read_text};
+use super::facts_args::FactsArgs;
+
+#[derive(Args, Debug)]
+pub struct RenderArgs {
+    /// Files or directories of AgentPolicy and AgentSandbox documents (YAML or JSON; `-` reads
+    /// standard input). Directories contribute their .yaml, .yml and .json files.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE_OR_DIR",
+        required = true
+    )]
+    pub files: Vec<PathBuf>,
+    /// Recurse into subdirectories of directories given with -f.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    #[command(flatten)]
+    pub facts: FactsArgs,
+}
+
+/// Everything read from the inputs, validated.
+pub struct Loaded {
+    pub documents: Vec<Document>,
+    pub notes: Vec<String>,
+}
+
+/// Reads and validates every document; all errors are collected.
+pub fn load(files: &[PathBuf], recursive: bool) -> Result<Loaded, Vec<String>> {
+    let paths = collect_files(files, recursive).map_err(|e| vec![e])?;
+    let mut documents = Vec::new();
+    let mut notes = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        let text = match read_text(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let values = match parse_values(&path, &text) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        for (origin, value) in values {
+            match classify(origin, value) {
+                Ok(Ok(doc)) => {
+                    let problem = match &doc {
+                        Document::Policy(o, p) => check_policy(&p.spec).err().map(|e| {
+                            format!(
+                                "{o}: AgentPolicy {}: {e}",
+                                p.metadata.name.clone().unwrap_or_default()
+                            )
+                        }),
+                        Document::Sandbox(o, s) => {
+                            crate::policy::validate::validate_sandbox(&s.spec)
+                                .err()
+                                .map(|e| {
+                                    format!(
+                                        "{o}: AgentSandbox {}: {e}",
+                                        s.metadata.name.clone().unwrap_or_default()
+                                    )
+                                })
+                        }
+                    };
+                    match problem {
+                        Some(p) => errors.push(p),
+                        None => documents.push(doc),
+                    }
+                }
+                Ok(Err(skipped)) => notes.push(format!(
+                    "{}: skipping {} {} ({}): not a palisade.dev document",
+                    skipped.origin, skipped.kind, skipped.name, skipped.api_version
+                )),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(Loaded { documents, notes })
+    } else {
+        Err(errors)
+    }
+}
+
+fn report_comment(report: &EnforcementReport) -> String {
+    let mut out = String::new();
+    for (title, list) in [
+        ("added", &report.added),
+        ("narrowed", &report.narrowed),
+        ("notApplicable", &report.not_applicable),
+        ("notEnforced", &report.not_enforced),
+    ] {
+        for e in list {
+            out.push_str(&format!("#   {title}: {}: {}\n", e.field, e.message));
+        }
+    }
+    out
+}
+
+pub fn run(args: RenderArgs) -> Result<(), String> {
+    let loaded = load(&args.files, args.recursive).map_err(|errs| errs.join("\n"))?;
+    for n in &loaded.notes {
+        eprintln!("note: {n}");
+    }
+    let facts = args.facts.facts();
+    let mut out = String::new();
+    let mut errors = Vec::new();
+    for doc in &loaded.documents {
+        let Document::Sandbox(origin, sandbox) = doc else {
+            continue;
+        };
+        let ns = sandbox.metadata.namespace.clone().unwrap_or_default();
+        let name = sandbox.metadata.name.clone().unwrap_or_default();
+        let policy = loaded.documents.iter().find_map(|d| match d {
+            Document::Policy(_, p)
+                if p.metadata.name.as_deref() == Some(sandbox.spec.policy_ref.name.as_str())
+                    && p.metadata.namespace.as_deref() == Some(ns.as_str()) =>
+            {
+                Some(p)
+            }
+            _ => None,
+        });
+        let Some(policy) = policy else {
+            errors.push(format!(
+                "{origin}: AgentSandbox {ns}/{name}: spec.policyRef.name: AgentPolicy {ns}/{} is not among the inputs",
+                sandbox.spec.policy_ref.name
+            ));
+            continue;
+        };
+        match render::compile(policy, sandbox, &facts, 0) {
+            Ok(plan) => {
+                out.push_str(&format!(
+                    "# AgentSandbox {ns}/{name} under AgentPolicy {ns}/{}\n",
+                    sandbox.spec.policy_ref.name
+                ));
+                out.push_str(&report_comment(&plan.report));
+                for obj in plan.objects() {
+                    out.push_str("---\n");
+                    out.push_str(&serde_yaml::to_string(&obj).map_err(|e| e.to_string())?);
+                }
+            }
+            Err(blocked) => errors.push(format!(
+                "{origin}: AgentSandbox {ns}/{name} is blocked: {blocked}"
+            )),
+        }
+    }
+    print!("{out}");
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
+}

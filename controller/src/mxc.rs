@@ -1,0 +1,654 @@
+//! MXC documents (a bare SandboxPolicy or a full ContainerConfig, schema 0.6 to 0.9) turned into
+//! an AgentPolicy spec. The policy part is mapped; everything else is reported as not applicable.
+//! A document whose grants cannot be expressed in a Linux pod is refused; nothing is ever
+//! granted that the document does not grant.
+
+use serde_json::{Map, Value};
+
+use crate::api::policy::{
+    AgentPolicySpec, Clipboard, DefaultAction, DnsMode, EgressPolicy, EgressRule, FilesystemPolicy,
+    IngressPeer, IngressPolicy, IngressRule, IsolationPolicy, NetworkRules, Runtime, RuntimeConfig,
+    SandboxPath, UiPolicy,
+};
+use crate::api::report::EnforcementReport;
+use crate::policy::legacy::{PRIVATE_CIDRS, host_peer};
+
+/// An imported policy and what happened to each field.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Imported {
+    pub spec: AgentPolicySpec,
+    pub report: EnforcementReport,
+    pub container_config: bool,
+}
+
+/// Why a document cannot be imported.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Refused {
+    pub field: String,
+    pub message: String,
+}
+
+fn refuse<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, Refused> {
+    Err(Refused {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+const CONTAINER_CONFIG_KEYS: &[&str] = &[
+    "$schema",
+    "_comment",
+    "version",
+    "containerId",
+    "containment",
+    "fallback",
+    "filesystem",
+    "lifecycle",
+    "lxc",
+    "network",
+    "process",
+    "processContainer",
+    "appContainer",
+    "runtimeConfig",
+    "seatbelt",
+    "ui",
+    "experimental",
+    "phase",
+    "sandboxId",
+    "correlationVector",
+];
+const SANDBOX_POLICY_KEYS: &[&str] = &[
+    "$schema",
+    "version",
+    "filesystem",
+    "network",
+    "runtimeConfig",
+    "ui",
+    "timeoutMs",
+    "captureDenials",
+    "processContainer",
+];
+
+fn obj<'a>(v: &'a Value, field: &str) -> Result<Option<&'a Map<String, Value>>, Refused> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Object(m) => Ok(Some(m)),
+        _ => refuse(field, "expected an object"),
+    }
+}
+
+fn known_keys(m: &Map<String, Value>, field: &str, keys: &[&str]) -> Result<(), Refused> {
+    for k in m.keys() {
+        if !keys.contains(&k.as_str()) {
+            return refuse(
+                format!("{field}.{k}"),
+                format!(
+                    "unknown field (expected one of {}); a policy field Palisade does not know could be a restriction",
+                    keys.join(", ")
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn strings(v: Option<&Value>, field: &str) -> Result<Vec<String>, Refused> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                x.as_str().map(str::to_string).ok_or_else(|| Refused {
+                    field: format!("{field}[{i}]"),
+                    message: "expected a string".into(),
+                })
+            })
+            .collect(),
+        Some(_) => refuse(field, "expected a list of strings"),
+    }
+}
+
+fn version_minor(v: &Value) -> Result<Option<u64>, Refused> {
+    let Some(s) = v.get("version").and_then(Value::as_str) else {
+        return match v.get("version") {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => refuse("version", "expected a string"),
+        };
+    };
+    let core = s.split(['-', '+']).next().unwrap_or(s);
+    let parts: Vec<Option<u64>> = core.split('.').map(|p| p.parse().ok()).collect();
+    match parts.as_slice() {
+        [Some(0), Some(minor), Some(_)] if (6..=9).contains(minor) => Ok(Some(*minor)),
+        _ => refuse(
+            "version",
+            format!("`{s}` is not an MXC schema version between 0.6 and 0.9"),
+        ),
+    }
+}
+
+/// A path as MXC wrote it, normalized (`/tmp/` → `/tmp`), or why it is not a POSIX path.
+fn posix_path(p: &str) -> Result<String, &'static str> {
+    if p.contains('\\') || (p.len() >= 2 && p.as_bytes()[1] == b':') {
+        return Err("a Windows path, which cannot exist in a Linux pod");
+    }
+    if p.starts_with('~') {
+        return Err("relative to the host user's home directory, which a pod does not have");
+    }
+    if !p.starts_with('/') {
+        return Err("not an absolute POSIX path");
+    }
+    let mut norm = String::new();
+    for seg in p.split('/').filter(|s| !s.is_empty() && *s != ".") {
+        if seg == ".." {
+            return Err("contains '..'");
+        }
+        norm.push('/');
+        norm.push_str(seg);
+    }
+    Ok(if norm.is_empty() { "/".into() } else { norm })
+}
+
+fn under(path: &str, dir: &str) -> bool {
+    dir == "/" || path == dir || path.starts_with(&format!("{dir}/"))
+}
+
+fn import_filesystem(
+    fs: &Map<String, Value>,
+    report: &mut EnforcementReport,
+    bare: bool,
+) -> Result<Option<FilesystemPolicy>, Refused> {
+    let mut keys = vec!["readwritePaths", "readonlyPaths", "deniedPaths"];
+    if bare {
+        keys.extend(["clearPolicyOnExit", "tempDir"]);
+    }
+    known_keys(fs, "filesystem", &keys)?;
+    let mut denied = Vec::new();
+    for (i, p) in strings(fs.get("deniedPaths"), "filesystem.deniedPaths")?
+        .iter()
+        .enumerate()
+    {
+        match posix_path(p) {
+            Ok(norm) => denied.push(norm),
+            Err(why) if why.starts_with("a Windows") => report.not_applicable(
+                format!("filesystem.deniedPaths[{i}]"),
+                format!("`{p}` is {why}: nothing to deny"),
+            ),
+            Err(why) => {
+                return refuse(
+                    format!("filesystem.deniedPaths[{i}]"),
+                    format!("`{p}` is {why}; dropping it would lose a restriction"),
+                );
+            }
+        }
+    }
+    let mut grant = |name: &str| -> Result<Vec<String>, Refused> {
+        let mut out = Vec::new();
+        for (i, p) in strings(fs.get(name), &format!("filesystem.{name}"))?
+            .iter()
+            .enumerate()
+        {
+            let norm = posix_path(p).or_else(|why| {
+                refuse(
+                    format!("filesystem.{name}[{i}]"),
+                    format!("`{p}` is {why}; it cannot be granted"),
+                )
+            })?;
+            // MXC: denied wins over a broader or equal grant.
+            if let Some(d) = denied.iter().find(|d| under(&norm, d)) {
+                report.narrowed(
+                    format!("filesystem.{name}[{i}]"),
+                    format!("`{norm}` lies under denied path `{d}`: not granted (deny wins)"),
+                );
+                continue;
+            }
+            out.push(norm);
+        }
+        Ok(out)
+    };
+    let readwrite = grant("readwritePaths")?;
+    let readonly = grant("readonlyPaths")?;
+    // MXC: a path both writable and read-only is read-only.
+    let readwrite: Vec<String> = readwrite
+        .into_iter()
+        .filter(|p| !readonly.contains(p))
+        .collect();
+    if fs.contains_key("clearPolicyOnExit") {
+        report.not_applicable(
+            "filesystem.clearPolicyOnExit",
+            "a pod's grants end with the pod",
+        );
+    }
+    if fs.contains_key("tempDir") {
+        report.not_applicable(
+            "filesystem.tempDir",
+            "MXC 0.7 temp directory sharing: list /tmp in readwritePaths to have a writable /tmp",
+        );
+    }
+    let path = |v: Vec<String>| v.into_iter().map(SandboxPath).collect::<Vec<_>>();
+    let out = FilesystemPolicy {
+        readwrite_paths: path(readwrite),
+        readonly_paths: path(readonly),
+        denied_paths: path(denied),
+        clear_policy_on_exit: None,
+    };
+    Ok(Some(out).filter(|f| *f != FilesystemPolicy::default()))
+}
+
+fn import_network(
+    net: &Map<String, Value>,
+    minor: Option<u64>,
+    bare: bool,
+    report: &mut EnforcementReport,
+) -> Result<NetworkRules, Refused> {
+    let directional = ["egress", "ingress"].iter().any(|k| net.contains_key(*k));
+    let legacy_keys: &[&str] = if bare {
+        &[
+            "allowOutbound",
+            "allowLocalNetwork",
+            "allowedHosts",
+            "blockedHosts",
+            "proxy",
+        ]
+    } else {
+        &[
+            "defaultPolicy",
+            "enforcementMode",
+            "allowLocalNetwork",
+            "allowedHosts",
+            "blockedHosts",
+            "proxy",
+        ]
+    };
+    let legacy = legacy_keys.iter().any(|k| net.contains_key(*k));
+    if directional && legacy {
+        return refuse(
+            "network",
+            "legacy network fields cannot be mixed with egress/ingress",
+        );
+    }
+    if directional {
+        if minor.is_some_and(|m| m < 8) || minor.is_none() {
+            return refuse("network", "egress/ingress need schema version 0.8 or later");
+        }
+        known_keys(net, "network", &["egress", "ingress"])?;
+        let egress: Option<EgressPolicy> = match net.get("egress") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                serde_json::from_value(v.clone())
+                    .or_else(|e| refuse("network.egress", e.to_string()))?,
+            ),
+        };
+        let ingress = match net
+            .get("ingress")
+            .map(|v| obj(v, "network.ingress"))
+            .transpose()?
+            .flatten()
+        {
+            None => None,
+            Some(m) => {
+                known_keys(m, "network.ingress", &["default", "hostLoopback"])?;
+                Some(
+                    serde_json::from_value::<IngressPolicy>(Value::Object(m.clone()))
+                        .or_else(|e| refuse("network.ingress", e.to_string()))?,
+                )
+            }
+        };
+        return Ok(NetworkRules {
+            egress,
+            ingress,
+            ..Default::default()
+        });
+    }
+    known_keys(net, "network", legacy_keys)?;
+    let allow = if bare {
+        net.get("allowOutbound").and_then(Value::as_bool) == Some(true)
+    } else {
+        match net.get("defaultPolicy").and_then(Value::as_str) {
+            Some("allow") => true,
+            None | Some("block") => false,
+            Some(other) => {
+                return refuse(
+                    "network.defaultPolicy",
+                    format!("`{other}` is not allow or block"),
+                );
+            }
+        }
+    };
+    if net.contains_key("enforcementMode") {
+        report.not_applicable(
+            "network.enforcementMode",
+            "a Windows enforcement mechanism; the NetworkPolicy enforces the rules here",
+        );
+    }
+    let allowed = strings(net.get("allowedHosts"), "network.allowedHosts")?;
+    let blocked = strings(net.get("blockedHosts"), "network.blockedHosts")?;
+    let mut egress = EgressPolicy::default();
+    if allow && (!bare || allowed.is_empty()) {
+        egress.default = Some(DefaultAction::Allow);
+        if !allowed.is_empty() {
+            report.not_applicable(
+                "network.allowedHosts",
+                "with defaultPolicy allow every host is reachable; the list adds nothing",
+            );
+        }
+    } else if allow {
+        report.narrowed(
+            "network.allowOutbound",
+            "with allowedHosts set, only the listed hosts are reachable",
+        );
+    }
+    if egress.default != Some(DefaultAction::Allow) {
+        for h in &allowed {
+            egress.allow.push(EgressRule {
+                to: Some(vec![host_peer(h)]),
+                ports: None,
+            });
+        }
+    }
+    for (i, h) in blocked.iter().enumerate() {
+        let peer = host_peer(h);
+        match (&peer.fqdn, egress.default == Some(DefaultAction::Allow)) {
+            (Some(name), true) => {
+                return refuse(
+                    format!("network.blockedHosts[{i}]"),
+                    format!(
+                        "host name `{name}` cannot be cut out of allow-all egress by a NetworkPolicy; list its IP addresses, or block by default and list allowedHosts"
+                    ),
+                );
+            }
+            (Some(name), false) if allowed.contains(name) => {
+                return refuse(
+                    format!("network.blockedHosts[{i}]"),
+                    format!("`{name}` is both allowed and blocked"),
+                );
+            }
+            (Some(_), false) => report.not_applicable(
+                format!("network.blockedHosts[{i}]"),
+                "egress is denied by default: already unreachable",
+            ),
+            (None, _) => egress.deny.push(EgressRule {
+                to: Some(vec![peer]),
+                ports: None,
+            }),
+        }
+    }
+    let ingress = (net.get("allowLocalNetwork").and_then(Value::as_bool) == Some(true)).then(|| {
+        report.narrowed("network.allowLocalNetwork", "inbound connections are allowed from private address ranges only (10/8, 172.16/12, 192.168/16, fc00::/7)");
+        IngressPolicy {
+            allow: vec![IngressRule {
+                from: Some(PRIVATE_CIDRS.iter().map(|c| IngressPeer { cidr: Some(c.to_string()), ..Default::default() }).collect()),
+                ports: None,
+            }],
+            ..Default::default()
+        }
+    });
+    let mut rules = NetworkRules {
+        egress: Some(egress),
+        ingress,
+        ..Default::default()
+    };
+    if let Some(p) = net
+        .get("proxy")
+        .map(|v| obj(v, "network.proxy"))
+        .transpose()?
+        .flatten()
+    {
+        known_keys(
+            p,
+            "network.proxy",
+            &["localhost", "builtinTestServer", "url"],
+        )?;
+        rules.proxy = Some(
+            serde_json::from_value(Value::Object(p.clone()))
+                .or_else(|e| refuse("network.proxy", e.to_string()))?,
+        );
+    }
+    Ok(rules)
+}
+
+/// Imports an MXC document.
+pub fn import(doc: &Value) -> Result<Imported, Refused> {
+    let Value::Object(root) = doc else {
+        return refuse("(document)", "an MXC document is a JSON object");
+    };
+    let container_config = root.contains_key("process");
+    let bare = !container_config;
+    known_keys(
+        root,
+        "(document)",
+        if bare {
+            SANDBOX_POLICY_KEYS
+        } else {
+            CONTAINER_CONFIG_KEYS
+        },
+    )?;
+    let minor = version_minor(doc)?;
+    let mut report = EnforcementReport::default();
+    let mut spec = AgentPolicySpec {
+        version: root
+            .get("version")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        ..Default::default()
+    };
+    if spec.version.is_none() {
+        report.not_applicable(
+            "version",
+            "absent: read as the current MXC schema with the legacy network format",
+        );
+    }
+
+    if let Some(fs) = root
+        .get("filesystem")
+        .map(|v| obj(v, "filesystem"))
+        .transpose()?
+        .flatten()
+    {
+        spec.filesystem = import_filesystem(fs, &mut report, bare)?;
+    }
+
+    let net = root
+        .get("network")
+        .map(|v| obj(v, "network"))
+        .transpose()?
+        .flatten();
+    let mut network = match net {
+        Some(n) => import_network(n, minor, bare, &mut report)?,
+        None => NetworkRules::default(),
+    };
+    if let Some(rc) = root
+        .get("runtimeConfig")
+        .map(|v| obj(v, "runtimeConfig"))
+        .transpose()?
+        .flatten()
+    {
+        known_keys(rc, "runtimeConfig", &["networkProxy"])?;
+        if network.allow_outbound.is_some()
+            || net.is_some_and(|n| n.contains_key("defaultPolicy") || n.contains_key("proxy"))
+        {
+            return refuse(
+                "runtimeConfig",
+                "runtimeConfig needs the 0.8 directional network format",
+            );
+        }
+        spec.runtime_config = Some(RuntimeConfig {
+            network_proxy: rc
+                .get("networkProxy")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        });
+    }
+    // MXC grants no DNS of its own: only names (which need it) and allow-all egress keep it.
+    let egress = network.egress.clone().unwrap_or_default();
+    let names = egress
+        .allow
+        .iter()
+        .flat_map(|r| r.to.iter().flatten())
+        .any(|p| p.fqdn.is_some());
+    if !names && egress.default != Some(DefaultAction::Allow) {
+        network.dns = Some(DnsMode::None);
+    }
+    spec.network = Some(network);
+
+    let ui = root.get("ui").map(|v| obj(v, "ui")).transpose()?.flatten();
+    if let Some(ui) = ui {
+        let keys: &[&str] = if bare {
+            &["allowWindows", "clipboard", "allowInputInjection"]
+        } else {
+            &["disable", "clipboard", "injection"]
+        };
+        known_keys(ui, "ui", keys)?;
+        let clipboard = match ui.get("clipboard").and_then(Value::as_str) {
+            None => None,
+            Some("none") => Some(Clipboard::None),
+            Some("read") => Some(Clipboard::Read),
+            Some("write") => Some(Clipboard::Write),
+            Some("all" | "readwrite") => Some(Clipboard::All),
+            Some(other) => {
+                return refuse(
+                    "ui.clipboard",
+                    format!("`{other}` is not none, read, write or all"),
+                );
+            }
+        };
+        let (windows, injection) = if bare {
+            (
+                ui.get("allowWindows").and_then(Value::as_bool),
+                ui.get("allowInputInjection").and_then(Value::as_bool),
+            )
+        } else {
+            (
+                ui.get("disable").and_then(Value::as_bool).map(|d| !d),
+                ui.get("injection").and_then(Value::as_bool),
+            )
+        };
+        spec.ui = Some(UiPolicy {
+            allow_windows: windows,
+            clipboard,
+            allow_input_injection: injection,
+        });
+    }
+
+    let timeout = if bare {
+        root.get("timeoutMs")
+    } else {
+        root.get("process").and_then(|p| p.get("timeout"))
+    };
+    let timeout_field = if bare { "timeoutMs" } else { "process.timeout" };
+    match timeout.and_then(Value::as_u64) {
+        None | Some(0) => {}
+        Some(ms) if ms < 1000 => {
+            return refuse(
+                timeout_field,
+                format!(
+                    "{ms} ms is below Palisade's 1 s resolution; rounding up would grant more time"
+                ),
+            );
+        }
+        Some(ms) => spec.timeout_ms = Some(ms as i64),
+    }
+
+    if container_config {
+        let containment = root
+            .get("containment")
+            .and_then(Value::as_str)
+            .unwrap_or("process");
+        let vm = matches!(
+            containment,
+            "vm" | "microvm" | "windows_sandbox" | "hyperlight"
+        );
+        if vm {
+            spec.isolation = Some(IsolationPolicy {
+                runtime: Some(Runtime::Kata),
+                runtime_class_name: None,
+            });
+            report.not_applicable(
+                "containment",
+                format!("`{containment}` is VM isolation: the sandbox runs on Kata Containers"),
+            );
+        } else {
+            report.not_applicable(
+                "containment",
+                format!("`{containment}`: the sandbox runs on gVisor (the Palisade default)"),
+            );
+        }
+        if let Some(pc) = root
+            .get("processContainer")
+            .or_else(|| root.get("appContainer"))
+        {
+            if pc.get("learningMode").and_then(Value::as_bool) == Some(true)
+                || pc
+                    .get("captureDenials")
+                    .and_then(|c| c.get("mode"))
+                    .and_then(Value::as_str)
+                    == Some("allow")
+            {
+                return refuse(
+                    "processContainer",
+                    "an audit mode (learningMode or captureDenials allow) lets everything through: the document does not describe an enforced sandbox",
+                );
+            }
+            if pc.get("capabilities").is_some() {
+                report.not_applicable("processContainer.capabilities", "Windows AppContainer capabilities are not turned into grants; the network policy alone decides");
+            }
+        }
+        if root
+            .get("seatbelt")
+            .and_then(|s| s.get("profileOverride"))
+            .is_some()
+        {
+            return refuse(
+                "seatbelt.profileOverride",
+                "a hand-written Seatbelt profile replaces the policy: the document does not describe its sandbox",
+            );
+        }
+        for key in root.keys() {
+            if matches!(
+                key.as_str(),
+                "process"
+                    | "containerId"
+                    | "lifecycle"
+                    | "lxc"
+                    | "seatbelt"
+                    | "fallback"
+                    | "experimental"
+                    | "processContainer"
+                    | "appContainer"
+                    | "phase"
+                    | "sandboxId"
+                    | "correlationVector"
+            ) {
+                report.not_applicable(
+                    key.clone(),
+                    "workload or backend setting of the MXC container: not part of the policy",
+                );
+            }
+        }
+    } else if root.contains_key("captureDenials") {
+        if root
+            .get("captureDenials")
+            .and_then(|c| c.get("mode"))
+            .and_then(Value::as_str)
+            == Some("allow")
+        {
+            return refuse(
+                "captureDenials",
+                "audit mode lets everything through: the document does not describe an enforced sandbox",
+            );
+        }
+        report.not_applicable("captureDenials", "denial logging is a Windows feature");
+    }
+
+    // The result must be a valid AgentPolicy.
+    crate::render::check_policy(&spec).map_err(|e| Refused {
+        field: "(policy)".into(),
+        message: e.to_string(),
+    })?;
+    Ok(Imported {
+        spec,
+        report,
+        container_config,
+    })
+}

@@ -1,0 +1,106 @@
+//! What the compiler knows about the cluster. The operator reads these from the API server;
+//! `palisade render` takes them from flags and otherwise assumes the mapped RuntimeClasses exist.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::api::policy::Runtime;
+use crate::policy::net::Cidr;
+
+/// Where cluster DNS answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DnsEndpoints {
+    /// Pods matching `pod_labels` in namespaces matching `namespace_labels`.
+    Selector {
+        namespace_labels: BTreeMap<String, String>,
+        pod_labels: BTreeMap<String, String>,
+    },
+    /// Fixed addresses, such as a NodeLocal DNSCache (169.254.20.10).
+    Ips(Vec<IpAddr>),
+}
+
+impl Default for DnsEndpoints {
+    fn default() -> Self {
+        DnsEndpoints::Selector {
+            namespace_labels: BTreeMap::from([(
+                "kubernetes.io/metadata.name".into(),
+                "kube-system".into(),
+            )]),
+            pod_labels: BTreeMap::from([("k8s-app".into(), "kube-dns".into())]),
+        }
+    }
+}
+
+/// Which RuntimeClasses exist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuntimeClasses {
+    /// Offline: every mapped class exists with a matching handler, except those listed.
+    AssumeMapped { missing: BTreeSet<String> },
+    /// Read from the cluster: class name → handler.
+    Known(BTreeMap<String, String>),
+}
+
+/// Cluster facts the compilation depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterFacts {
+    /// RuntimeClass name for each runtime (runc has none).
+    pub runtime_class_names: BTreeMap<Runtime, String>,
+    /// Handler prefixes a RuntimeClass must have for each runtime (`runsc`, `kata`).
+    pub handler_prefixes: BTreeMap<Runtime, Vec<String>>,
+    pub runtime_classes: RuntimeClasses,
+    /// Runtimes whose nodes apply the pod's seccomp profile (runc always does).
+    pub seccomp_applied: BTreeSet<Runtime>,
+    pub dns: DnsEndpoints,
+    /// The cluster's pod and service CIDRs; empty when unknown.
+    pub cluster_cidrs: Vec<Cidr>,
+    /// Security Profiles Operator's `SeccompProfile` CRD is installed.
+    pub seccomp_profile_crd: bool,
+    /// Cilium's `CiliumNetworkPolicy` CRD is installed (FQDN egress).
+    pub cilium: bool,
+    /// Cluster DNS domain for Service names.
+    pub cluster_domain: String,
+}
+
+impl Default for ClusterFacts {
+    fn default() -> Self {
+        Self {
+            runtime_class_names: BTreeMap::from([
+                (Runtime::Gvisor, "gvisor".into()),
+                (Runtime::Kata, "kata-qemu".into()),
+            ]),
+            handler_prefixes: BTreeMap::from([
+                (Runtime::Gvisor, vec!["runsc".into()]),
+                (Runtime::Kata, vec!["kata".into()]),
+            ]),
+            runtime_classes: RuntimeClasses::AssumeMapped {
+                missing: BTreeSet::new(),
+            },
+            seccomp_applied: BTreeSet::from([Runtime::Runc]),
+            dns: DnsEndpoints::default(),
+            cluster_cidrs: Vec::new(),
+            seccomp_profile_crd: false,
+            cilium: false,
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+}
+
+impl ClusterFacts {
+    /// The handler of `class`, if it exists; offline, the expected one for mapped classes.
+    pub fn handler_of(&self, class: &str, runtime: Runtime) -> Option<String> {
+        match &self.runtime_classes {
+            RuntimeClasses::Known(map) => map.get(class).cloned(),
+            RuntimeClasses::AssumeMapped { missing } if missing.contains(class) => None,
+            RuntimeClasses::AssumeMapped { .. } => self
+                .handler_prefixes
+                .get(&runtime)
+                .and_then(|p| p.first().cloned()),
+        }
+    }
+
+    pub fn handler_matches(&self, runtime: Runtime, handler: &str) -> bool {
+        self.handler_prefixes
+            .get(&runtime)
+            .is_some_and(|prefixes| prefixes.iter().any(|p| handler.starts_with(p.as_str())))
+    }
+}
