@@ -11,7 +11,7 @@ use crate::api::policy::{
     SandboxPath, UiPolicy,
 };
 use crate::api::report::EnforcementReport;
-use crate::policy::legacy::{PRIVATE_CIDRS, host_peer};
+use crate::policy::legacy::{PRIVATE_CIDRS, host_peer, wildcard_matches};
 
 /// An imported policy and what happened to each field.
 #[derive(Clone, Debug, PartialEq)]
@@ -170,7 +170,13 @@ fn import_filesystem(
         .enumerate()
     {
         match posix_path(p) {
-            Ok(norm) => denied.push(norm),
+            Ok(norm) => {
+                report.narrowed(
+                    format!("filesystem.deniedPaths[{i}]"),
+                    format!("`{norm}` is masked as a directory: if the image has a file there, the pod does not start"),
+                );
+                denied.push(norm)
+            }
             Err(why) if why.starts_with("a Windows") => report.not_applicable(
                 format!("filesystem.deniedPaths[{i}]"),
                 format!("`{p}` is {why}: nothing to deny"),
@@ -289,10 +295,18 @@ fn import_network(
             None => None,
             Some(m) => {
                 known_keys(m, "network.ingress", &["default", "hostLoopback"])?;
-                Some(
-                    serde_json::from_value::<IngressPolicy>(Value::Object(m.clone()))
-                        .or_else(|e| refuse("network.ingress", e.to_string()))?,
-                )
+                let mut ingress: IngressPolicy =
+                    serde_json::from_value(Value::Object(m.clone()))
+                        .or_else(|e| refuse("network.ingress", e.to_string()))?;
+                if ingress.default == Some(DefaultAction::Allow) {
+                    report.narrowed(
+                        "network.ingress.default",
+                        "MXC's ingress allow means the local/private network: inbound connections are allowed from private address ranges only",
+                    );
+                    ingress.default = Some(DefaultAction::Deny);
+                    ingress.allow = vec![private_sources()];
+                }
+                Some(ingress)
             }
         };
         return Ok(NetworkRules {
@@ -358,10 +372,12 @@ fn import_network(
                     ),
                 );
             }
-            (Some(name), false) if allowed.contains(name) => {
+            (Some(name), false) if allowed.iter().any(|a| wildcard_matches(a, name)) => {
                 return refuse(
                     format!("network.blockedHosts[{i}]"),
-                    format!("`{name}` is both allowed and blocked"),
+                    format!(
+                        "`{name}` is also allowed by allowedHosts; a host name cannot be cut out of a name allow"
+                    ),
                 );
             }
             (Some(_), false) => report.not_applicable(
@@ -376,36 +392,75 @@ fn import_network(
     }
     let ingress = (net.get("allowLocalNetwork").and_then(Value::as_bool) == Some(true)).then(|| {
         report.narrowed("network.allowLocalNetwork", "inbound connections are allowed from private address ranges only (10/8, 172.16/12, 192.168/16, fc00::/7)");
-        IngressPolicy {
-            allow: vec![IngressRule {
-                from: Some(PRIVATE_CIDRS.iter().map(|c| IngressPeer { cidr: Some(c.to_string()), ..Default::default() }).collect()),
-                ports: None,
-            }],
-            ..Default::default()
-        }
+        IngressPolicy { allow: vec![private_sources()], ..Default::default() }
     });
-    let mut rules = NetworkRules {
+    Ok(NetworkRules {
         egress: Some(egress),
         ingress,
         ..Default::default()
-    };
-    if let Some(p) = net
+    })
+}
+
+fn private_sources() -> IngressRule {
+    IngressRule {
+        from: Some(
+            PRIVATE_CIDRS
+                .iter()
+                .map(|c| IngressPeer {
+                    cidr: Some(c.to_string()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        ports: None,
+    }
+}
+
+/// The legacy `proxy` object as a `runtimeConfig.networkProxy` URL (None for MXC's test proxy).
+fn legacy_proxy(
+    net: &Map<String, Value>,
+    report: &mut EnforcementReport,
+) -> Result<Option<String>, Refused> {
+    let Some(p) = net
         .get("proxy")
         .map(|v| obj(v, "network.proxy"))
         .transpose()?
         .flatten()
-    {
-        known_keys(
-            p,
+    else {
+        return Ok(None);
+    };
+    known_keys(
+        p,
+        "network.proxy",
+        &["localhost", "builtinTestServer", "url"],
+    )?;
+    if p.len() != 1 {
+        return refuse(
             "network.proxy",
-            &["localhost", "builtinTestServer", "url"],
-        )?;
-        rules.proxy = Some(
-            serde_json::from_value(Value::Object(p.clone()))
-                .or_else(|e| refuse("network.proxy", e.to_string()))?,
+            "set exactly one of localhost, builtinTestServer or url",
         );
     }
-    Ok(rules)
+    if let Some(port) = p.get("localhost") {
+        let port = port
+            .as_u64()
+            .filter(|p| (1..=65535).contains(p))
+            .ok_or_else(|| Refused {
+                field: "network.proxy.localhost".into(),
+                message: "expected a port 1-65535".into(),
+            })?;
+        return Ok(Some(format!("http://127.0.0.1:{port}")));
+    }
+    if p.contains_key("builtinTestServer") {
+        report.not_applicable(
+            "network.proxy.builtinTestServer",
+            "MXC's built-in test proxy does not exist on Kubernetes; egress stays denied",
+        );
+        return Ok(None);
+    }
+    match p.get("url").and_then(Value::as_str) {
+        Some(url) => Ok(Some(url.to_string())),
+        None => refuse("network.proxy.url", "expected a URL string"),
+    }
 }
 
 /// Imports an MXC document.
@@ -458,6 +513,12 @@ pub fn import(doc: &Value) -> Result<Imported, Refused> {
         Some(n) => import_network(n, minor, bare, &mut report)?,
         None => NetworkRules::default(),
     };
+    let mut proxy = match net {
+        Some(n) if !n.contains_key("egress") && !n.contains_key("ingress") => {
+            legacy_proxy(n, &mut report)?
+        }
+        _ => None,
+    };
     if let Some(rc) = root
         .get("runtimeConfig")
         .map(|v| obj(v, "runtimeConfig"))
@@ -465,19 +526,43 @@ pub fn import(doc: &Value) -> Result<Imported, Refused> {
         .flatten()
     {
         known_keys(rc, "runtimeConfig", &["networkProxy"])?;
-        if network.allow_outbound.is_some()
-            || net.is_some_and(|n| n.contains_key("defaultPolicy") || n.contains_key("proxy"))
-        {
+        if net.is_some_and(|n| {
+            n.contains_key("defaultPolicy")
+                || n.contains_key("proxy")
+                || n.contains_key("allowOutbound")
+        }) {
             return refuse(
                 "runtimeConfig",
                 "runtimeConfig needs the 0.8 directional network format",
             );
         }
+        proxy = rc
+            .get("networkProxy")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+    }
+    if let Some(url) = &proxy {
+        let addr = crate::policy::hosts::parse_proxy(url)
+            .or_else(|m| refuse("runtimeConfig.networkProxy", m))?;
+        if !addr.is_loopback() {
+            return refuse(
+                "runtimeConfig.networkProxy",
+                format!(
+                    "{url}: MXC proxies are loopback proxies; a remote proxy is not an MXC policy"
+                ),
+            );
+        }
+        let direct = network.egress.as_ref().is_some_and(|e| {
+            e.default == Some(DefaultAction::Allow) || !e.allow.is_empty() || !e.deny.is_empty()
+        });
+        if direct {
+            return refuse(
+                "runtimeConfig.networkProxy",
+                "a proxy and direct egress rules are different connectivity models and cannot be combined",
+            );
+        }
         spec.runtime_config = Some(RuntimeConfig {
-            network_proxy: rc
-                .get("networkProxy")
-                .and_then(Value::as_str)
-                .map(str::to_string),
+            network_proxy: Some(url.clone()),
         });
     }
     // MXC grants no DNS of its own: only names (which need it) and allow-all egress keep it.
@@ -537,7 +622,16 @@ pub fn import(doc: &Value) -> Result<Imported, Refused> {
         root.get("process").and_then(|p| p.get("timeout"))
     };
     let timeout_field = if bare { "timeoutMs" } else { "process.timeout" };
-    match timeout.and_then(Value::as_u64) {
+    let timeout = match timeout {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| Refused {
+            field: timeout_field.into(),
+            message: format!(
+                "{v} is not a whole number of milliseconds; dropping it would remove the time limit"
+            ),
+        })?),
+    };
+    match timeout {
         None | Some(0) => {}
         Some(ms) if ms < 1000 => {
             return refuse(

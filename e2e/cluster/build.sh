@@ -5,7 +5,7 @@
 # Usage: e2e/cluster/build.sh [--force]
 set -euo pipefail
 
-# shellcheck source=lib.sh
+# shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 force=0
@@ -92,9 +92,11 @@ if command -v flock >/dev/null 2>&1; then
   fi
 fi
 
-# Reproducible, static builds with the local toolchain only; go.sum must
-# already list every module (no silent go.mod/go.sum edits).
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
+# Reproducible, static builds; go.sum must already list every module (no
+# silent go.mod/go.sum edits), and no go.work from a parent folder applies.
+# The installed toolchain is used unless GOTOOLCHAIN says otherwise.
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}" GOWORK=off CGO_ENABLED=0
+export GOFLAGS="-mod=readonly -buildvcs=false"
 export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
 
 echo "build.sh: $(go version)"

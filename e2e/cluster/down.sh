@@ -5,7 +5,7 @@
 # Usage: e2e/cluster/down.sh
 set -euo pipefail
 
-# shellcheck source=lib.sh
+# shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if [[ $# -gt 0 ]]; then

@@ -68,13 +68,12 @@ component_pid() {
   printf '%s\n' "${pid}"
 }
 
-# Stops every running component by its recorded pid: SIGTERM, then SIGKILL
-# after PALISADE_E2E_STOP_GRACE seconds. Removes the pid files.
-stop_components() {
+# Sends SIGTERM to the given running components, then waits for them; SIGKILL
+# after PALISADE_E2E_STOP_GRACE seconds.
+stop_group() { # <component...>
   local grace="${PALISADE_E2E_STOP_GRACE:-15}" c pid i deadline
   local -a pids=() names=()
-  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-    c="${COMPONENTS[i]}"
+  for c in "$@"; do
     if pid="$(component_pid "${c}")"; then
       kill -TERM "${pid}" 2>/dev/null || true
       pids+=("${pid}")
@@ -85,7 +84,7 @@ stop_components() {
   for i in "${!pids[@]}"; do
     while pid_alive "${pids[i]}"; do
       if ((SECONDS >= deadline)); then
-        echo "stopping ${names[i]} (pid ${pids[i]}): still running after ${grace}s, sending SIGKILL" >&2
+        echo "${names[i]} (pid ${pids[i]}) still running after ${grace}s: sending SIGKILL" >&2
         kill -KILL "${pids[i]}" 2>/dev/null || true
         sleep 0.2
         break
@@ -96,6 +95,18 @@ stop_components() {
     wait "${pids[i]}" 2>/dev/null || true
     echo "stopped ${names[i]} (pid ${pids[i]})"
   done
+}
+
+# Stops every running component by its recorded pid, etcd last (the API
+# server does not shut down cleanly without it), and removes the pid files.
+stop_components() {
+  local c
+  local -a rest=()
+  for c in "${COMPONENTS[@]}"; do
+    [[ "${c}" == etcd ]] || rest=("${c}" "${rest[@]}")
+  done
+  stop_group "${rest[@]}"
+  stop_group etcd
   for c in "${COMPONENTS[@]}"; do
     rm -f "${PID_DIR}/${c}.pid"
   done

@@ -5,7 +5,7 @@
 # Usage: e2e/cluster/smoke.sh
 set -euo pipefail
 
-# shellcheck source=lib.sh
+# shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 TIMEOUT="${PALISADE_E2E_TIMEOUT:-60}"

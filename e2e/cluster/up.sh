@@ -7,7 +7,7 @@
 set -euo pipefail
 umask 077
 
-# shellcheck source=lib.sh
+# shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if [[ $# -gt 0 ]]; then
@@ -23,6 +23,10 @@ API_BURST="${PALISADE_E2E_API_BURST:-400}"
 SERVICE_CIDR="10.96.0.0/16"
 SERVICE_IP="10.96.0.1"
 SA_ISSUER="https://kubernetes.default.svc.cluster.local"
+# What the API server writes into the "kubernetes" Service's endpoints
+# (Endpoints reject loopback addresses). Nothing connects to it: the server
+# listens on 127.0.0.1 only. Default from TEST-NET-1 (RFC 5737, never routed).
+ADVERTISE_ADDRESS="${PALISADE_E2E_ADVERTISE_ADDRESS:-192.0.2.1}"
 
 PKI="${STATE_DIR}/pki"
 CONF="${STATE_DIR}/config"
@@ -46,8 +50,11 @@ fail() { # <component or ""> <message>
   exit 1
 }
 
-start_time="${EPOCHREALTIME}"
-elapsed() { awk -v a="${start_time}" -v b="${EPOCHREALTIME}" 'BEGIN { printf "%.1f", b - a }'; }
+start_us="${EPOCHREALTIME/[.,]/}"
+elapsed() { # seconds since start, one decimal
+  local d=$((${EPOCHREALTIME/[.,]/} - start_us))
+  printf '%d.%d' $((d / 1000000)) $((d / 100000 % 10))
+}
 
 # --- refuse to start a second cluster ---------------------------------------
 running=()
@@ -66,7 +73,7 @@ for c in "${COMPONENTS[@]}" kubectl; do
   [[ -x "${BIN_DIR}/${c}" ]] || die "missing ${BIN_DIR}/${c}; run e2e/cluster/build.sh"
 done
 command -v openssl >/dev/null 2>&1 || die "openssl not found (apt-get install -y openssl)"
-KUBECTL=("${BIN_DIR}/kubectl" --kubeconfig "${KUBECONFIG_PATH}")
+KUBECTL=("${BIN_DIR}/kubectl" --kubeconfig "${KUBECONFIG_PATH}" --request-timeout=20s)
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in "ETCD_PORT=${ETCD_PORT}" "ETCD_PEER_PORT=${ETCD_PEER_PORT}" \
@@ -118,22 +125,31 @@ extendedKeyUsage = clientAuth
 EOF
 
 ec_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
-issue() { # <name> <subject> <extensions section>
+ca() { # <name> <common name>
+  ec_key "${PKI}/$1.key"
+  openssl req -config "${PKI}/openssl.cnf" -x509 -new -key "${PKI}/$1.key" \
+    -subj "/CN=$2" -days 3650 -sha256 -extensions v3_ca -out "${PKI}/$1.crt"
+}
+issue() { # <name> <subject> <extensions section> [<ca name>]
+  local signer="${4:-ca}"
   ec_key "${PKI}/$1.key"
   openssl req -config "${PKI}/openssl.cnf" -new -key "${PKI}/$1.key" -subj "$2" |
-    openssl x509 -req -CA "${PKI}/ca.crt" -CAkey "${PKI}/ca.key" \
+    openssl x509 -req -CA "${PKI}/${signer}.crt" -CAkey "${PKI}/${signer}.key" \
       -set_serial "0x$(openssl rand -hex 16)" -days 365 -sha256 \
       -extfile "${PKI}/openssl.cnf" -extensions "$3" -out "${PKI}/$1.crt" 2>/dev/null
 }
 
-ec_key "${PKI}/ca.key"
-openssl req -config "${PKI}/openssl.cnf" -x509 -new -key "${PKI}/ca.key" \
-  -subj "/CN=palisade-e2e-ca" -days 3650 -sha256 -extensions v3_ca -out "${PKI}/ca.crt"
+ca ca palisade-e2e-ca
 issue apiserver "/CN=kube-apiserver" v3_server
 issue admin "/O=system:masters/CN=palisade-e2e-admin" v3_client
 issue kube-controller-manager "/CN=system:kube-controller-manager" v3_client
 issue kube-scheduler "/CN=system:kube-scheduler" v3_client
 issue kwok "/O=system:masters/CN=palisade-e2e-kwok" v3_client
+# Front-proxy (request header) CA and client: lets the aggregation layer
+# proxy to extension API servers and completes the extension-apiserver-
+# authentication ConfigMap that delegated authentication reads.
+ca front-proxy-ca palisade-e2e-front-proxy-ca
+issue front-proxy-client "/CN=front-proxy-client" v3_client front-proxy-ca
 # Service-account token signing key pair.
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "${PKI}/sa.key" 2>/dev/null
 openssl pkey -in "${PKI}/sa.key" -pubout -out "${PKI}/sa.pub"
@@ -181,11 +197,18 @@ LAUNCH=()
 command -v setsid >/dev/null 2>&1 && LAUNCH=(setsid) # detach from the terminal
 
 start() { # <component> <args...>
-  local c="$1"
+  local c="$1" pid deadline=$((SECONDS + 30))
   shift
   "${LAUNCH[@]}" "${BIN_DIR}/${c}" "$@" </dev/null >>"${LOG_DIR}/${c}.log" 2>&1 &
-  echo "$!" >"${PID_DIR}/${c}.pid"
+  pid=$!
+  echo "${pid}" >"${PID_DIR}/${c}.pid"
   started=1
+  # Wait for the exec, so component_pid recognises the process.
+  until component_pid "${c}" >/dev/null; do
+    pid_alive "${pid}" || fail "${c}" "${c} exited right after start"
+    ((SECONDS < deadline)) || fail "${c}" "${c} (pid ${pid}) did not exec ${BIN_DIR}/${c}"
+    sleep 0.05
+  done
 }
 
 # Polls a command until it succeeds; fails early if the component died.
@@ -216,7 +239,7 @@ wait_for etcd "etcd to listen on 127.0.0.1:${ETCD_PORT}" port_open "${ETCD_PORT}
 say "starting kube-apiserver ${K8S_VERSION} on ${API_URL}"
 start kube-apiserver \
   --bind-address=127.0.0.1 \
-  --advertise-address=127.0.0.1 \
+  --advertise-address="${ADVERTISE_ADDRESS}" \
   --secure-port="${APISERVER_PORT}" \
   --cert-dir="${STATE_DIR}/kube-apiserver-certs" \
   --etcd-servers="http://127.0.0.1:${ETCD_PORT}" \
@@ -227,6 +250,13 @@ start kube-apiserver \
   --service-account-key-file="${PKI}/sa.pub" \
   --service-account-signing-key-file="${PKI}/sa.key" \
   --service-cluster-ip-range="${SERVICE_CIDR}" \
+  --requestheader-client-ca-file="${PKI}/front-proxy-ca.crt" \
+  --requestheader-allowed-names=front-proxy-client \
+  --requestheader-username-headers=X-Remote-User \
+  --requestheader-group-headers=X-Remote-Group \
+  --requestheader-extra-headers-prefix=X-Remote-Extra- \
+  --proxy-client-cert-file="${PKI}/front-proxy-client.crt" \
+  --proxy-client-key-file="${PKI}/front-proxy-client.key" \
   --authorization-mode=Node,RBAC \
   --enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,RuntimeClass,NodeRestriction \
   --allow-privileged=true \
@@ -260,8 +290,12 @@ start kube-scheduler \
   --v="${VERBOSITY}"
 
 say "creating fake nodes"
-mapfile -t NODES < <("${KUBECTL[@]}" create -f "${CLUSTER_DIR}/nodes.yaml" -o name)
-[[ ${#NODES[@]} -gt 0 ]] || fail "" "no nodes created from ${CLUSTER_DIR}/nodes.yaml"
+create_nodes() {
+  "${KUBECTL[@]}" apply -f "${CLUSTER_DIR}/nodes.yaml" -o name >"${CONF}/nodes" 2>"${CONF}/nodes.err"
+}
+wait_for kube-apiserver "creating the nodes of ${CLUSTER_DIR}/nodes.yaml (errors: ${CONF}/nodes.err)" create_nodes
+mapfile -t NODES <"${CONF}/nodes"
+[[ ${#NODES[@]} -gt 0 ]] || fail "" "no nodes in ${CLUSTER_DIR}/nodes.yaml"
 
 say "starting kwok ${KWOK_VERSION} for ${NODES[*]#node/}"
 kwok_configs=("--config=${CLUSTER_DIR}/kwok/kwok.yaml")
@@ -278,8 +312,8 @@ HOME="${STATE_DIR}/kwok-home" start kwok \
 # not-ready taint on new nodes, the node lifecycle controller removes it.
 nodes_match() { # <jsonpath item> <wanted line>
   local out
-  out="$("${KUBECTL[@]}" get "${NODES[@]}" -o "jsonpath={range .items[*]}$1{\"\\n\"}{end}")"
-  [[ "$(grep -cx -- "$2" <<<"${out}")" -eq ${#NODES[@]} ]]
+  out="$("${KUBECTL[@]}" get "${NODES[@]}" -o "jsonpath={range .items[*]}|$1{\"\\n\"}{end}")"
+  [[ "$(grep -cxF -- "|$2" <<<"${out}")" -eq ${#NODES[@]} ]]
 }
 wait_for kwok "nodes ${NODES[*]#node/} to be Ready" \
   nodes_match '{.status.conditions[?(@.type=="Ready")].status}' True

@@ -104,14 +104,20 @@ pub fn parse_values(file: &Path, text: &str) -> Result<Vec<(Origin, Value)>, Doc
             .map(|r| r.map_err(|e| format!("invalid JSON: {e}")))
             .collect()
     } else {
-        serde_yaml::Deserializer::from_str(text)
-            .map(|doc| {
-                let v: Result<serde_yaml::Value, _> = serde::Deserialize::deserialize(doc);
-                v.map_err(|e| format!("invalid YAML: {e}")).and_then(|y| {
-                    serde_json::to_value(y).map_err(|e| format!("not representable as JSON: {e}"))
-                })
-            })
-            .collect()
+        // serde_yaml's document iterator repeats a syntax error forever: stop at the first.
+        let mut docs = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(text) {
+            let v: Result<serde_yaml::Value, _> = serde::Deserialize::deserialize(doc);
+            let parsed = v.map_err(|e| format!("invalid YAML: {e}")).and_then(|y| {
+                serde_json::to_value(y).map_err(|e| format!("not representable as JSON: {e}"))
+            });
+            let failed = parsed.is_err();
+            docs.push(parsed);
+            if failed {
+                break;
+            }
+        }
+        docs
     };
     for (i, doc) in raw.into_iter().enumerate() {
         let origin = Origin {

@@ -52,7 +52,8 @@ pub fn host_peer(h: &str) -> EgressPeer {
     }
 }
 
-fn wildcard_matches(pattern: &str, name: &str) -> bool {
+/// Whether `name` is `pattern` or lies under a `*.` wildcard pattern.
+pub fn wildcard_matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_prefix("*.") {
         Some(suffix) => name.ends_with(&format!(".{suffix}")),
         None => pattern == name,

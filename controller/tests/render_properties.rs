@@ -1,0 +1,483 @@
+//! Properties of every rendered plan: each pod passes Pod Security `restricted` and carries the
+//! always-on hardening, for the examples and for random policies; and every path where a
+//! policy cannot be enforced exactly blocks the sandbox instead of weakening it.
+
+mod support;
+
+use std::path::Path;
+
+use palisade::api::policy::*;
+use palisade::api::sandbox::{AgentSandboxSpec, PolicyRef, SandboxResources};
+use palisade::api::{AgentPolicy, AgentSandbox};
+use palisade::render::facts::{ClusterFacts, RuntimeClasses};
+use palisade::render::{BlockReason, Plan, compile};
+use proptest::prelude::*;
+use support::pss::restricted_violations;
+
+fn sandbox(policy: &str) -> AgentSandbox {
+    let mut s = AgentSandbox::new(
+        "agent",
+        AgentSandboxSpec {
+            policy_ref: PolicyRef {
+                name: policy.into(),
+            },
+            image: "ghcr.io/acme/agent:1".into(),
+            ..Default::default()
+        },
+    );
+    s.metadata.namespace = Some("team".into());
+    s
+}
+
+fn policy(spec: AgentPolicySpec) -> AgentPolicy {
+    let mut p = AgentPolicy::new("p", spec);
+    p.metadata.namespace = Some("team".into());
+    p
+}
+
+/// The hardening every pod gets whatever its policy says.
+fn assert_hardened(plan: &Plan) {
+    let pod = &plan.pod;
+    let violations = restricted_violations(pod);
+    assert!(violations.is_empty(), "{violations:?}");
+    let spec = pod.spec.as_ref().expect("pod spec");
+    assert_eq!(spec.enable_service_links, Some(false));
+    assert_eq!(spec.host_network, Some(false));
+    assert!(spec.volumes.iter().flatten().all(|v| v.host_path.is_none()));
+    for c in &spec.containers {
+        let sc = c
+            .security_context
+            .as_ref()
+            .expect("container security context");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.privileged, Some(false));
+        assert!(c.ports.iter().flatten().all(|p| p.host_port.is_none()));
+    }
+    let ps = spec
+        .security_context
+        .as_ref()
+        .expect("pod security context");
+    assert!(
+        ps.sysctls.is_none() && ps.se_linux_options.is_none() && ps.app_armor_profile.is_none()
+    );
+    assert_ne!(ps.run_as_user, Some(0));
+    assert_ne!(ps.run_as_group, Some(0));
+    assert_ne!(ps.fs_group, Some(0));
+    // The isolating NetworkPolicy selects exactly this pod, both directions.
+    let np = plan.network_policy.spec.as_ref().expect("np spec");
+    assert_eq!(
+        np.policy_types.as_deref(),
+        Some(&["Ingress".to_string(), "Egress".to_string()][..])
+    );
+    let labels = pod.metadata.labels.as_ref().expect("labels");
+    for (k, v) in np
+        .pod_selector
+        .as_ref()
+        .and_then(|s| s.match_labels.as_ref())
+        .expect("selector")
+    {
+        assert_eq!(labels.get(k), Some(v));
+    }
+}
+
+#[test]
+fn every_example_pod_is_restricted() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let loaded = palisade::cli::render_cmd::load(&[root], false).expect("examples load");
+    let mut rendered = 0;
+    for doc in &loaded.documents {
+        let palisade::cli::documents::Document::Sandbox(_, s) = doc else {
+            continue;
+        };
+        let p = loaded
+            .documents
+            .iter()
+            .find_map(|d| match d {
+                palisade::cli::documents::Document::Policy(_, p)
+                    if p.metadata.name.as_deref() == Some(s.spec.policy_ref.name.as_str()) =>
+                {
+                    Some(p)
+                }
+                _ => None,
+            })
+            .expect("policy of example sandbox");
+        let plan = compile(p, s, &ClusterFacts::default(), 0).expect("example compiles");
+        assert_hardened(&plan);
+        rendered += 1;
+    }
+    assert_eq!(rendered, 3);
+}
+
+fn blocked(spec: AgentPolicySpec, sb: AgentSandbox, facts: &ClusterFacts) -> BlockReason {
+    match compile(&policy(spec), &sb, facts, 0) {
+        Ok(plan) => panic!(
+            "expected a blocked sandbox, got a plan with pod {:?}",
+            plan.pod.spec.map(|s| s.runtime_class_name)
+        ),
+        Err(b) => {
+            assert!(!b.message.is_empty());
+            b.reason
+        }
+    }
+}
+
+#[test]
+fn missing_runtime_class_blocks() {
+    let facts = ClusterFacts {
+        runtime_classes: RuntimeClasses::AssumeMapped {
+            missing: ["gvisor".to_string()].into(),
+        },
+        ..Default::default()
+    };
+    assert_eq!(
+        blocked(AgentPolicySpec::default(), sandbox("p"), &facts),
+        BlockReason::RuntimeClassMissing
+    );
+}
+
+#[test]
+fn runtime_class_with_a_runc_handler_blocks() {
+    let facts = ClusterFacts {
+        runtime_classes: RuntimeClasses::Known([("gvisor".to_string(), "runc".to_string())].into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        blocked(AgentPolicySpec::default(), sandbox("p"), &facts),
+        BlockReason::RuntimeHandlerMismatch
+    );
+    let kata = AgentPolicySpec {
+        isolation: Some(IsolationPolicy {
+            runtime: Some(Runtime::Kata),
+            runtime_class_name: None,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        blocked(kata, sandbox("p"), &facts),
+        BlockReason::RuntimeClassMissing
+    );
+}
+
+#[test]
+fn sandbox_over_its_caps_is_refused_and_one_asking_nothing_gets_the_caps() {
+    let caps = AgentPolicySpec {
+        resources: Some(ResourceCaps {
+            cpu: Some(q("1")),
+            memory: Some(q("1Gi")),
+            ephemeral_storage: None,
+        }),
+        ..Default::default()
+    };
+    let mut sb = sandbox("p");
+    sb.spec.resources = Some(SandboxResources {
+        limits: [("memory".to_string(), q("2Gi"))].into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        blocked(caps.clone(), sb, &ClusterFacts::default()),
+        BlockReason::OverCaps
+    );
+    let plan =
+        compile(&policy(caps), &sandbox("p"), &ClusterFacts::default(), 0).expect("compiles");
+    let limits = plan.pod.spec.unwrap().containers[0]
+        .resources
+        .clone()
+        .unwrap()
+        .limits
+        .unwrap();
+    assert_eq!(limits["cpu"].0, "1");
+    assert_eq!(limits["memory"].0, "1Gi");
+}
+
+fn q(s: &str) -> k8s_openapi::apimachinery::pkg::api::resource::Quantity {
+    k8s_openapi::apimachinery::pkg::api::resource::Quantity(s.into())
+}
+
+#[test]
+fn fqdn_egress_without_a_backend_blocks() {
+    let spec = AgentPolicySpec {
+        network: Some(NetworkRules {
+            egress: Some(EgressPolicy {
+                allow: vec![EgressRule {
+                    to: Some(vec![EgressPeer {
+                        fqdn: Some("api.example.com".into()),
+                        ..Default::default()
+                    }]),
+                    ports: None,
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        blocked(spec.clone(), sandbox("p"), &ClusterFacts::default()),
+        BlockReason::FqdnBackendMissing
+    );
+    let plan = compile(
+        &policy(spec),
+        &sandbox("p"),
+        &ClusterFacts {
+            cilium: true,
+            ..Default::default()
+        },
+        0,
+    )
+    .expect("with cilium");
+    let cnp = plan.fqdn_policy.expect("cilium policy");
+    assert_eq!(
+        cnp["spec"]["egress"][0]["toFQDNs"][0]["matchName"],
+        "api.example.com"
+    );
+}
+
+#[test]
+fn seccomp_that_the_runtime_ignores_blocks_when_required_and_is_reported_otherwise() {
+    let mut spec = AgentPolicySpec {
+        syscalls: Some(SyscallPolicy {
+            require_enforcement: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        blocked(spec.clone(), sandbox("p"), &ClusterFacts::default()),
+        BlockReason::SeccompNotEnforced
+    );
+    let facts = ClusterFacts {
+        seccomp_applied: [Runtime::Gvisor, Runtime::Runc].into(),
+        ..Default::default()
+    };
+    assert!(compile(&policy(spec.clone()), &sandbox("p"), &facts, 0).is_ok());
+    spec.syscalls = None;
+    let plan =
+        compile(&policy(spec), &sandbox("p"), &ClusterFacts::default(), 0).expect("compiles");
+    assert!(
+        plan.report
+            .not_enforced
+            .iter()
+            .any(|e| e.field == "syscalls")
+    );
+}
+
+#[test]
+fn generated_seccomp_needs_the_operator() {
+    let spec = AgentPolicySpec {
+        syscalls: Some(SyscallPolicy {
+            profile: Some(SeccompKind::Generated),
+            block: vec!["ptrace".into()],
+            ..Default::default()
+        }),
+        isolation: Some(IsolationPolicy {
+            runtime: Some(Runtime::Runc),
+            runtime_class_name: None,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        blocked(spec.clone(), sandbox("p"), &ClusterFacts::default()),
+        BlockReason::SeccompProfileCrdMissing
+    );
+    let plan = compile(
+        &policy(spec),
+        &sandbox("p"),
+        &ClusterFacts {
+            seccomp_profile_crd: true,
+            ..Default::default()
+        },
+        0,
+    )
+    .expect("compiles");
+    assert_eq!(
+        plan.seccomp_profile.as_ref().expect("profile")["spec"]["syscalls"][0]["names"][0],
+        "ptrace"
+    );
+    assert_hardened_pod_only(&plan);
+}
+
+fn assert_hardened_pod_only(plan: &Plan) {
+    assert!(restricted_violations(&plan.pod).is_empty());
+}
+
+#[test]
+fn image_rules_refuse() {
+    let spec = AgentPolicySpec {
+        images: Some(ImagePolicy {
+            allowed_registries: vec!["registry.internal".into()],
+            require_digest: Some(true),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        blocked(spec, sandbox("p"), &ClusterFacts::default()),
+        BlockReason::ImageRefused
+    );
+}
+
+#[test]
+fn timeout_counts_run_time_and_expires() {
+    let spec = AgentPolicySpec {
+        timeout_ms: Some(10_000),
+        ..Default::default()
+    };
+    let plan = compile(
+        &policy(spec.clone()),
+        &sandbox("p"),
+        &ClusterFacts::default(),
+        4_500,
+    )
+    .expect("compiles");
+    assert_eq!(plan.pod.spec.unwrap().active_deadline_seconds, Some(6));
+    assert_eq!(
+        compile(
+            &policy(spec),
+            &sandbox("p"),
+            &ClusterFacts::default(),
+            10_000
+        )
+        .unwrap_err()
+        .reason,
+        BlockReason::Expired
+    );
+}
+
+#[test]
+fn reserved_pod_annotation_is_refused() {
+    let mut sb = sandbox("p");
+    sb.spec.pod_annotations.insert(
+        "io.katacontainers.config.hypervisor.kernel_params".into(),
+        "x".into(),
+    );
+    assert_eq!(
+        blocked(AgentPolicySpec::default(), sb, &ClusterFacts::default()),
+        BlockReason::SandboxInvalid
+    );
+}
+
+#[test]
+fn emptydir_size_limits_fit_in_ephemeral_storage() {
+    let spec = AgentPolicySpec {
+        filesystem: Some(FilesystemPolicy {
+            readwrite_paths: ["/tmp", "/home/agent", "/var/cache"]
+                .iter()
+                .map(|p| SandboxPath(p.to_string()))
+                .collect(),
+            denied_paths: vec![SandboxPath("/home/agent/.ssh".into())],
+            ..Default::default()
+        }),
+        workspace: Some(WorkspacePolicy {
+            size: Some(q("1Gi")),
+            ..Default::default()
+        }),
+        resources: Some(ResourceCaps {
+            ephemeral_storage: Some(q("3Gi")),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let plan =
+        compile(&policy(spec), &sandbox("p"), &ClusterFacts::default(), 0).expect("compiles");
+    let total: i128 = plan
+        .pod
+        .spec
+        .unwrap()
+        .volumes
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.empty_dir.as_ref()?.size_limit.as_ref())
+        .map(|q| palisade::policy::quantity::nanos(q).unwrap() / 1_000_000_000)
+        .sum();
+    assert!(total <= 3 << 30, "{total}");
+    assert!(total > 2 << 30, "most of the budget is handed out: {total}");
+}
+
+fn arb_policy() -> impl Strategy<Value = AgentPolicySpec> {
+    let paths = prop::collection::vec(
+        prop::sample::select(vec![
+            "/tmp",
+            "/workspace",
+            "/home/agent",
+            "/var/cache",
+            "/opt/data",
+            "/srv",
+        ]),
+        0..4,
+    );
+    (
+        paths.clone(),
+        paths,
+        prop::option::of(1i64..100_000),
+        prop::option::of(prop::sample::select(vec![
+            Runtime::Gvisor,
+            Runtime::Kata,
+            Runtime::Runc,
+        ])),
+        any::<bool>(),
+        any::<bool>(),
+        prop::option::of(prop::sample::select(vec![
+            DnsMode::Auto,
+            DnsMode::Cluster,
+            DnsMode::None,
+        ])),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(rw, denied, uid, runtime, bind, persistent, dns, allow_all)| {
+                let mut rw: Vec<&str> = rw;
+                rw.sort();
+                rw.dedup();
+                let denied: Vec<SandboxPath> = denied
+                    .into_iter()
+                    .filter(|d| !rw.iter().any(|w| w.starts_with(d)))
+                    .map(|d| SandboxPath(format!("{d}/secret")))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                AgentPolicySpec {
+                    filesystem: Some(FilesystemPolicy {
+                        readwrite_paths: rw.iter().map(|p| SandboxPath(p.to_string())).collect(),
+                        denied_paths: denied,
+                        ..Default::default()
+                    }),
+                    network: Some(NetworkRules {
+                        egress: Some(EgressPolicy {
+                            default: Some(if allow_all {
+                                DefaultAction::Allow
+                            } else {
+                                DefaultAction::Deny
+                            }),
+                            ..Default::default()
+                        }),
+                        dns,
+                        ..Default::default()
+                    }),
+                    privileges: Some(PrivilegesPolicy {
+                        run_as_user: uid,
+                        capabilities: bind.then(|| CapabilitiesPolicy {
+                            add: vec![Capability::NetBindService],
+                        }),
+                        ..Default::default()
+                    }),
+                    isolation: Some(IsolationPolicy {
+                        runtime,
+                        runtime_class_name: None,
+                    }),
+                    workspace: persistent.then(|| WorkspacePolicy {
+                        persistent: Some(true),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #[test]
+    fn random_policies_render_restricted_pods(spec in arb_policy()) {
+        let plan = compile(&policy(spec), &sandbox("p"), &ClusterFacts::default(), 0).expect("valid random policy compiles");
+        assert_hardened(&plan);
+    }
+}
