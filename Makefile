@@ -4,13 +4,27 @@ CARGO ?= cargo
 VENV := target/venv
 KUBERNETES_VALIDATE := $(VENV)/bin/kubernetes-validate
 
-.PHONY: test unit lint fmt validate generate crds golden render bench
+.PHONY: test unit lint fmt validate e2e cluster-build cluster-up cluster-down generate crds golden render bench
 
-## test: formatting, lints, every unit/property/golden/CLI test, and CRD schema validation
-test: lint unit validate
+## test: formatting, lints, unit/property/golden/CLI tests, CRD validation, and the e2e suite
+## against a local control plane (built from the Go module proxy on first use)
+test: lint unit validate e2e
 
 unit:
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test -p palisade --all-targets
+
+## e2e: the end-to-end suite (E2E_KUBECONFIG=path to use an existing cluster instead)
+e2e:
+	e2e/run.sh
+
+cluster-build:
+	e2e/cluster/build.sh
+
+cluster-up:
+	e2e/cluster/up.sh
+
+cluster-down:
+	e2e/cluster/down.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

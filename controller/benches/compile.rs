@@ -1,1 +1,52 @@
-fn main() {}
+//! Time to compile one sandbox: the coding-agent example, and a policy with many overlapping
+//! allow and deny rules. Goal: under 50 µs for a typical sandbox.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use palisade::api::{AgentPolicy, AgentSandbox};
+use palisade::render::{ClusterFacts, compile};
+
+fn example() -> (AgentPolicy, AgentSandbox) {
+    let text = include_str!("../../examples/coding-agent.yaml");
+    let mut docs = serde_yaml::Deserializer::from_str(text);
+    let policy: AgentPolicy =
+        serde::Deserialize::deserialize(docs.next().expect("policy")).expect("policy parses");
+    let sandbox: AgentSandbox =
+        serde::Deserialize::deserialize(docs.next().expect("sandbox")).expect("sandbox parses");
+    (policy, sandbox)
+}
+
+fn busy_policy() -> AgentPolicy {
+    let mut allow = Vec::new();
+    let mut deny = Vec::new();
+    for i in 0..16 {
+        allow.push(serde_json::json!({"to": [{"cidr": format!("{}.0.0.0/8", 11 + i)}], "ports": [{"protocol": "tcp", "port": 443}, {"protocol": "udp", "port": 1000 + i, "endPort": 2000 + i}]}));
+        deny.push(serde_json::json!({"to": [{"cidr": format!("{}.{}.0.0/16", 11 + i, i)}], "ports": [{"protocol": "tcp", "port": 443}]}));
+    }
+    allow.push(
+        serde_json::json!({"to": [{"cidr": "2001:db8::/32", "except": ["2001:db8:1::/48"]}]}),
+    );
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": "busy", "namespace": "default"},
+        "spec": {"network": {"egress": {"allow": allow, "deny": deny}}, "filesystem": {"readwritePaths": ["/tmp", "/workspace", "/home/agent"]}}
+    }))
+    .expect("busy policy")
+}
+
+fn bench(c: &mut Criterion) {
+    let facts = ClusterFacts::default();
+    let (policy, sandbox) = example();
+    c.bench_function("compile coding-agent sandbox", |b| {
+        b.iter(|| compile(black_box(&policy), black_box(&sandbox), &facts, 0).expect("compiles"))
+    });
+    let busy = busy_policy();
+    let mut sb = sandbox.clone();
+    sb.spec.policy_ref.name = "busy".into();
+    c.bench_function("compile sandbox with 16 allow x 16 deny rules", |b| {
+        b.iter(|| compile(black_box(&busy), black_box(&sb), &facts, 0).expect("compiles"))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

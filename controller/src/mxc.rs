@@ -11,7 +11,7 @@ use crate::api::policy::{
     SandboxPath, UiPolicy,
 };
 use crate::api::report::EnforcementReport;
-use crate::policy::legacy::{PRIVATE_CIDRS, host_peer, wildcard_matches};
+use crate::policy::legacy::{PRIVATE_CIDRS, blocked_name_reachable, host_peer};
 
 /// An imported policy and what happened to each field.
 #[derive(Clone, Debug, PartialEq)]
@@ -372,11 +372,11 @@ fn import_network(
                     ),
                 );
             }
-            (Some(name), false) if allowed.iter().any(|a| wildcard_matches(a, name)) => {
+            (Some(name), false) if blocked_name_reachable(name, &allowed) => {
                 return refuse(
                     format!("network.blockedHosts[{i}]"),
                     format!(
-                        "`{name}` is also allowed by allowedHosts; a host name cannot be cut out of a name allow"
+                        "`{name}` may be reached through allowedHosts (a matching name, or an address range it may resolve into); a host name cannot be cut out of those"
                     ),
                 );
             }
@@ -639,6 +639,12 @@ pub fn import(doc: &Value) -> Result<Imported, Refused> {
                 format!(
                     "{ms} ms is below Palisade's 1 s resolution; rounding up would grant more time"
                 ),
+            );
+        }
+        Some(ms) if ms > 31_536_000_000 => {
+            return refuse(
+                timeout_field,
+                format!("{ms} ms is more than a year, the longest timeoutMs Palisade accepts"),
             );
         }
         Some(ms) => spec.timeout_ms = Some(ms as i64),

@@ -54,6 +54,7 @@ fn table() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ("dot-dot path", policy("  filesystem:\n    readonlyPaths: [/opt/../etc]\n"), vec!["'..' segment"]),
         ("writable root", policy("  filesystem:\n    readwritePaths: [/]\n"), vec!["root filesystem cannot be made writable"]),
         ("writable under denied", policy("  filesystem:\n    readwritePaths: [/home/a/b]\n    deniedPaths: [/home/a]\n"), vec!["lies under denied path"]),
+        ("workspace that is read-only", policy("  filesystem:\n    readonlyPaths: [/workspace]\n  workspace:\n    size: 1Gi\n"), vec!["workspace.path", "also a read-only path"]),
         ("mask over /proc", policy("  filesystem:\n    deniedPaths: [/proc/kcore]\n"), vec!["under /proc, /sys or /dev"]),
         ("misspelt readwritePath", policy("  filesystem:\n    readwritePath: [/tmp]\n"), vec!["spec.filesystem", "unknown field `readwritePath`"]),
         ("unknown top-level spec field", policy("  timeout: 5\n"), vec!["unknown field `timeout`"]),
@@ -80,15 +81,16 @@ fn table() -> Vec<(&'static str, String, Vec<&'static str>)> {
     ]
 }
 
-fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("palisade-bad-input-{}", std::process::id()));
+fn scratch(test: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("palisade-bad-input-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }
 
 #[test]
 fn each_invalid_document_is_refused_with_a_specific_message() {
-    let dir = scratch();
+    let dir = scratch("table");
     let cases = table();
     assert!(cases.len() >= 30);
     for (i, (name, doc, expected)) in cases.iter().enumerate() {
@@ -134,7 +136,7 @@ fn each_invalid_document_is_refused_with_a_specific_message() {
 
 #[test]
 fn a_file_with_only_a_broken_policy_is_an_error() {
-    let dir = scratch();
+    let dir = scratch("only-policy");
     let file = dir.join("only-policy.yaml");
     std::fs::write(&file, policy("  privileges:\n    runAsUser: 0\n")).expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_palisade"))

@@ -105,11 +105,11 @@ pub struct AgentPolicySpec {
 )]
 #[serde(transparent)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!self.split('/').exists(s, s == '.' || s == '..')", "message": "path must not contain '.' or '..' segments"},
+    {"rule": "!self.contains('/./') && !self.contains('/../') && !self.endsWith('/.') && !self.endsWith('/..')", "message": "path must not contain '.' or '..' segments"},
     {"rule": "self == '/' || !self.endsWith('/')", "message": "path must not end with '/'"},
     {"rule": "!self.contains('//')", "message": "path must not contain '//'"}
 ]))]
-pub struct SandboxPath(#[schemars(regex(pattern = r"^/"), length(min = 1, max = 4096))] pub String);
+pub struct SandboxPath(#[schemars(regex(pattern = r"^/"), length(min = 1, max = 1024))] pub String);
 
 /// Filesystem access inside the sandbox.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -247,14 +247,15 @@ pub struct EgressPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<DefaultAction>,
 
-    /// Traffic that is allowed (unless a deny rule matches it too).
+    /// Traffic that is allowed (unless a deny rule matches it too). At most 32 rules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 32))]
     pub allow: Vec<EgressRule>,
 
     /// Traffic that is denied, whatever the allow rules say. Deny rules take CIDR peers only.
+    /// At most 32 rules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 32))]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "self.all(r, !has(r.to) || r.to.all(p, has(p.cidr)))", "message": "deny rules take cidr peers only"}
     ]))]
@@ -272,14 +273,14 @@ pub struct EgressPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EgressRule {
-    /// Destinations. Omitted: every destination.
+    /// Destinations (at most 16). Omitted: every destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = 16))]
     pub to: Option<Vec<EgressPeer>>,
 
-    /// Protocols and ports. Omitted: every protocol and port.
+    /// Protocols and ports (at most 16). Omitted: every protocol and port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = 16))]
     pub ports: Option<Vec<PortRule>>,
 }
 
@@ -304,9 +305,9 @@ pub struct EgressPeer {
     ]))]
     pub cidr: Option<String>,
 
-    /// CIDRs inside `cidr` that are excluded from it.
+    /// CIDRs inside `cidr` that are excluded from it (at most 16).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64), inner(length(max = 64)))]
+    #[schemars(length(min = 1, max = 16), inner(length(max = 64)))]
     pub except: Option<Vec<String>>,
 
     /// A domain name (`api.example.com`) or wildcard (`*.example.com`). Needs an FQDN-capable
@@ -381,9 +382,9 @@ pub struct IngressPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_loopback: Option<DefaultAction>,
 
-    /// Sources allowed to connect.
+    /// Sources allowed to connect. At most 32 rules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 32))]
     pub allow: Vec<IngressRule>,
 }
 
@@ -391,14 +392,14 @@ pub struct IngressPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IngressRule {
-    /// Sources. Omitted: every source.
+    /// Sources (at most 16). Omitted: every source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = 16))]
     pub from: Option<Vec<IngressPeer>>,
 
-    /// Protocols and ports on the sandbox. Omitted: every protocol and port.
+    /// Protocols and ports on the sandbox (at most 16). Omitted: every protocol and port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = 16))]
     pub ports: Option<Vec<PortRule>>,
 }
 
@@ -420,9 +421,9 @@ pub struct IngressPeer {
     ]))]
     pub cidr: Option<String>,
 
-    /// CIDRs inside `cidr` that are excluded from it.
+    /// CIDRs inside `cidr` that are excluded from it (at most 16).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64), inner(length(max = 64)))]
+    #[schemars(length(min = 1, max = 16), inner(length(max = 64)))]
     pub except: Option<Vec<String>>,
 
     /// In-cluster pods (in the sandbox's namespace unless `namespaceSelector` is set).

@@ -52,6 +52,26 @@ pub fn host_peer(h: &str) -> EgressPeer {
     }
 }
 
+/// Whether a blocked host name may be reached through the allowed hosts: a name allow that
+/// matches it either way round (wildcards included, case ignored), or any address allow (a
+/// name can resolve to any address).
+pub fn blocked_name_reachable(blocked: &str, allowed: &[String]) -> bool {
+    let b = blocked.to_ascii_lowercase();
+    allowed.iter().any(|a| {
+        let a = a.to_ascii_lowercase();
+        match host_peer(&a).fqdn {
+            Some(_) => {
+                wildcard_matches(&a, &b)
+                    || wildcard_matches(&b, &a)
+                    || (a.starts_with("*.")
+                        && b.starts_with("*.")
+                        && (wildcard_matches(&a, &b[2..]) || wildcard_matches(&b, &a[2..])))
+            }
+            None => true,
+        }
+    })
+}
+
 /// Whether `name` is `pattern` or lies under a `*.` wildcard pattern.
 pub fn wildcard_matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_prefix("*.") {
@@ -99,9 +119,9 @@ pub fn normalize(
                 format!("network.blockedHosts[{i}]"),
                 format!("host name `{name}` cannot be cut out of allow-all egress by a NetworkPolicy; list its IP addresses or CIDRs, or use allowedHosts instead of allowOutbound"),
             )),
-            Some(name) if allowed.iter().any(|a| wildcard_matches(a, name)) => errors.push(PolicyError::new(
+            Some(name) if blocked_name_reachable(name, &allowed) => errors.push(PolicyError::new(
                 format!("network.blockedHosts[{i}]"),
-                format!("host name `{name}` is also allowed by allowedHosts; a name cannot be cut out of an fqdn allow"),
+                format!("host name `{name}` may be reached through allowedHosts (a matching name, or an address range it may resolve into); a name cannot be cut out of those"),
             )),
             Some(name) => report.not_applicable(
                 format!("network.blockedHosts[{i}]"),

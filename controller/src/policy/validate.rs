@@ -290,6 +290,16 @@ pub fn validate_policy(spec: &AgentPolicySpec) -> Result<(), Invalid> {
             "legacy network fields (allowOutbound, allowLocalNetwork, allowedHosts, blockedHosts, proxy) cannot be mixed with egress/ingress",
         );
         if let Some(eg) = &net.egress {
+            e.check(
+                eg.allow.len() <= 32,
+                "network.egress.allow",
+                "at most 32 allow rules",
+            );
+            e.check(
+                eg.deny.len() <= 32,
+                "network.egress.deny",
+                "at most 32 deny rules",
+            );
             for (i, r) in eg.allow.iter().enumerate() {
                 check_egress_rule(&mut e, &format!("network.egress.allow[{i}]"), r, false);
             }
@@ -298,6 +308,11 @@ pub fn validate_policy(spec: &AgentPolicySpec) -> Result<(), Invalid> {
             }
         }
         if let Some(ing) = &net.ingress {
+            e.check(
+                ing.allow.len() <= 32,
+                "network.ingress.allow",
+                "at most 32 allow rules",
+            );
             for (i, r) in ing.allow.iter().enumerate() {
                 let f = format!("network.ingress.allow[{i}]");
                 if let Some(from) = &r.from {
@@ -477,13 +492,21 @@ pub fn validate_policy(spec: &AgentPolicySpec) -> Result<(), Invalid> {
                 "workspace.path",
                 format!("`{}` cannot hold a volume", p.0),
             );
-            for d in spec.filesystem.iter().flat_map(|f| &f.denied_paths) {
-                e.check(
-                    !under(&p.0, &d.0),
-                    "workspace.path",
-                    format!("`{}` lies under denied path `{}`", p.0, d.0),
-                );
-            }
+        }
+        let path = w.path.as_ref().map_or("/workspace", |p| p.0.as_str());
+        for d in spec.filesystem.iter().flat_map(|f| &f.denied_paths) {
+            e.check(
+                !under(path, &d.0),
+                "workspace.path",
+                format!("`{path}` lies under denied path `{}`", d.0),
+            );
+        }
+        for r in spec.filesystem.iter().flat_map(|f| &f.readonly_paths) {
+            e.check(
+                r.0 != path,
+                "workspace.path",
+                format!("`{path}` is also a read-only path; the workspace is writable"),
+            );
         }
         if let Some(q) = &w.size {
             check_quantity(&mut e, "workspace.size", q);
