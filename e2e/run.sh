@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Build first, so the cluster is not kept waiting on the compiler.
+cargo test -p palisade-e2e --no-run
+
 if [[ -n "${E2E_KUBECONFIG:-}" ]]; then
   echo "e2e: using the cluster in ${E2E_KUBECONFIG}"
   export KUBECONFIG="${E2E_KUBECONFIG}"

@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use palisade::api::{AgentPolicy, AgentSandbox};
-use palisade::render::{ClusterFacts, compile};
+use palisade::render::{ClusterFacts, check_policy, compile, compile_checked};
 
 fn example() -> (AgentPolicy, AgentSandbox) {
     let text = include_str!("../../examples/coding-agent.yaml");
@@ -37,8 +37,34 @@ fn busy_policy() -> AgentPolicy {
 fn bench(c: &mut Criterion) {
     let facts = ClusterFacts::default();
     let (policy, sandbox) = example();
-    c.bench_function("compile coding-agent sandbox", |b| {
-        b.iter(|| compile(black_box(&policy), black_box(&sandbox), &facts, 0).expect("compiles"))
+    c.bench_function(
+        "compile coding-agent sandbox (policy checked each time)",
+        |b| {
+            b.iter(|| {
+                compile(black_box(&policy), black_box(&sandbox), &facts, 0).expect("compiles")
+            })
+        },
+    );
+    // The operator checks a policy once and compiles each of its sandboxes against the result.
+    let checked = check_policy(&policy.spec).expect("valid policy");
+    c.bench_function("compile coding-agent sandbox (policy checked once)", |b| {
+        b.iter(|| {
+            compile_checked(black_box(&checked), black_box(&sandbox), &facts, 0).expect("compiles")
+        })
+    });
+    c.bench_function("check coding-agent policy", |b| {
+        b.iter(|| check_policy(black_box(&policy.spec)).expect("valid"))
+    });
+    let mut report = palisade::api::EnforcementReport::default();
+    c.bench_function("compile coding-agent egress", |b| {
+        b.iter(|| {
+            palisade::policy::egress::compile_egress(
+                black_box(&checked.network.egress),
+                &[],
+                &mut report,
+            )
+            .expect("egress")
+        })
     });
     let busy = busy_policy();
     let mut sb = sandbox.clone();

@@ -80,3 +80,19 @@ fn crds_are_up_to_date() {
         "crds/ is stale: run `make crds` and commit the result"
     );
 }
+
+#[test]
+fn a_paused_sandbox_renders_without_its_pod() {
+    let dir = std::env::temp_dir().join(format!("palisade-paused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let text = std::fs::read_to_string(root().join("examples/coding-agent.yaml")).expect("example");
+    let file = dir.join("paused.yaml");
+    std::fs::write(&file, format!("{text}  paused: true\n")).expect("write");
+    let (stdout, stderr, ok) = render(&["-f", file.to_str().expect("utf-8 path")]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("kind: PersistentVolumeClaim") && stdout.contains("kind: NetworkPolicy")
+    );
+    assert!(!stdout.contains("kind: Pod\n"), "{stdout}");
+    std::fs::remove_dir_all(&dir).ok();
+}

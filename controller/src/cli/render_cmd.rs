@@ -148,7 +148,15 @@ pub fn run(args: RenderArgs) -> Result<(), String> {
                     sandbox.spec.policy_ref.name
                 ));
                 out.push_str(&report_comment(&plan.report));
-                for obj in plan.objects() {
+                let paused = sandbox.spec.paused == Some(true);
+                if paused {
+                    out.push_str("# paused: the pod is not created; the workspace is kept\n");
+                }
+                for obj in plan
+                    .objects()
+                    .into_iter()
+                    .filter(|o| !(paused && o["kind"] == "Pod"))
+                {
                     out.push_str("---\n");
                     out.push_str(&serde_yaml::to_string(&obj).map_err(|e| e.to_string())?);
                 }

@@ -3,6 +3,7 @@
 //! that set, or less where NetworkPolicy cannot express it (ICMP, other IP protocols).
 
 use std::collections::BTreeSet;
+use std::sync::LazyLock;
 
 use k8s_openapi::api::networking::v1::{NetworkPolicyEgressRule, NetworkPolicyPeer};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -121,6 +122,9 @@ fn cidr_set(list: &[&str]) -> AddrSet {
         })
 }
 
+static METADATA: LazyLock<AddrSet> = LazyLock::new(|| cidr_set(METADATA_CIDRS));
+static ASSUMED_CLUSTER: LazyLock<AddrSet> = LazyLock::new(|| cidr_set(ASSUMED_CLUSTER_CIDRS));
+
 /// Compiles `egress` (directional form). `cluster_cidrs` are the pod and service ranges; when
 /// empty they are unknown, and in-cluster addresses are assumed to lie in the private ranges
 /// ([`ASSUMED_CLUSTER_CIDRS`]) for deciding which deny rules reach selector destinations.
@@ -158,7 +162,7 @@ pub fn compile_egress(
     let metadata = if egress.allow_metadata_access.unwrap_or(false) {
         AddrSet::default()
     } else {
-        cidr_set(METADATA_CIDRS)
+        METADATA.clone()
     };
     let cluster = cluster_cidrs
         .iter()
@@ -248,7 +252,7 @@ pub fn compile_egress(
     // Selector destinations cannot have CIDRs cut out of them: deny rules that may reach
     // in-cluster addresses remove their services from every selector allow instead.
     let maybe_cluster = if cluster_cidrs.is_empty() {
-        cidr_set(ASSUMED_CLUSTER_CIDRS)
+        ASSUMED_CLUSTER.clone()
     } else {
         cluster.clone()
     };

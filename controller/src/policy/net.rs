@@ -77,16 +77,18 @@ impl IntervalSet {
     }
 
     pub fn intersect(&self, other: &Self) -> Self {
+        // Both are sorted, disjoint and non-adjacent, so the pieces come out that way too.
+        let (a, b) = (&self.0, &other.0);
+        let (mut i, mut j) = (0, 0);
         let mut out = Vec::new();
-        for &(lo, hi) in &self.0 {
-            for &(olo, ohi) in &other.0 {
-                let (a, b) = (lo.max(olo), hi.min(ohi));
-                if a <= b {
-                    out.push((a, b));
-                }
+        while i < a.len() && j < b.len() {
+            let (lo, hi) = (a[i].0.max(b[j].0), a[i].1.min(b[j].1));
+            if lo <= hi {
+                out.push((lo, hi));
             }
+            if a[i].1 < b[j].1 { i += 1 } else { j += 1 }
         }
-        Self(out).union(&Self::empty())
+        Self(out)
     }
 
     pub fn is_subset(&self, other: &Self) -> bool {
@@ -315,6 +317,7 @@ pub fn to_blocks(set: &AddrSet) -> Vec<Block> {
 fn best_blocks(family: Family, set: &IntervalSet, base: u128, prefix: u32) -> (usize, Vec<Block>) {
     let node = Cidr::new(family, base, prefix);
     let node_set = node.to_set();
+    // `set` is already clipped to this node by the caller (or is the whole family at /0).
     let inside = set.intersect(&node_set);
     if inside.is_empty() {
         return (0, Vec::new());
@@ -328,14 +331,24 @@ fn best_blocks(family: Family, set: &IntervalSet, base: u128, prefix: u32) -> (u
             }],
         );
     }
-    let holes = exact_cidrs(family, &node_set.subtract(&inside));
-    let with_except = 1 + holes.len();
     let child_host = family.bits() - prefix - 1;
-    let (lc, mut left) = best_blocks(family, set, base, prefix + 1);
-    let (rc, right) = best_blocks(family, set, base | (1u128 << child_host), prefix + 1);
-    if with_except < lc + rc {
+    let right_base = base | (1u128 << child_host);
+    let left_set = inside.intersect(&IntervalSet::range(base, right_base - 1));
+    let right_set = inside.intersect(&IntervalSet::range(right_base, node.last()));
+    // When everything lies in one half, a block here would need that whole other half in
+    // `except` on top of the half's own holes: never shorter than the half's best.
+    if right_set.is_empty() {
+        return best_blocks(family, &left_set, base, prefix + 1);
+    }
+    if left_set.is_empty() {
+        return best_blocks(family, &right_set, right_base, prefix + 1);
+    }
+    let (lc, mut left) = best_blocks(family, &left_set, base, prefix + 1);
+    let (rc, right) = best_blocks(family, &right_set, right_base, prefix + 1);
+    let holes = exact_cidrs(family, &node_set.subtract(&inside));
+    if 1 + holes.len() < lc + rc {
         (
-            with_except,
+            1 + holes.len(),
             vec![Block {
                 cidr: node,
                 except: holes,
