@@ -53,6 +53,34 @@ impl EnforcementReport {
     pub fn not_enforced(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.not_enforced.push(ReportEntry::new(field, message));
     }
+    /// Every entry with the name of its list (`added`, `narrowed`, `notApplicable`,
+    /// `notEnforced`), in that order.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static str, &ReportEntry)> {
+        [
+            ("added", &self.added),
+            ("narrowed", &self.narrowed),
+            ("notApplicable", &self.not_applicable),
+            ("notEnforced", &self.not_enforced),
+        ]
+        .into_iter()
+        .flat_map(|(title, list)| list.iter().map(move |e| (title, e)))
+    }
+
+    /// The report as YAML comment lines (`#   narrowed: field: message`).
+    pub fn as_comments(&self) -> String {
+        self.entries()
+            .map(|(title, e)| format!("#   {title}: {}: {}\n", e.field, e.message))
+            .collect()
+    }
+
+    /// Appends another report's entries.
+    pub fn extend(&mut self, other: EnforcementReport) {
+        self.added.extend(other.added);
+        self.narrowed.extend(other.narrowed);
+        self.not_applicable.extend(other.not_applicable);
+        self.not_enforced.extend(other.not_enforced);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.added.is_empty()
             && self.narrowed.is_empty()

@@ -93,10 +93,7 @@ fn print_report(report: &EnforcementReport) {
 }
 
 fn merge(mut a: EnforcementReport, b: EnforcementReport) -> EnforcementReport {
-    a.added.extend(b.added);
-    a.narrowed.extend(b.narrowed);
-    a.not_applicable.extend(b.not_applicable);
-    a.not_enforced.extend(b.not_enforced);
+    a.extend(b);
     a
 }
 
@@ -146,16 +143,7 @@ pub fn run(cmd: PolicyCommand) -> Result<(), String> {
                 "# Imported by palisade policy import from {}",
                 args.file.display()
             );
-            for (title, list) in [
-                ("added", &report.added),
-                ("narrowed", &report.narrowed),
-                ("notApplicable", &report.not_applicable),
-                ("notEnforced", &report.not_enforced),
-            ] {
-                for e in list {
-                    println!("#   {title}: {}: {}", e.field, e.message);
-                }
-            }
+            print!("{}", report.as_comments());
             let mut value = serde_json::to_value(&policy).map_err(|e| e.to_string())?;
             if let Some(Value::Object(m)) = value.get_mut("metadata") {
                 m.retain(|_, v| !v.is_null());

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::api::report::EnforcementReport;
 use crate::render::{self, check_policy};
 
 use super::documents::{Document, classify, collect_files, parse_values, read_text};
@@ -96,21 +95,6 @@ pub fn load(files: &[PathBuf], recursive: bool) -> Result<Loaded, Vec<String>> {
     }
 }
 
-fn report_comment(report: &EnforcementReport) -> String {
-    let mut out = String::new();
-    for (title, list) in [
-        ("added", &report.added),
-        ("narrowed", &report.narrowed),
-        ("notApplicable", &report.not_applicable),
-        ("notEnforced", &report.not_enforced),
-    ] {
-        for e in list {
-            out.push_str(&format!("#   {title}: {}: {}\n", e.field, e.message));
-        }
-    }
-    out
-}
-
 pub fn run(args: RenderArgs) -> Result<(), String> {
     let loaded = load(&args.files, args.recursive).map_err(|errs| errs.join("\n"))?;
     for n in &loaded.notes {
@@ -147,7 +131,7 @@ pub fn run(args: RenderArgs) -> Result<(), String> {
                     "# AgentSandbox {ns}/{name} under AgentPolicy {ns}/{}\n",
                     sandbox.spec.policy_ref.name
                 ));
-                out.push_str(&report_comment(&plan.report));
+                out.push_str(&plan.report.as_comments());
                 let paused = sandbox.spec.paused == Some(true);
                 if paused {
                     out.push_str("# paused: the pod is not created; the workspace is kept\n");
