@@ -6,5 +6,7 @@
 pub mod api;
 pub mod cli;
 pub mod mxc;
+pub mod ops;
 pub mod policy;
+pub mod reconcile;
 pub mod render;

@@ -4,6 +4,7 @@ pub mod documents;
 pub mod facts_args;
 pub mod policy_cmd;
 pub mod render_cmd;
+pub mod run_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,8 @@ pub enum Command {
     Policy(policy_cmd::PolicyCommand),
     /// Print the CustomResourceDefinitions (what crds/ holds).
     Crd,
+    /// Run the operator: reconcile AgentSandboxes and AgentPolicies until SIGTERM/SIGINT.
+    Run(Box<run_cmd::RunArgs>),
 }
 
 /// Runs the command; the error is the message for standard error.
@@ -31,6 +34,11 @@ pub fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Render(args) => render_cmd::run(args),
         Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Runtime::new()
+                .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+            runtime.block_on(run_cmd::run(*args))
+        }
         Command::Crd => {
             let yaml = crate::api::crd::crds_yaml().map_err(|e| e.to_string())?;
             print!("{yaml}");

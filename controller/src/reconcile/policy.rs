@@ -1,0 +1,97 @@
+//! The AgentPolicy controller: validates the policy, counts the sandboxes that use it (from the
+//! sandbox store, not a list call) and writes `Accepted`/`Ready`, the hash and the report.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::{AgentPolicy, AgentPolicyStatus, AgentSandbox, MANAGER};
+use crate::render::explain::explain;
+
+use super::conditions::{Want, merge};
+use super::{Ctx, Error, RESYNC};
+
+/// The sandboxes (as store references) that use a policy.
+pub fn sandboxes_of(ctx: &Ctx, policy: &ObjectRef<AgentPolicy>) -> Vec<ObjectRef<AgentSandbox>> {
+    ctx.sandboxes
+        .state()
+        .iter()
+        .filter(|s| s.namespace() == policy.namespace && s.spec.policy_ref.name == policy.name)
+        .map(|s| ObjectRef::from_obj(&**s))
+        .collect()
+}
+
+pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Ctx) -> Result<Action, Error> {
+    let _timer = ctx.metrics.observe_reconcile("agentpolicy");
+    let ns = policy.namespace().ok_or(Error::Missing("namespace"))?;
+    let name = policy.name_any();
+    let previous = policy.status.clone().unwrap_or_default();
+    let count = sandboxes_of(&ctx, &ObjectRef::from_obj(&*policy)).len() as i32;
+    let generation = policy.meta().generation;
+    let now = Time(Timestamp::now());
+    let status = match explain(&policy.spec) {
+        Ok((_, report)) => AgentPolicyStatus {
+            conditions: merge(
+                &previous.conditions,
+                vec![
+                    Want::new("Accepted", true, "Valid", "the policy is valid"),
+                    Want::new("Ready", true, "Valid", ""),
+                ],
+                generation,
+                &now,
+            ),
+            observed_generation: generation,
+            policy_hash: Some(crate::render::hash::short_hash(&policy.spec)),
+            sandbox_count: Some(count),
+            added: report.added,
+            narrowed: report.narrowed,
+            not_applicable: report.not_applicable,
+            not_enforced: report.not_enforced,
+        },
+        Err(e) => {
+            ctx.metrics
+                .compile_errors
+                .with_label_values(&["PolicyInvalid"])
+                .inc();
+            AgentPolicyStatus {
+                conditions: merge(
+                    &previous.conditions,
+                    vec![
+                        Want::new("Accepted", false, "Invalid", e.to_string()),
+                        Want::new("Ready", false, "Invalid", e.to_string()),
+                    ],
+                    generation,
+                    &now,
+                ),
+                observed_generation: generation,
+                sandbox_count: Some(count),
+                ..Default::default()
+            }
+        }
+    };
+    if status != previous {
+        let api: Api<AgentPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch =
+            json!({"apiVersion": crate::api::API_VERSION, "kind": "AgentPolicy", "status": status});
+        api.patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+pub fn error_policy(_policy: Arc<AgentPolicy>, error: &Error, ctx: Ctx) -> Action {
+    ctx.metrics.reconcile_error("agentpolicy", error.label());
+    tracing::warn!(%error, "policy reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}

@@ -1,0 +1,425 @@
+//! The operator against a real API server (e2e/run.sh runs `palisade run` beside the suite):
+//! sandboxes converge, children are garbage-collected, and every path that cannot be enforced
+//! blocks the sandbox until a person fixes it.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use palisade::api::{AgentPolicy, AgentSandbox, SandboxPhase};
+use palisade_e2e::{MANAGER, client, install_crds, restricted_namespace, wait_for};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn setup(ns: &str) -> Client {
+    let client = client().await;
+    install_crds(&client).await;
+    let rcs = json!([
+        {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "gvisor"}, "handler": "runsc",
+         "scheduling": {"nodeSelector": {"palisade.dev/runtime": "gvisor"}}},
+        {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "kata-qemu"}, "handler": "kata-qemu",
+         "scheduling": {"nodeSelector": {"palisade.dev/runtime": "kata"}}}
+    ]);
+    let api: Api<k8s_openapi::api::node::v1::RuntimeClass> = Api::all(client.clone());
+    for rc in rcs.as_array().into_iter().flatten() {
+        let name = rc["metadata"]["name"].as_str().unwrap_or_default();
+        api.patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(rc),
+        )
+        .await
+        .expect("RuntimeClass");
+    }
+    restricted_namespace(&client, ns).await;
+    client
+}
+
+async fn apply_policy(client: &Client, ns: &str, name: &str, spec: Value) {
+    let api: Api<AgentPolicy> = Api::namespaced(client.clone(), ns);
+    let body = json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": name}, "spec": spec});
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .expect("apply policy");
+}
+
+async fn apply_sandbox(client: &Client, ns: &str, name: &str, spec: Value) {
+    let api: Api<AgentSandbox> = Api::namespaced(client.clone(), ns);
+    let body = json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox", "metadata": {"name": name}, "spec": spec});
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .expect("apply sandbox");
+}
+
+fn basic_sandbox(policy: &str) -> Value {
+    json!({"policyRef": {"name": policy}, "image": "ghcr.io/palisade-dev/examples/agent:0.1.0"})
+}
+
+async fn wait_phase(client: &Client, ns: &str, name: &str, phase: SandboxPhase) -> AgentSandbox {
+    let api: Api<AgentSandbox> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("sandbox {ns}/{name} {phase:?}"), WAIT, || {
+        let api = api.clone();
+        let name = name.to_string();
+        async move {
+            let s = api.get(&name).await.ok()?;
+            (s.status.as_ref()?.phase == Some(phase)).then_some(s)
+        }
+    })
+    .await
+}
+
+fn condition(s: &AgentSandbox, type_: &str) -> Option<(String, String)> {
+    s.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+#[tokio::test]
+async fn a_sandbox_runs_with_its_children_and_they_are_collected_on_delete() {
+    let ns = "op-basic";
+    let client = setup(ns).await;
+    apply_policy(&client, ns, "p", json!({"network": {"dns": "none"}})).await;
+    apply_sandbox(&client, ns, "agent", basic_sandbox("p")).await;
+    let s = wait_phase(&client, ns, "agent", SandboxPhase::Running).await;
+    assert_eq!(condition(&s, "Ready").map(|c| c.0).as_deref(), Some("True"));
+    assert_eq!(
+        condition(&s, "NetworkIsolated").map(|c| c.0).as_deref(),
+        Some("True")
+    );
+    assert_eq!(
+        condition(&s, "Stalled").map(|c| c.0).as_deref(),
+        Some("False")
+    );
+    let status = s.status.clone().expect("status");
+    assert_eq!(status.runtime_class_name.as_deref(), Some("gvisor"));
+    assert_eq!(status.observed_generation, s.metadata.generation);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod = pods.get("agent").await.expect("pod");
+    assert_eq!(
+        pod.spec.as_ref().and_then(|p| p.node_name.as_deref()),
+        Some("palisade-gvisor")
+    );
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .get("agent")
+        .await
+        .expect("service account");
+    Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+        .get("agent-isolation")
+        .await
+        .expect("network policy");
+
+    Api::<AgentSandbox>::namespaced(client.clone(), ns)
+        .delete("agent", &DeleteParams::foreground())
+        .await
+        .expect("delete");
+    wait_for("children garbage-collected", WAIT, || {
+        let client = client.clone();
+        async move {
+            let np = Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+                .get_opt("agent-isolation")
+                .await
+                .ok()?;
+            let sa = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+                .get_opt("agent")
+                .await
+                .ok()?;
+            let pod = Api::<Pod>::namespaced(client.clone(), ns)
+                .get_opt("agent")
+                .await
+                .ok()?;
+            (np.is_none() && sa.is_none() && pod.is_none()).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_missing_runtime_class_blocks_until_it_appears() {
+    let ns = "op-runtime";
+    let client = setup(ns).await;
+    apply_policy(&client, ns, "p", json!({"isolation": {"runtime": "gvisor", "runtimeClassName": "gvisor-late"}, "network": {"dns": "none"}})).await;
+    apply_sandbox(&client, ns, "agent", basic_sandbox("p")).await;
+    let s = wait_phase(&client, ns, "agent", SandboxPhase::Blocked).await;
+    assert_eq!(
+        condition(&s, "Stalled"),
+        Some(("True".into(), "RuntimeClassMissing".into()))
+    );
+    assert!(
+        Api::<Pod>::namespaced(client.clone(), ns)
+            .get_opt("agent")
+            .await
+            .expect("get")
+            .is_none(),
+        "no pod while blocked"
+    );
+    let rc = json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "gvisor-late"}, "handler": "runsc",
+                    "scheduling": {"nodeSelector": {"palisade.dev/runtime": "gvisor"}}});
+    Api::<k8s_openapi::api::node::v1::RuntimeClass>::all(client.clone())
+        .patch(
+            "gvisor-late",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(rc),
+        )
+        .await
+        .expect("RuntimeClass");
+    wait_phase(&client, ns, "agent", SandboxPhase::Running).await;
+}
+
+#[tokio::test]
+async fn a_runtime_class_with_the_wrong_handler_blocks() {
+    let ns = "op-handler";
+    let client = setup(ns).await;
+    let rc = json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "gvisor-but-runc"}, "handler": "runc"});
+    Api::<k8s_openapi::api::node::v1::RuntimeClass>::all(client.clone())
+        .patch(
+            "gvisor-but-runc",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(rc),
+        )
+        .await
+        .expect("RuntimeClass");
+    apply_policy(
+        &client,
+        ns,
+        "p",
+        json!({"isolation": {"runtime": "gvisor", "runtimeClassName": "gvisor-but-runc"}}),
+    )
+    .await;
+    apply_sandbox(&client, ns, "agent", basic_sandbox("p")).await;
+    let s = wait_phase(&client, ns, "agent", SandboxPhase::Blocked).await;
+    assert_eq!(
+        condition(&s, "Stalled"),
+        Some(("True".into(), "RuntimeHandlerMismatch".into()))
+    );
+}
+
+#[tokio::test]
+async fn network_policy_drift_is_put_back() {
+    let ns = "op-drift";
+    let client = setup(ns).await;
+    apply_policy(&client, ns, "p", json!({"network": {"dns": "none"}})).await;
+    apply_sandbox(&client, ns, "agent", basic_sandbox("p")).await;
+    wait_phase(&client, ns, "agent", SandboxPhase::Running).await;
+    let nps: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    // Someone adds a matchLabels key that would make the policy select nothing.
+    let edit = json!({"spec": {"podSelector": {"matchLabels": {"nothing": "here"}}}});
+    nps.patch(
+        "agent-isolation",
+        &PatchParams::default(),
+        &Patch::Merge(edit),
+    )
+    .await
+    .expect("edit");
+    wait_for("extra matchLabels key removed", WAIT, || {
+        let nps = nps.clone();
+        async move {
+            let np = nps.get("agent-isolation").await.ok()?;
+            let labels = np.spec?.pod_selector?.match_labels?;
+            (!labels.contains_key("nothing")).then_some(())
+        }
+    })
+    .await;
+    // Someone deletes it: it comes back.
+    nps.delete("agent-isolation", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for("network policy restored", WAIT, || {
+        let nps = nps.clone();
+        async move {
+            nps.get_opt("agent-isolation")
+                .await
+                .ok()?
+                .filter(|np| np.metadata.deletion_timestamp.is_none())
+                .map(|_| ())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn another_network_policy_selecting_the_pod_blocks_the_sandbox() {
+    let ns = "op-extra-np";
+    let client = setup(ns).await;
+    apply_policy(&client, ns, "p", json!({"network": {"dns": "none"}})).await;
+    apply_sandbox(&client, ns, "agent", basic_sandbox("p")).await;
+    wait_phase(&client, ns, "agent", SandboxPhase::Running).await;
+    let permissive: NetworkPolicy = serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "allow-all"},
+        "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}
+    }))
+    .expect("np");
+    let nps: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    nps.create(&PostParams::default(), &permissive)
+        .await
+        .expect("create");
+    let s = wait_phase(&client, ns, "agent", SandboxPhase::Blocked).await;
+    assert_eq!(
+        condition(&s, "NetworkIsolated"),
+        Some(("False".into(), "AdditionalNetworkPolicy".into()))
+    );
+    nps.delete("allow-all", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_phase(&client, ns, "agent", SandboxPhase::Running).await;
+}
+
+#[tokio::test]
+async fn a_pod_that_is_not_ours_is_never_adopted() {
+    let ns = "op-conflict";
+    let client = setup(ns).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let squatter: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent"},
+        "spec": {"containers": [{"name": "x", "image": "busybox", "securityContext": {
+            "allowPrivilegeEscalation": false, "runAsNonRoot": true, "runAsUser": 1000,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}}]}
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &squatter)
+        .await
+        .expect("squatter");
+    apply_policy(&client, ns, "p", json!({"network": {"dns": "none"}})).await;
+    apply_sandbox(&client, ns, "agent", basic_sandbox("p")).await;
+    let s = wait_phase(&client, ns, "agent", SandboxPhase::Blocked).await;
+    assert_eq!(
+        condition(&s, "Stalled"),
+        Some(("True".into(), "NameConflict".into()))
+    );
+    let pod = pods.get("agent").await.expect("squatter still there");
+    assert!(
+        pod.owner_references().is_empty(),
+        "the squatter was adopted"
+    );
+}
+
+#[tokio::test]
+async fn policy_edits_narrow_egress_in_place_and_recreate_the_pod_on_process_changes() {
+    let ns = "op-edits";
+    let client = setup(ns).await;
+    let egress = |cidr: &str| json!({"network": {"dns": "none", "egress": {"allow": [{"to": [{"cidr": cidr}], "ports": [{"protocol": "tcp", "port": 443}]}]}}});
+    apply_policy(&client, ns, "p", egress("192.0.2.0/24")).await;
+    apply_sandbox(&client, ns, "agent", basic_sandbox("p")).await;
+    wait_phase(&client, ns, "agent", SandboxPhase::Running).await;
+    let nps: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let np_uid = nps.get("agent-isolation").await.expect("np").uid();
+    let pod_uid = pods.get("agent").await.expect("pod").uid();
+
+    apply_policy(&client, ns, "p", egress("192.0.2.0/25")).await;
+    wait_for("egress narrowed in place", WAIT, || {
+        let nps = nps.clone();
+        async move {
+            let np = nps.get("agent-isolation").await.ok()?;
+            let text = serde_json::to_string(&np.spec).ok()?;
+            text.contains("192.0.2.0/25").then_some(np.uid())
+        }
+    })
+    .await
+    .eq(&np_uid)
+    .then_some(())
+    .expect("the NetworkPolicy was replaced instead of updated in place");
+    assert_eq!(
+        pods.get("agent").await.expect("pod").uid(),
+        pod_uid,
+        "a network change must not recreate the pod"
+    );
+
+    let mut with_user = egress("192.0.2.0/25");
+    with_user["privileges"] = json!({"runAsUser": 4242});
+    apply_policy(&client, ns, "p", with_user).await;
+    wait_for("pod recreated with the new identity", WAIT, || {
+        let pods = pods.clone();
+        let old = pod_uid.clone();
+        async move {
+            let p = pods.get("agent").await.ok()?;
+            let user = p.spec.as_ref()?.security_context.as_ref()?.run_as_user?;
+            (p.uid() != old && user == 4242).then_some(())
+        }
+    })
+    .await;
+    wait_phase(&client, ns, "agent", SandboxPhase::Running).await;
+}
+
+#[tokio::test]
+async fn pause_keeps_the_workspace_and_expiry_stops_the_sandbox() {
+    let ns = "op-lifecycle";
+    let client = setup(ns).await;
+    let pv = json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "op-lifecycle-pv"},
+        "spec": {"capacity": {"storage": "5Gi"}, "accessModes": ["ReadWriteOnce"], "persistentVolumeReclaimPolicy": "Retain",
+                 "hostPath": {"path": "/var/lib/palisade-e2e/op-lifecycle"}}});
+    Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(client.clone())
+        .patch(
+            "op-lifecycle-pv",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(pv),
+        )
+        .await
+        .expect("pv");
+    apply_policy(
+        &client,
+        ns,
+        "p",
+        json!({"network": {"dns": "none"}, "workspace": {"persistent": true, "size": "1Gi"}}),
+    )
+    .await;
+    apply_sandbox(&client, ns, "agent", basic_sandbox("p")).await;
+    wait_phase(&client, ns, "agent", SandboxPhase::Running).await;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let claim_uid = claims.get("agent-workspace").await.expect("claim").uid();
+
+    let mut paused = basic_sandbox("p");
+    paused["paused"] = json!(true);
+    apply_sandbox(&client, ns, "agent", paused).await;
+    wait_phase(&client, ns, "agent", SandboxPhase::Paused).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait_for("pod removed while paused", WAIT, || {
+        let pods = pods.clone();
+        async move { pods.get_opt("agent").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        claims
+            .get("agent-workspace")
+            .await
+            .expect("claim kept")
+            .uid(),
+        claim_uid
+    );
+    apply_sandbox(&client, ns, "agent", basic_sandbox("p")).await;
+    wait_phase(&client, ns, "agent", SandboxPhase::Running).await;
+    assert_eq!(
+        claims
+            .get("agent-workspace")
+            .await
+            .expect("claim kept")
+            .uid(),
+        claim_uid
+    );
+
+    let in_five = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(5))
+        .expect("time");
+    let mut expiring = basic_sandbox("p");
+    expiring["expiresAt"] = json!(in_five.to_string());
+    apply_sandbox(&client, ns, "agent", expiring).await;
+    wait_phase(&client, ns, "agent", SandboxPhase::Expired).await;
+    wait_for("pod removed on expiry", WAIT, || {
+        let pods = pods.clone();
+        async move { pods.get_opt("agent").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+}
