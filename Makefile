@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := target/venv
 KUBERNETES_VALIDATE := $(VENV)/bin/kubernetes-validate
 
-.PHONY: test unit lint fmt validate e2e cluster-build cluster-up cluster-down generate crds golden render bench
+.PHONY: test unit lint fmt validate e2e demo demo-down cluster-build cluster-up cluster-down generate crds golden render bench
 
 ## test: formatting, lints, unit/property/golden/CLI tests, CRD validation, and the e2e suite
 ## against a local control plane (built from the Go module proxy on first use)
@@ -16,6 +16,14 @@ unit:
 ## e2e: the end-to-end suite (E2E_KUBECONFIG=path to use an existing cluster instead)
 e2e:
 	e2e/run.sh
+
+## demo: the operator end to end (local control plane unless KUBECONFIG is set)
+demo:
+	scripts/demo.sh
+
+demo-down:
+	-kill $$(cat target/demo/operator.pid 2>/dev/null) 2>/dev/null; rm -f target/demo/operator.pid
+	-@if [ -z "$$KUBECONFIG" ]; then e2e/cluster/down.sh; fi
 
 cluster-build:
 	e2e/cluster/build.sh

@@ -36,7 +36,7 @@ stop_operator() { kill "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/de
 if [[ -n "${E2E_KUBECONFIG:-}" ]]; then trap stop_operator EXIT; else trap 'stop_operator; e2e/cluster/down.sh' EXIT; fi
 
 status=0
-cargo test -p palisade-e2e -- --test-threads "${E2E_THREADS:-8}" "$@" || status=$?
+cargo test -p palisade-e2e --test admission --test operator -- --test-threads "${E2E_THREADS:-8}" "$@" || status=$?
 stop_operator
 if grep -n "panicked" "$operator_log"; then
   echo "e2e: the operator panicked (log: $operator_log)"

@@ -122,6 +122,34 @@ async fn a_sandbox_runs_with_its_children_and_they_are_collected_on_delete() {
         .await
         .expect("network policy");
 
+    // Converged means quiet: nothing is rewritten while nothing changes.
+    let versions = || async {
+        let np = Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+            .get("agent-isolation")
+            .await
+            .expect("np")
+            .resource_version();
+        let sa = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+            .get("agent")
+            .await
+            .expect("sa")
+            .resource_version();
+        let sb = Api::<AgentSandbox>::namespaced(client.clone(), ns)
+            .get("agent")
+            .await
+            .expect("sandbox")
+            .resource_version();
+        (np, sa, sb)
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = versions().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        versions().await,
+        before,
+        "children or status keep being rewritten while nothing changes"
+    );
+
     Api::<AgentSandbox>::namespaced(client.clone(), ns)
         .delete("agent", &DeleteParams::foreground())
         .await

@@ -245,8 +245,10 @@ pub fn compile_network(
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(pod_selector(&name)),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
-            ingress: Some(ingress_rules),
-            egress: Some(egress_rules),
+            // With both policy types declared, an absent list denies everything, like an empty one;
+            // absent also round-trips through the API server (an empty list would not).
+            ingress: (!ingress_rules.is_empty()).then_some(ingress_rules),
+            egress: (!egress_rules.is_empty()).then_some(egress_rules),
         }),
     };
     if net.egress.default == Some(DefaultAction::Allow) && facts.cluster_cidrs.is_empty() {

@@ -3,4 +3,5 @@
 //! items are expected here and must not trip `-D warnings`.
 #![allow(dead_code)]
 
+pub mod apimock;
 pub mod pss;
