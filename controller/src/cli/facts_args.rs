@@ -12,26 +12,22 @@ use crate::render::facts::{ClusterFacts, DnsEndpoints, RuntimeClasses};
 #[derive(Args, Debug, Clone, Default)]
 pub struct FactsArgs {
     /// RuntimeClass for a runtime, RUNTIME=NAME (gvisor=gvisor and kata=kata-qemu by default).
-    #[arg(long = "runtime-class", value_name = "RUNTIME=NAME", value_parser = parse_runtime_class)]
+    #[arg(long = "runtime-class", env = "PALISADE_RUNTIME_CLASS", value_delimiter = ',', value_name = "RUNTIME=NAME", value_parser = parse_runtime_class)]
     pub runtime_class: Vec<(Runtime, String)>,
-    /// Treat this RuntimeClass as missing (offline, mapped classes are assumed to exist).
-    #[arg(long = "missing-runtime-class", value_name = "NAME")]
-    pub missing_runtime_class: Vec<String>,
     /// Cluster DNS server address (e.g. a NodeLocal DNSCache 169.254.20.10) instead of the
     /// kube-system/k8s-app=kube-dns pods. Repeatable.
-    #[arg(long = "dns-ip", value_name = "IP")]
+    #[arg(
+        long = "dns-ip",
+        env = "PALISADE_DNS_IP",
+        value_delimiter = ',',
+        value_name = "IP"
+    )]
     pub dns_ip: Vec<IpAddr>,
     /// A pod or service CIDR of the cluster, removed from every CIDR allow. Repeatable.
-    #[arg(long = "cluster-cidr", value_name = "CIDR", value_parser = parse_cidr)]
+    #[arg(long = "cluster-cidr", env = "PALISADE_CLUSTER_CIDR", value_delimiter = ',', value_name = "CIDR", value_parser = parse_cidr)]
     pub cluster_cidr: Vec<Cidr>,
-    /// The Security Profiles Operator (SeccompProfile CRD) is installed.
-    #[arg(long)]
-    pub seccomp_profile_crd: bool,
-    /// Cilium (CiliumNetworkPolicy CRD) is installed, so FQDN egress can be enforced.
-    #[arg(long)]
-    pub cilium: bool,
     /// The nodes of this runtime apply the pod's seccomp profile (e.g. runsc --oci-seccomp).
-    #[arg(long = "seccomp-applied", value_name = "RUNTIME", value_parser = parse_runtime)]
+    #[arg(long = "seccomp-applied", env = "PALISADE_SECCOMP_APPLIED", value_delimiter = ',', value_name = "RUNTIME", value_parser = parse_runtime)]
     pub seccomp_applied: Vec<Runtime>,
 }
 
@@ -70,6 +66,34 @@ impl FactsArgs {
         for (runtime, name) in &self.runtime_class {
             facts.runtime_class_names.insert(*runtime, name.clone());
         }
+        if !self.dns_ip.is_empty() {
+            facts.dns = DnsEndpoints::Ips(self.dns_ip.clone());
+        }
+        facts.cluster_cidrs = self.cluster_cidr.clone();
+        facts
+            .seccomp_applied
+            .extend(self.seccomp_applied.iter().copied());
+        facts
+    }
+}
+
+/// Facts `palisade render` cannot see offline; the operator reads them from the cluster.
+#[derive(Args, Debug, Clone, Default)]
+pub struct OfflineFactsArgs {
+    /// Treat this RuntimeClass as missing (offline, mapped classes are assumed to exist).
+    #[arg(long = "missing-runtime-class", value_name = "NAME")]
+    pub missing_runtime_class: Vec<String>,
+    /// The Security Profiles Operator (SeccompProfile CRD) is installed.
+    #[arg(long)]
+    pub seccomp_profile_crd: bool,
+    /// Cilium (CiliumNetworkPolicy CRD) is installed, so FQDN egress can be enforced.
+    #[arg(long)]
+    pub cilium: bool,
+}
+
+impl OfflineFactsArgs {
+    /// Adds these to `facts`.
+    pub fn apply(&self, mut facts: ClusterFacts) -> ClusterFacts {
         facts.runtime_classes = RuntimeClasses::AssumeMapped {
             missing: self
                 .missing_runtime_class
@@ -77,15 +101,8 @@ impl FactsArgs {
                 .cloned()
                 .collect::<BTreeSet<_>>(),
         };
-        if !self.dns_ip.is_empty() {
-            facts.dns = DnsEndpoints::Ips(self.dns_ip.clone());
-        }
-        facts.cluster_cidrs = self.cluster_cidr.clone();
         facts.seccomp_profile_crd = self.seccomp_profile_crd;
         facts.cilium = self.cilium;
-        facts
-            .seccomp_applied
-            .extend(self.seccomp_applied.iter().copied());
         facts
     }
 }

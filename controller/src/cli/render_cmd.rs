@@ -7,7 +7,7 @@ use clap::Args;
 use crate::render::{self, check_policy};
 
 use super::documents::{Document, classify, collect_files, parse_values, read_text};
-use super::facts_args::FactsArgs;
+use super::facts_args::{FactsArgs, OfflineFactsArgs};
 
 #[derive(Args, Debug)]
 pub struct RenderArgs {
@@ -25,6 +25,8 @@ pub struct RenderArgs {
     pub recursive: bool,
     #[command(flatten)]
     pub facts: FactsArgs,
+    #[command(flatten)]
+    pub offline: OfflineFactsArgs,
 }
 
 /// Everything read from the inputs, validated.
@@ -100,7 +102,7 @@ pub fn run(args: RenderArgs) -> Result<(), String> {
     for n in &loaded.notes {
         eprintln!("note: {n}");
     }
-    let facts = args.facts.facts();
+    let facts = args.offline.apply(args.facts.facts());
     let mut out = String::new();
     let mut errors = Vec::new();
     for doc in &loaded.documents {
