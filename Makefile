@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := target/venv
 KUBERNETES_VALIDATE := $(VENV)/bin/kubernetes-validate
 
-.PHONY: test unit lint fmt validate e2e demo demo-down cluster-build cluster-up cluster-down generate crds golden render bench
+.PHONY: test unit lint fmt validate e2e bench-e2e demo demo-down cluster-build cluster-up cluster-down generate crds golden render bench
 
 ## test: formatting, lints, unit/property/golden/CLI tests, CRD validation, and the e2e suite
 ## against a local control plane (built from the Go module proxy on first use)
@@ -16,6 +16,12 @@ unit:
 ## e2e: the end-to-end suite (E2E_KUBECONFIG=path to use an existing cluster instead)
 e2e:
 	e2e/run.sh
+
+## bench-e2e: throughput, created->Ready latency and peak RSS of an operator against the
+## cluster in KUBECONFIG (COUNT=500), e.g. after make cluster-up: KUBECONFIG=target/e2e/kubeconfig
+bench-e2e:
+	$(CARGO) build -p palisade
+	$(CARGO) run -q -p palisade-e2e --bin bench-e2e -- --count $(or $(COUNT),500)
 
 ## demo: the operator end to end (local control plane unless KUBECONFIG is set)
 demo:

@@ -46,4 +46,9 @@ if ((status != 0)); then
   echo "e2e: last lines of the operator log:"
   tail -n 40 "$operator_log"
 fi
+
+# Phase 2: tests that start their own operators (leader election, kill and restart), with the
+# shared one stopped.
+echo "e2e: phase 2 (tests/ha.rs, own operators)"
+PALISADE_BIN="$PWD/target/debug/palisade" cargo test -p palisade-e2e --test ha || status=$?
 exit "$status"

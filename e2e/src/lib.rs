@@ -1,6 +1,8 @@
 //! Shared helpers of the end-to-end suite: a client for the cluster named by `KUBECONFIG`
 //! (required: the suite fails, never skips, without a cluster), namespaces, and waiting.
 
+pub mod operator;
+
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -9,6 +11,15 @@ use kube::core::GroupVersionKind;
 use kube::discovery::{ApiResource, Discovery, Scope};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+
+/// `prefix` with a suffix unique to this run, so a suite can run again on the same cluster.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{:05x}", (nanos ^ std::process::id()) & 0xfffff)
+}
 
 /// Field manager of everything the suite applies.
 pub const MANAGER: &str = "palisade-e2e";

@@ -9,7 +9,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use palisade::api::{AgentPolicy, AgentSandbox, SandboxPhase};
-use palisade_e2e::{MANAGER, client, install_crds, restricted_namespace, wait_for};
+use palisade_e2e::{MANAGER, client, install_crds, restricted_namespace, unique, wait_for};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -90,7 +90,7 @@ fn condition(s: &AgentSandbox, type_: &str) -> Option<(String, String)> {
 
 #[tokio::test]
 async fn a_sandbox_runs_with_its_children_and_they_are_collected_on_delete() {
-    let ns = "op-basic";
+    let ns = &unique("op-basic");
     let client = setup(ns).await;
     apply_policy(&client, ns, "p", json!({"network": {"dns": "none"}})).await;
     apply_sandbox(&client, ns, "agent", basic_sandbox("p")).await;
@@ -177,9 +177,10 @@ async fn a_sandbox_runs_with_its_children_and_they_are_collected_on_delete() {
 
 #[tokio::test]
 async fn a_missing_runtime_class_blocks_until_it_appears() {
-    let ns = "op-runtime";
+    let ns = &unique("op-runtime");
+    let class = unique("gvisor-late");
     let client = setup(ns).await;
-    apply_policy(&client, ns, "p", json!({"isolation": {"runtime": "gvisor", "runtimeClassName": "gvisor-late"}, "network": {"dns": "none"}})).await;
+    apply_policy(&client, ns, "p", json!({"isolation": {"runtime": "gvisor", "runtimeClassName": class}, "network": {"dns": "none"}})).await;
     apply_sandbox(&client, ns, "agent", basic_sandbox("p")).await;
     let s = wait_phase(&client, ns, "agent", SandboxPhase::Blocked).await;
     assert_eq!(
@@ -194,22 +195,38 @@ async fn a_missing_runtime_class_blocks_until_it_appears() {
             .is_none(),
         "no pod while blocked"
     );
-    let rc = json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "gvisor-late"}, "handler": "runsc",
+    let rc = json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": class}, "handler": "runsc",
                     "scheduling": {"nodeSelector": {"palisade.dev/runtime": "gvisor"}}});
     Api::<k8s_openapi::api::node::v1::RuntimeClass>::all(client.clone())
         .patch(
-            "gvisor-late",
+            &class,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(rc),
         )
         .await
         .expect("RuntimeClass");
     wait_phase(&client, ns, "agent", SandboxPhase::Running).await;
+    // The class goes away again: the running sandbox is blocked and its pod removed.
+    Api::<k8s_openapi::api::node::v1::RuntimeClass>::all(client.clone())
+        .delete(&class, &DeleteParams::default())
+        .await
+        .expect("delete RuntimeClass");
+    let s = wait_phase(&client, ns, "agent", SandboxPhase::Blocked).await;
+    assert_eq!(
+        condition(&s, "Stalled"),
+        Some(("True".into(), "RuntimeClassMissing".into()))
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait_for("pod removed when its RuntimeClass is gone", WAIT, || {
+        let pods = pods.clone();
+        async move { pods.get_opt("agent").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_runtime_class_with_the_wrong_handler_blocks() {
-    let ns = "op-handler";
+    let ns = &unique("op-handler");
     let client = setup(ns).await;
     let rc = json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "gvisor-but-runc"}, "handler": "runc"});
     Api::<k8s_openapi::api::node::v1::RuntimeClass>::all(client.clone())
@@ -237,7 +254,7 @@ async fn a_runtime_class_with_the_wrong_handler_blocks() {
 
 #[tokio::test]
 async fn network_policy_drift_is_put_back() {
-    let ns = "op-drift";
+    let ns = &unique("op-drift");
     let client = setup(ns).await;
     apply_policy(&client, ns, "p", json!({"network": {"dns": "none"}})).await;
     apply_sandbox(&client, ns, "agent", basic_sandbox("p")).await;
@@ -280,7 +297,7 @@ async fn network_policy_drift_is_put_back() {
 
 #[tokio::test]
 async fn another_network_policy_selecting_the_pod_blocks_the_sandbox() {
-    let ns = "op-extra-np";
+    let ns = &unique("op-extra-np");
     let client = setup(ns).await;
     apply_policy(&client, ns, "p", json!({"network": {"dns": "none"}})).await;
     apply_sandbox(&client, ns, "agent", basic_sandbox("p")).await;
@@ -307,7 +324,7 @@ async fn another_network_policy_selecting_the_pod_blocks_the_sandbox() {
 
 #[tokio::test]
 async fn a_pod_that_is_not_ours_is_never_adopted() {
-    let ns = "op-conflict";
+    let ns = &unique("op-conflict");
     let client = setup(ns).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let squatter: Pod = serde_json::from_value(json!({
@@ -336,7 +353,7 @@ async fn a_pod_that_is_not_ours_is_never_adopted() {
 
 #[tokio::test]
 async fn policy_edits_narrow_egress_in_place_and_recreate_the_pod_on_process_changes() {
-    let ns = "op-edits";
+    let ns = &unique("op-edits");
     let client = setup(ns).await;
     let egress = |cidr: &str| json!({"network": {"dns": "none", "egress": {"allow": [{"to": [{"cidr": cidr}], "ports": [{"protocol": "tcp", "port": 443}]}]}}});
     apply_policy(&client, ns, "p", egress("192.0.2.0/24")).await;
@@ -384,14 +401,15 @@ async fn policy_edits_narrow_egress_in_place_and_recreate_the_pod_on_process_cha
 
 #[tokio::test]
 async fn pause_keeps_the_workspace_and_expiry_stops_the_sandbox() {
-    let ns = "op-lifecycle";
+    let ns = &unique("op-lifecycle");
+    let pv_name = unique("op-lifecycle-pv");
     let client = setup(ns).await;
-    let pv = json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "op-lifecycle-pv"},
+    let pv = json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
         "spec": {"capacity": {"storage": "5Gi"}, "accessModes": ["ReadWriteOnce"], "persistentVolumeReclaimPolicy": "Retain",
-                 "hostPath": {"path": "/var/lib/palisade-e2e/op-lifecycle"}}});
+                 "hostPath": {"path": format!("/var/lib/palisade-e2e/{pv_name}")}}});
     Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(client.clone())
         .patch(
-            "op-lifecycle-pv",
+            &pv_name,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(pv),
         )

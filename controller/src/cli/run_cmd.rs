@@ -159,20 +159,27 @@ async fn run_controllers(
     .default_backoff()
     .touched_objects();
 
-    // Sandboxes of a changed policy, blocked sandboxes when a RuntimeClass or CRD changes, and
-    // every sandbox of a namespace whose NetworkPolicies changed are re-queued.
+    // Re-queued: the sandboxes of a changed policy; on a RuntimeClass change, the blocked ones
+    // (it may have appeared) and those running on that class (it may be gone or its handler
+    // changed); all of them when an optional CRD comes or goes; every sandbox of a namespace
+    // whose NetworkPolicies changed.
     let ctx_p = ctx.clone();
     let ctx_rc = ctx.clone();
     let ctx_np = ctx.clone();
     let (crd_trigger_tx, crd_trigger_rx) = futures::channel::mpsc::unbounded::<()>();
-    let blocked = move |ctx: &Arc<Context>| -> Vec<ObjectRef<AgentSandbox>> {
-        ctx.sandboxes
-            .state()
-            .iter()
-            .filter(|s| s.status.as_ref().and_then(|st| st.phase) == Some(SandboxPhase::Blocked))
-            .map(|s| ObjectRef::from_obj(&**s))
-            .collect()
-    };
+    let affected_by_class =
+        move |ctx: &Arc<Context>, class: &str| -> Vec<ObjectRef<AgentSandbox>> {
+            ctx.sandboxes
+                .state()
+                .iter()
+                .filter(|s| {
+                    let st = s.status.as_ref();
+                    st.and_then(|st| st.phase) == Some(SandboxPhase::Blocked)
+                        || st.and_then(|st| st.runtime_class_name.as_deref()) == Some(class)
+                })
+                .map(|s| ObjectRef::from_obj(&**s))
+                .collect()
+        };
     let crd_client = client.clone();
     let crds = optional_crds.clone();
     let crd_watch = crd_stream.for_each(move |crd| {
@@ -203,15 +210,11 @@ async fn run_controllers(
         .watches_stream(policy_stream, move |p: AgentPolicy| {
             policy::sandboxes_of(&ctx_p, &ObjectRef::from_obj(&p))
         })
-        .watches_stream(rc_stream, move |_: RuntimeClass| blocked(&ctx_rc))
+        .watches_stream(rc_stream, move |rc: RuntimeClass| {
+            affected_by_class(&ctx_rc, &rc.name_any())
+        })
         .watches_stream(np_stream, move |np: NetworkPolicy| {
-            ctx_np
-                .sandboxes
-                .state()
-                .iter()
-                .filter(|s| s.namespace() == np.namespace())
-                .map(|s| ObjectRef::from_obj(&**s))
-                .collect::<Vec<_>>()
+            sandbox::affected_by_network_policy(&ctx_np, &np)
         })
         .reconcile_all_on(crd_trigger_rx)
         .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))

@@ -82,6 +82,45 @@ pub fn selects(
     by_labels && by_expressions
 }
 
+/// The sandboxes a change to `np` may concern: for one of ours, none (its owner is triggered
+/// through `owns`); for any other, the sandboxes whose pod it selects and those it may have
+/// been blocking (it may no longer select them).
+pub fn affected_by_network_policy(
+    ctx: &Ctx,
+    np: &k8s_openapi::api::networking::v1::NetworkPolicy,
+) -> Vec<ObjectRef<AgentSandbox>> {
+    let ours = np
+        .labels()
+        .get(crate::api::MANAGED_BY_LABEL)
+        .map(String::as_str)
+        == Some(MANAGER)
+        && np.labels().contains_key(crate::api::SANDBOX_LABEL);
+    if ours {
+        return Vec::new();
+    }
+    let selector = np
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_selector.clone())
+        .unwrap_or_default();
+    ctx.sandboxes
+        .state()
+        .iter()
+        .filter(|s| s.namespace() == np.namespace())
+        .filter(|s| {
+            let mut labels = s.spec.pod_labels.clone();
+            labels.extend(crate::render::children::child_labels(&s.name_any()));
+            let blocked_by_one = s.status.as_ref().is_some_and(|st| {
+                st.conditions
+                    .iter()
+                    .any(|c| c.type_ == "NetworkIsolated" && c.reason == "AdditionalNetworkPolicy")
+            });
+            blocked_by_one || selects(&selector, &labels)
+        })
+        .map(|s| ObjectRef::from_obj(&**s))
+        .collect()
+}
+
 /// Another NetworkPolicy selecting the pod can only widen what it may do (they add up).
 fn additional_network_policy(
     ctx: &Ctx,
@@ -333,6 +372,7 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
     let name = sandbox.name_any();
 
     let mut started_at = previous.started_at.clone();
+    let mut start_latency = None;
     if started_at.is_none() && outcome.phase == SandboxPhase::Running {
         started_at = Some(Time(now));
         let created = sandbox
@@ -341,9 +381,8 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
             .as_ref()
             .map(|t| t.0)
             .unwrap_or(now);
-        ctx.metrics
-            .start_latency
-            .observe((now.as_millisecond() - created.as_millisecond()).max(0) as f64 / 1000.0);
+        start_latency =
+            Some((now.as_millisecond() - created.as_millisecond()).max(0) as f64 / 1000.0);
     }
     let timeout = outcome
         .plan
@@ -496,6 +535,10 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
             &Patch::Apply(&patch),
         )
         .await?;
+        // Counted once: only the pass whose status write recorded startedAt.
+        if let Some(seconds) = start_latency {
+            ctx.metrics.start_latency.observe(seconds);
+        }
     }
     Ok(match requeue {
         Some(d) => Action::requeue(d.max(Duration::from_millis(500))),
