@@ -38,28 +38,31 @@ async fn setup(ns: &str) -> Client {
     client
 }
 
-async fn apply_policy(client: &Client, ns: &str, name: &str, spec: Value) {
-    let api: Api<AgentPolicy> = Api::namespaced(client.clone(), ns);
-    let body = json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": name}, "spec": spec});
+/// Server-side applies a Palisade object of `kind` with `spec`.
+async fn apply_palisade<K>(client: &Client, ns: &str, name: &str, spec: Value)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let body = json!({"apiVersion": "palisade.dev/v1alpha1", "kind": K::kind(&()), "metadata": {"name": name}, "spec": spec});
     api.patch(
         name,
         &PatchParams::apply(MANAGER).force(),
         &Patch::Apply(body),
     )
     .await
-    .expect("apply policy");
+    .unwrap_or_else(|e| panic!("apply {} {name}: {e}", K::kind(&())));
+}
+
+async fn apply_policy(client: &Client, ns: &str, name: &str, spec: Value) {
+    apply_palisade::<AgentPolicy>(client, ns, name, spec).await
 }
 
 async fn apply_sandbox(client: &Client, ns: &str, name: &str, spec: Value) {
-    let api: Api<AgentSandbox> = Api::namespaced(client.clone(), ns);
-    let body = json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox", "metadata": {"name": name}, "spec": spec});
-    api.patch(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .expect("apply sandbox");
+    apply_palisade::<AgentSandbox>(client, ns, name, spec).await
 }
 
 fn basic_sandbox(policy: &str) -> Value {
