@@ -285,17 +285,39 @@ async fn network_policy_drift_is_put_back() {
     nps.delete("agent-isolation", &DeleteParams::default())
         .await
         .expect("delete");
-    wait_for("network policy restored", WAIT, || {
-        let nps = nps.clone();
-        async move {
-            nps.get_opt("agent-isolation")
-                .await
-                .ok()?
-                .filter(|np| np.metadata.deletion_timestamp.is_none())
-                .map(|_| ())
+    // Until it is back and the pod runs again, a live pod never exists without it (a NetworkPolicy
+    // being deleted is still there, and still enforced, until its finalizer is released).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut pod_went_away = false;
+    loop {
+        let pod = pods.get_opt("agent").await.expect("get pod");
+        let np = nps.get_opt("agent-isolation").await.expect("get np");
+        let live_pod = pod
+            .as_ref()
+            .is_some_and(|p| p.metadata.deletion_timestamp.is_none());
+        assert!(
+            !live_pod || np.is_some(),
+            "a live pod without its NetworkPolicy"
+        );
+        pod_went_away |= pod.is_none();
+        let restored = np
+            .as_ref()
+            .is_some_and(|n| n.metadata.deletion_timestamp.is_none());
+        let running = pod
+            .as_ref()
+            .and_then(|p| p.status.as_ref()?.phase.clone())
+            .as_deref()
+            == Some("Running");
+        if pod_went_away && restored && running && live_pod {
+            break;
         }
-    })
-    .await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "NetworkPolicy and pod not restored in {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

@@ -230,6 +230,22 @@ async fn run_controllers(
     .touched_objects();
     let sandbox_to_policy =
         lenient::watch::<AgentSandbox>(client.clone(), ns, wc.clone()).touched_objects();
+    // Isolation NetworkPolicies being deleted are released once their pod is gone.
+    let isolation_controller = Controller::new(
+        api::<NetworkPolicy>(&client, ns),
+        wc.clone().labels(&format!(
+            "{}={}",
+            crate::api::MANAGED_BY_LABEL,
+            crate::api::MANAGER
+        )),
+    )
+    .graceful_shutdown_on(stop.clone().cancelled_owned())
+    .run(
+        crate::reconcile::isolation::reconcile,
+        crate::reconcile::isolation::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
     let policy_controller = Controller::for_stream(own_policy_stream, own_policies)
         .watches_stream(sandbox_to_policy, |s: AgentSandbox| {
             s.namespace()
@@ -258,7 +274,7 @@ async fn run_controllers(
         }
     };
     tokio::select! {
-        _ = async { tokio::join!(sandbox_controller, policy_controller) } => {}
+        _ = async { tokio::join!(sandbox_controller, policy_controller, isolation_controller) } => {}
         _ = async { tokio::join!(crd_watch, phase_gauge) } => {}
         _ = stop.cancelled() => {}
     }

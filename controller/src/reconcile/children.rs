@@ -20,6 +20,8 @@ pub enum Applied {
     Ok,
     /// Someone else's object holds the name: not touched.
     NameConflict(String),
+    /// Ours, but being deleted: it must be gone before it can be recreated.
+    Terminating(String),
 }
 
 pub fn owner_reference(sandbox: &AgentSandbox) -> Option<OwnerReference> {
@@ -93,10 +95,13 @@ pub async fn apply(
         .to_string();
     let kind = desired["kind"].as_str().unwrap_or_default().to_string();
     let api = api_for(client, &namespace, &desired);
-    if let Some(existing) = api.get_opt(&name).await?
-        && !controlled_by(&existing, &uid)
-    {
-        return Ok(Applied::NameConflict(format!("{kind} {name}")));
+    if let Some(existing) = api.get_opt(&name).await? {
+        if !controlled_by(&existing, &uid) {
+            return Ok(Applied::NameConflict(format!("{kind} {name}")));
+        }
+        if existing.metadata.deletion_timestamp.is_some() {
+            return Ok(Applied::Terminating(format!("{kind} {name}")));
+        }
     }
     desired["metadata"]["ownerReferences"] = serde_json::to_value(vec![
         owner_reference(sandbox).ok_or(Error::Missing("owner reference"))?,

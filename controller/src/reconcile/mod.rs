@@ -6,6 +6,7 @@
 pub mod children;
 pub mod conditions;
 pub mod facts;
+pub mod isolation;
 pub mod lenient;
 pub mod policy;
 pub mod sandbox;

@@ -252,7 +252,26 @@ async fn decide(sandbox: &AgentSandbox, ctx: &Ctx, now: Timestamp) -> Result<Out
     let mut objects = plan.objects();
     let pod_desired = objects.pop().ok_or(Error::Missing("pod in plan"))?;
     for obj in objects {
-        if let Applied::NameConflict(what) = children::apply(&ctx.client, sandbox, obj).await? {
+        let applied = children::apply(&ctx.client, sandbox, obj).await?;
+        if let Applied::Terminating(what) = &applied {
+            // Someone deleted a child (say, the NetworkPolicy): the pod goes first, then the
+            // object, then both come back in order.
+            children::delete_pod(&ctx.client, sandbox).await?;
+            return Ok(Outcome {
+                phase: SandboxPhase::Starting,
+                reason: "Replacing".into(),
+                message: format!(
+                    "{what} is being deleted: the pod is removed until it is recreated"
+                ),
+                policy_resolved: true,
+                runtime_ready: true,
+                network_isolated: false,
+                plan: None,
+                pod: None,
+                requeue: Some(Duration::from_secs(1)),
+            });
+        }
+        if let Applied::NameConflict(what) = applied {
             children::delete_pod(&ctx.client, sandbox).await?;
             let mut o = Outcome::blocked(
                 "NameConflict",

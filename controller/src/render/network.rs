@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::EnvVar;
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde_json::{Value, json};
 
 use crate::api::policy::{DefaultAction, DnsMode};
@@ -28,6 +28,10 @@ pub struct CompiledNetwork {
     pub fqdn_policy: Option<Value>,
     pub proxy_env: Vec<EnvVar>,
 }
+
+/// Finalizer on the isolation NetworkPolicy: when someone deletes it, the object (and its
+/// enforcement) stays until the operator has removed the pod it isolates.
+pub const ISOLATION_FINALIZER: &str = "palisade.dev/isolation";
 
 pub fn isolation_name(sandbox: &str) -> String {
     format!("{sandbox}-isolation")
@@ -241,7 +245,10 @@ pub fn compile_network(
 
     let ingress_rules = compile_ingress(net.ingress.as_ref(), report);
     let network_policy = NetworkPolicy {
-        metadata: object_meta(sandbox, isolation_name(&name)),
+        metadata: ObjectMeta {
+            finalizers: Some(vec![ISOLATION_FINALIZER.to_string()]),
+            ..object_meta(sandbox, isolation_name(&name))
+        },
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(pod_selector(&name)),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
