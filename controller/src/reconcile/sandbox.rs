@@ -35,6 +35,8 @@ struct Outcome {
     plan: Option<Plan>,
     pod: Option<Pod>,
     requeue: Option<Duration>,
+    /// The policy's timeoutMs, for the expiry written to status.
+    timeout_ms: Option<i64>,
 }
 
 impl Outcome {
@@ -49,7 +51,24 @@ impl Outcome {
             plan: None,
             pod: None,
             requeue: None,
+            timeout_ms: None,
         }
+    }
+}
+
+/// When a sandbox expires: the earlier of `expiresAt` and `startedAt + timeoutMs`.
+fn expiry(
+    expires_at: Option<Timestamp>,
+    started: Option<Timestamp>,
+    timeout_ms: Option<i64>,
+) -> Option<Timestamp> {
+    let by_timeout = started.zip(timeout_ms).map(|(s, ms)| {
+        s.checked_add(jiff::SignedDuration::from_millis(ms))
+            .unwrap_or(s)
+    });
+    match (expires_at, by_timeout) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -191,13 +210,11 @@ async fn decide(sandbox: &AgentSandbox, ctx: &Ctx, now: Timestamp) -> Result<Out
     };
 
     let started = status.started_at.as_ref().map(|t| t.0);
-    let mut deadline = sandbox.spec.expires_at.as_ref().map(|t| t.0);
-    if let (Some(s), Some(ms)) = (started, checked.spec.timeout_ms) {
-        let end = s
-            .checked_add(jiff::SignedDuration::from_millis(ms))
-            .unwrap_or(s);
-        deadline = Some(deadline.map_or(end, |d| d.min(end)));
-    }
+    let deadline = expiry(
+        sandbox.spec.expires_at.as_ref().map(|t| t.0),
+        started,
+        checked.spec.timeout_ms,
+    );
     if deadline.is_some_and(|d| d <= now) {
         children::delete_pod(&ctx.client, sandbox).await?;
         let mut o = Outcome::blocked(
@@ -269,6 +286,7 @@ async fn decide(sandbox: &AgentSandbox, ctx: &Ctx, now: Timestamp) -> Result<Out
                 plan: None,
                 pod: None,
                 requeue: Some(Duration::from_secs(1)),
+                timeout_ms: checked.spec.timeout_ms,
             });
         }
         if let Applied::NameConflict(what) = applied {
@@ -292,6 +310,7 @@ async fn decide(sandbox: &AgentSandbox, ctx: &Ctx, now: Timestamp) -> Result<Out
         plan: None,
         pod: None,
         requeue: deadline.map(|d| seconds_until(d, now)),
+        timeout_ms: checked.spec.timeout_ms,
     };
     if sandbox.spec.paused == Some(true) {
         children::delete_pod(&ctx.client, sandbox).await?;
@@ -403,21 +422,11 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
         start_latency =
             Some((now.as_millisecond() - created.as_millisecond()).max(0) as f64 / 1000.0);
     }
-    let timeout = outcome
-        .plan
-        .as_ref()
-        .and_then(|_| {
-            ctx.policies
-                .get(&ObjectRef::new(&sandbox.spec.policy_ref.name).within(&ns))
-        })
-        .and_then(|p| p.spec.timeout_ms);
-    let mut expires = sandbox.spec.expires_at.as_ref().map(|t| t.0);
-    if let (Some(s), Some(ms)) = (&started_at, timeout) {
-        let end =
-            s.0.checked_add(jiff::SignedDuration::from_millis(ms))
-                .unwrap_or(s.0);
-        expires = Some(expires.map_or(end, |e| e.min(end)));
-    }
+    let expires = expiry(
+        sandbox.spec.expires_at.as_ref().map(|t| t.0),
+        started_at.as_ref().map(|t| t.0),
+        outcome.timeout_ms,
+    );
     let mut requeue = outcome.requeue.or(expires.map(|e| seconds_until(e, now)));
 
     // ttlSecondsAfterFinished: the sandbox deletes itself some time after the agent finished.
@@ -576,4 +585,29 @@ pub fn error_policy(_sandbox: Arc<AgentSandbox>, error: &Error, ctx: Ctx) -> Act
             5
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_the_earlier_of_expires_at_and_the_timeout() {
+        let t = |s: i64| Timestamp::from_second(s).unwrap();
+        assert_eq!(
+            expiry(None, None, Some(5_000)),
+            None,
+            "no timeout before the sandbox started"
+        );
+        assert_eq!(expiry(None, Some(t(100)), Some(5_000)), Some(t(105)));
+        assert_eq!(
+            expiry(Some(t(103)), Some(t(100)), Some(5_000)),
+            Some(t(103))
+        );
+        assert_eq!(
+            expiry(Some(t(200)), Some(t(100)), Some(5_000)),
+            Some(t(105))
+        );
+        assert_eq!(expiry(Some(t(200)), None, None), Some(t(200)));
+    }
 }
