@@ -176,3 +176,23 @@ pub async fn install_crds(client: &Client) {
         let _ = ResourceExt::name_any(&api.get(&name).await.expect("crd"));
     }
 }
+
+/// Server-side applies a Palisade object (AgentPolicy, AgentSandbox) of `name` with `spec` in
+/// `ns`. Panics on failure.
+pub async fn apply_palisade<K>(client: &Client, ns: &str, name: &str, spec: Value)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let body = json!({"apiVersion": "palisade.dev/v1alpha1", "kind": K::kind(&()), "metadata": {"name": name}, "spec": spec});
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {} {name}: {e}", K::kind(&())));
+}

@@ -9,7 +9,9 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use palisade::api::{AgentPolicy, AgentSandbox, SandboxPhase};
-use palisade_e2e::{MANAGER, client, install_crds, restricted_namespace, unique, wait_for};
+use palisade_e2e::{
+    MANAGER, apply_palisade, client, install_crds, restricted_namespace, unique, wait_for,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -36,25 +38,6 @@ async fn setup(ns: &str) -> Client {
     }
     restricted_namespace(&client, ns).await;
     client
-}
-
-/// Server-side applies a Palisade object of `kind` with `spec`.
-async fn apply_palisade<K>(client: &Client, ns: &str, name: &str, spec: Value)
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let body = json!({"apiVersion": "palisade.dev/v1alpha1", "kind": K::kind(&()), "metadata": {"name": name}, "spec": spec});
-    api.patch(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("apply {} {name}: {e}", K::kind(&())));
 }
 
 async fn apply_policy(client: &Client, ns: &str, name: &str, spec: Value) {

@@ -1,4 +1,13 @@
 //! Conditions in the kstatus shape, keeping `lastTransitionTime` when a status does not change.
+//!
+//! What GitOps tools read (sigs.k8s.io/cli-utils `kstatus`, used by Flux; Argo CD through the
+//! health scripts in docs/gitops/), in this order: `metadata.deletionTimestamp` → Terminating;
+//! `status.observedGeneration` (top level) ≠ `metadata.generation` → InProgress; a
+//! `Reconciling=True` condition → InProgress; `Stalled=True` → Failed (its message is shown);
+//! then `Ready`: True → Current, False → InProgress; no conditions at all → Current. So every
+//! status write carries `observedGeneration`, and exactly one of `Ready`, `Reconciling` and
+//! `Stalled` is True: a state the operator leaves as it is must be Ready (Current) or Stalled
+//! (Failed), never "Ready=False and nothing else", which reads as InProgress for ever.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -57,6 +66,44 @@ pub fn merge(
             }
         })
         .collect()
+}
+
+/// kstatus' verdict, for tests: see [`kstatus`].
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KStatus {
+    InProgress,
+    Failed,
+    Current,
+}
+
+/// The kstatus rules for a custom resource (not deleted) as this crate's tests rely on them,
+/// written from the library's documentation and checked against the library itself by the
+/// e2e suite (`e2e/tests/gitops.rs`). Returns the verdict and its message.
+#[cfg(test)]
+pub fn kstatus(
+    generation: Option<i64>,
+    observed: Option<i64>,
+    conditions: &[Condition],
+) -> (KStatus, String) {
+    if let (Some(g), Some(o)) = (generation, observed)
+        && g != o
+    {
+        return (KStatus::InProgress, format!("generation {g}, observed {o}"));
+    }
+    for c in conditions {
+        if c.type_ == "Reconciling" && c.status == "True" {
+            return (KStatus::InProgress, c.message.clone());
+        }
+        if c.type_ == "Stalled" && c.status == "True" {
+            return (KStatus::Failed, c.message.clone());
+        }
+    }
+    match conditions.iter().find(|c| c.type_ == "Ready") {
+        Some(c) if c.status == "True" => (KStatus::Current, "Resource is Ready".into()),
+        Some(c) => (KStatus::InProgress, c.message.clone()),
+        None => (KStatus::Current, "Resource is current".into()),
+    }
 }
 
 #[cfg(test)]

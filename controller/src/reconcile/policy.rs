@@ -28,6 +28,26 @@ pub fn sandboxes_of(ctx: &Ctx, policy: &ObjectRef<AgentPolicy>) -> Vec<ObjectRef
         .collect()
 }
 
+/// `Accepted` and `Ready`, plus kstatus' `Reconciling` and `Stalled`: a policy is checked in
+/// one pass, so it is never Reconciling; an invalid one stays invalid until someone edits it
+/// (Stalled, kstatus Failed), a valid one is Ready (kstatus Current).
+fn policy_conditions(invalid: Option<&str>) -> Vec<Want> {
+    match invalid {
+        None => vec![
+            Want::new("Accepted", true, "Valid", "the policy is valid"),
+            Want::new("Ready", true, "Valid", "the policy is valid"),
+            Want::new("Reconciling", false, "Valid", ""),
+            Want::new("Stalled", false, "Valid", ""),
+        ],
+        Some(e) => vec![
+            Want::new("Accepted", false, "Invalid", e),
+            Want::new("Ready", false, "Invalid", e),
+            Want::new("Reconciling", false, "Invalid", ""),
+            Want::new("Stalled", true, "Invalid", e),
+        ],
+    }
+}
+
 pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Ctx) -> Result<Action, Error> {
     let _timer = ctx.metrics.observe_reconcile("agentpolicy");
     let ns = policy.namespace().ok_or(Error::Missing("namespace"))?;
@@ -40,10 +60,7 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Ctx) -> Result<Action, Err
         Ok((_, report)) => AgentPolicyStatus {
             conditions: merge(
                 &previous.conditions,
-                vec![
-                    Want::new("Accepted", true, "Valid", "the policy is valid"),
-                    Want::new("Ready", true, "Valid", ""),
-                ],
+                policy_conditions(None),
                 generation,
                 &now,
             ),
@@ -63,10 +80,7 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Ctx) -> Result<Action, Err
             AgentPolicyStatus {
                 conditions: merge(
                     &previous.conditions,
-                    vec![
-                        Want::new("Accepted", false, "Invalid", e.to_string()),
-                        Want::new("Ready", false, "Invalid", e.to_string()),
-                    ],
+                    policy_conditions(Some(&e.to_string())),
                     generation,
                     &now,
                 ),
@@ -94,4 +108,32 @@ pub fn error_policy(_policy: Arc<AgentPolicy>, error: &Error, ctx: Ctx) -> Actio
     ctx.metrics.reconcile_error("agentpolicy", error.label());
     tracing::warn!(%error, "policy reconcile failed");
     Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::conditions::{KStatus, kstatus};
+
+    fn read(invalid: Option<&str>) -> KStatus {
+        let now = Time(Timestamp::from_second(1000).unwrap());
+        let conditions = merge(&[], policy_conditions(invalid), Some(3), &now);
+        kstatus(Some(3), Some(3), &conditions).0
+    }
+
+    #[test]
+    fn a_valid_policy_is_current_and_an_invalid_one_stalled() {
+        assert_eq!(read(None), KStatus::Current);
+        assert_eq!(read(Some("bad")), KStatus::Failed);
+    }
+
+    #[test]
+    fn an_unobserved_generation_is_in_progress() {
+        let now = Time(Timestamp::from_second(1000).unwrap());
+        let conditions = merge(&[], policy_conditions(None), Some(3), &now);
+        assert_eq!(
+            kstatus(Some(4), Some(3), &conditions).0,
+            KStatus::InProgress
+        );
+    }
 }

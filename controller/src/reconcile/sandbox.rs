@@ -397,6 +397,84 @@ fn finished_at(pod: &Pod) -> Option<Timestamp> {
         .max()
 }
 
+/// How a phase reads to GitOps tools (kstatus: `Reconciling`, `Stalled` and `Ready`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Standing {
+    /// Working towards the spec: `Reconciling=True` (kstatus InProgress).
+    Progressing,
+    /// The spec is carried out, whether that means running, paused or finished: `Ready=True`
+    /// (kstatus Current).
+    Settled,
+    /// Cannot progress without a change by a person: `Stalled=True` (kstatus Failed).
+    Stalled,
+}
+
+fn standing(phase: SandboxPhase) -> Standing {
+    match phase {
+        SandboxPhase::Pending | SandboxPhase::Starting => Standing::Progressing,
+        // A paused sandbox is what its spec asks for (like a Deployment scaled to zero), and a
+        // finished agent is done (like a complete Job): left Ready=False, kstatus would call
+        // them InProgress for ever and GitOps waits would time out.
+        SandboxPhase::Running | SandboxPhase::Paused | SandboxPhase::Succeeded => Standing::Settled,
+        // Blocked: the spec cannot be enforced as written (missing policy or RuntimeClass,
+        // name conflict, …); the operator re-evaluates on every change of what it depends
+        // on, but until someone changes something it stays so. Failed: the agent failed and
+        // is not restarted. Expired: its time is used up (like a Job past its deadline).
+        SandboxPhase::Blocked | SandboxPhase::Failed | SandboxPhase::Expired => Standing::Stalled,
+    }
+}
+
+/// The conditions of an outcome. `Ready`, `Reconciling` and `Stalled` follow kstatus: exactly
+/// one of `Ready`, `Reconciling` and `Stalled` is True, and the True one carries the message.
+fn wanted_conditions(outcome: &Outcome) -> Vec<Want> {
+    let standing = standing(outcome.phase);
+    let blocked = outcome.phase == SandboxPhase::Blocked;
+    let reason = outcome.reason.as_str();
+    let message = outcome.message.as_str();
+    let when = |b: bool| if b { message } else { "" };
+    let progressing = standing == Standing::Progressing;
+    let stalled = standing == Standing::Stalled;
+    vec![
+        Want::new("Ready", standing == Standing::Settled, reason, message),
+        Want::new(
+            "PolicyResolved",
+            outcome.policy_resolved,
+            if outcome.policy_resolved {
+                "Resolved"
+            } else {
+                reason
+            },
+            "",
+        ),
+        Want::new(
+            "RuntimeReady",
+            outcome.runtime_ready,
+            if outcome.runtime_ready {
+                "RuntimeClassReady"
+            } else {
+                reason
+            },
+            "",
+        ),
+        Want::new(
+            "NetworkIsolated",
+            outcome.network_isolated && !blocked,
+            if outcome.network_isolated {
+                if blocked {
+                    "Blocked"
+                } else {
+                    "NetworkPolicyApplied"
+                }
+            } else {
+                reason
+            },
+            "",
+        ),
+        Want::new("Reconciling", progressing, reason, when(progressing)),
+        Want::new("Stalled", stalled, reason, when(stalled)),
+    ]
+}
+
 /// Reconciles one sandbox.
 pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, Error> {
     let _timer = ctx.metrics.observe_reconcile("agentsandbox");
@@ -451,65 +529,9 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
     }
 
     let blocked = matches!(outcome.phase, SandboxPhase::Blocked);
-    let done = matches!(
-        outcome.phase,
-        SandboxPhase::Running
-            | SandboxPhase::Paused
-            | SandboxPhase::Succeeded
-            | SandboxPhase::Failed
-            | SandboxPhase::Expired
-    );
-    let ready = outcome.phase == SandboxPhase::Running;
     let generation = sandbox.meta().generation;
     let time = Time(now);
-    let wanted = vec![
-        Want::new("Ready", ready, &outcome.reason, &outcome.message),
-        Want::new(
-            "PolicyResolved",
-            outcome.policy_resolved,
-            if outcome.policy_resolved {
-                "Resolved"
-            } else {
-                outcome.reason.as_str()
-            },
-            "",
-        ),
-        Want::new(
-            "RuntimeReady",
-            outcome.runtime_ready,
-            if outcome.runtime_ready {
-                "RuntimeClassReady"
-            } else {
-                outcome.reason.as_str()
-            },
-            "",
-        ),
-        Want::new(
-            "NetworkIsolated",
-            outcome.network_isolated && !blocked,
-            if outcome.network_isolated {
-                if blocked {
-                    "Blocked"
-                } else {
-                    "NetworkPolicyApplied"
-                }
-            } else {
-                outcome.reason.as_str()
-            },
-            "",
-        ),
-        Want::new("Reconciling", !done && !blocked, &outcome.reason, ""),
-        Want::new(
-            "Stalled",
-            blocked,
-            &outcome.reason,
-            if blocked {
-                outcome.message.as_str()
-            } else {
-                ""
-            },
-        ),
-    ];
+    let wanted = wanted_conditions(&outcome);
     // Compare without transition times first, so an unchanged status is not written.
     let pod_ip = outcome
         .pod
@@ -609,5 +631,76 @@ mod tests {
             Some(t(105))
         );
         assert_eq!(expiry(Some(t(200)), None, None), Some(t(200)));
+    }
+
+    fn outcome(phase: SandboxPhase, reason: &str) -> Outcome {
+        let mut o = Outcome::blocked(reason, format!("{reason}: why"));
+        o.phase = phase;
+        o
+    }
+
+    fn read(o: &Outcome) -> (KStatus, String) {
+        let now = Time(Timestamp::from_second(1000).unwrap());
+        let conditions = merge(&[], wanted_conditions(o), Some(2), &now);
+        kstatus(Some(2), Some(2), &conditions)
+    }
+
+    use crate::reconcile::conditions::{KStatus, kstatus};
+
+    #[test]
+    fn every_phase_reads_as_intended_to_kstatus() {
+        use SandboxPhase::*;
+        let cases = [
+            (Pending, "Pending", KStatus::InProgress),
+            (Starting, "Starting", KStatus::InProgress),
+            (Starting, "Replacing", KStatus::InProgress),
+            (Running, "Running", KStatus::Current),
+            (Paused, "Paused", KStatus::Current),
+            (Succeeded, "Succeeded", KStatus::Current),
+            (Failed, "Failed", KStatus::Failed),
+            (Expired, "Expired", KStatus::Failed),
+            (Blocked, "PolicyNotFound", KStatus::Failed),
+            (Blocked, "PolicyInvalid", KStatus::Failed),
+            (Blocked, "RuntimeClassMissing", KStatus::Failed),
+            (Blocked, "NameConflict", KStatus::Failed),
+            (Blocked, "AdditionalNetworkPolicy", KStatus::Failed),
+        ];
+        for (phase, reason, want) in cases {
+            let (got, message) = read(&outcome(phase, reason));
+            assert_eq!(got, want, "{phase:?}/{reason}");
+            if want != KStatus::Current {
+                assert_eq!(message, format!("{reason}: why"), "{phase:?}/{reason}");
+            }
+        }
+    }
+
+    #[test]
+    fn exactly_one_of_ready_reconciling_and_stalled_is_true() {
+        use SandboxPhase::*;
+        for phase in [
+            Pending, Starting, Running, Paused, Succeeded, Failed, Blocked, Expired,
+        ] {
+            let wanted = wanted_conditions(&outcome(phase, "R"));
+            let trues = wanted
+                .iter()
+                .filter(|w| ["Ready", "Reconciling", "Stalled"].contains(&w.type_) && w.status)
+                .count();
+            assert_eq!(trues, 1, "{phase:?}: {wanted:?}");
+        }
+    }
+
+    #[test]
+    fn a_new_generation_is_in_progress_until_observed() {
+        let now = Time(Timestamp::from_second(1000).unwrap());
+        let conditions = merge(
+            &[],
+            wanted_conditions(&outcome(SandboxPhase::Running, "Running")),
+            Some(1),
+            &now,
+        );
+        assert_eq!(
+            kstatus(Some(2), Some(1), &conditions).0,
+            KStatus::InProgress
+        );
     }
 }
