@@ -4,11 +4,16 @@ CARGO ?= cargo
 VENV := target/venv
 KUBERNETES_VALIDATE := $(VENV)/bin/kubernetes-validate
 
-.PHONY: test unit lint fmt validate e2e bench-e2e demo demo-down cluster-build cluster-up cluster-down generate crds golden render bench
+.PHONY: test unit lint fmt validate chart scan build e2e bench-e2e demo demo-down cluster-build cluster-up cluster-down generate crds manifests golden render bench
 
-## test: formatting, lints, unit/property/golden/CLI tests, CRD validation, and the e2e suite
-## against a local control plane (built from the Go module proxy on first use)
-test: lint unit validate e2e
+## test: formatting, lints, unit/property/golden/CLI tests, CRD validation, the chart and its
+## generated manifests, security scans, and the e2e suite against a local control plane (built
+## from the Go module proxy on first use) with the operator installed by the Helm chart
+test: lint unit validate chart scan e2e
+
+## build: the release binary, as the container image builds it (Dockerfile)
+build:
+	$(CARGO) build --release --locked -p palisade --bin palisade
 
 unit:
 	$(CARGO) test -p palisade --all-targets
@@ -55,11 +60,27 @@ $(KUBERNETES_VALIDATE):
 validate: $(KUBERNETES_VALIDATE)
 	$(KUBERNETES_VALIDATE) --strict crds/*.yaml
 
-## generate: regenerate every generated file (CRDs, golden render outputs)
-generate: crds golden
+## chart: helm lint --strict (default and all optional features), and config/ and the chart's
+## CRDs are what `make manifests` generates
+chart:
+	scripts/chart-lint.sh
+	scripts/manifests.sh --check
+
+## scan: checkov (config in .checkov.yaml) and kubernetes-validate --strict over the rendered chart,
+## everything `palisade render` produces for examples/, and the Dockerfile
+scan: build
+	scripts/scan.sh
+
+## generate: regenerate every generated file (CRDs, config/ manifests, golden render outputs)
+generate: crds manifests golden
 
 crds:
 	$(CARGO) run -q -- crd > crds/palisade.dev_crds.yaml
+	cp crds/palisade.dev_crds.yaml charts/palisade/crds/
+
+## manifests: config/ (kubectl apply -k config/default) from the Helm chart
+manifests:
+	scripts/manifests.sh
 
 golden:
 	PALISADE_UPDATE_GOLDEN=1 $(CARGO) test --test golden

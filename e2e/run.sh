@@ -2,46 +2,102 @@
 # Runs the end-to-end suite. With E2E_KUBECONFIG set, against that cluster; otherwise against a
 # local control plane (e2e/cluster) started for the run and stopped afterwards, also on failure.
 # The suite fails, never skips, when the cluster cannot be reached or started.
+#
+# The operator is installed the way users install it: the Helm chart (charts/palisade) into
+# namespace palisade-system. Its pods cannot run here (the nodes are simulated), so the operator
+# runs beside the suite as a process holding the chart ServiceAccount's token: every scenario
+# passes under the chart's RBAC, and the operator's log is checked for refused requests. At the
+# end the release is uninstalled and the plain manifests (kubectl apply -k config/default) are
+# installed and removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Build first, so the cluster is not kept waiting on the compiler.
-cargo build -p palisade
+# Build first, so the cluster is not kept waiting on the compiler. The operator under test is
+# the release binary the container image ships (make build).
+make --no-print-directory build
 cargo test -p palisade-e2e --no-run
+# kstatus (the library Flux and kubectl judge health with) and Argo CD's Lua, for tests/gitops.rs.
+KSTATUS_BIN="$(e2e/cluster/tools/kstatus/build.sh)"
+export KSTATUS_BIN
+operator_bin="$PWD/target/release/palisade"
+# up.sh creates the state directory; it refuses one it did not create.
+state="${PALISADE_E2E_STATE:-$PWD/target/e2e}"
+
+cleanup=()
+on_exit() { for ((i = ${#cleanup[@]} - 1; i >= 0; i--)); do eval "${cleanup[i]}" || true; done; }
+trap on_exit EXIT
 
 if [[ -n "${E2E_KUBECONFIG:-}" ]]; then
   echo "e2e: using the cluster in ${E2E_KUBECONFIG}"
   export KUBECONFIG="${E2E_KUBECONFIG}"
+  mkdir -p "$state"
+  # kubectl and helm: the local control plane's when built, else the ones on PATH.
+  # shellcheck source=cluster/lib.sh
+  source e2e/cluster/lib.sh
+  [[ -d "${BIN_DIR}" ]] && PATH="${BIN_DIR}:${PATH}"
 else
   started=$(date +%s)
   e2e/cluster/up.sh
-  trap 'e2e/cluster/down.sh' EXIT
+  cleanup+=("e2e/cluster/down.sh")
   echo "e2e: local control plane up in $(( $(date +%s) - started )) s"
-  export KUBECONFIG="${PALISADE_E2E_STATE:-$PWD/target/e2e}/kubeconfig"
+  export KUBECONFIG="$state/kubeconfig"
   # shellcheck disable=SC1091
-  source "${PALISADE_E2E_STATE:-$PWD/target/e2e}/env"   # kubectl of the local control plane
+  source "$state/env"   # kubectl and helm of the local control plane
 fi
 
-# The operator refuses to start without its CRDs.
-kubectl apply --server-side --force-conflicts -f crds/
+release=palisade
+release_ns=palisade-system
+export E2E_RELEASE="$release" E2E_RELEASE_NAMESPACE="$release_ns" E2E_LEASE_NAMESPACE="$release_ns"
+
+# Helm installs the chart's CRDs only when they are absent; on a reused cluster they are applied
+# first, as the upgrade notes say.
+if [[ -n "${E2E_KUBECONFIG:-}" ]]; then
+  kubectl apply --server-side --force-conflicts -f charts/palisade/crds/
+  kubectl delete --ignore-not-found -f config/default/palisade.yaml >/dev/null
+fi
+echo "e2e: helm install $release charts/palisade -n $release_ns"
+helm upgrade --install "$release" charts/palisade --namespace "$release_ns" --create-namespace \
+  --wait --timeout 3m
 kubectl wait --for=condition=Established --timeout=60s crd/agentpolicies.palisade.dev crd/agentsandboxes.palisade.dev
 
-# The operator runs beside the suite; its log is checked for panics afterwards.
-state="${PALISADE_E2E_STATE:-$PWD/target/e2e}"
-mkdir -p "$state"
+# Credentials of the chart's ServiceAccount, for every operator the suite runs.
+operator_kubeconfig="$state/operator.kubeconfig"
+token="$(kubectl -n "$release_ns" create token "$release" --duration=3h)"
+server="$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
+ca="$(kubectl config view --raw --minify --flatten -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')"
+umask 077
+cat >"$operator_kubeconfig" <<YAML
+apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster: {server: "${server}", certificate-authority-data: "${ca}"}
+users:
+- name: ${release_ns}/${release}
+  user: {token: "${token}"}
+contexts:
+- name: operator
+  context: {cluster: e2e, user: "${release_ns}/${release}"}
+current-context: operator
+YAML
+umask 022
+export E2E_OPERATOR_KUBECONFIG="$operator_kubeconfig"
+echo "e2e: operators run as system:serviceaccount:${release_ns}:${release}"
+
+# Phase 1: the shared operator (leader-elected in the release namespace, as the chart runs it)
+# beside the admission, operator, RBAC and GitOps suites.
 operator_log="$state/operator.log"
-target/debug/palisade run --metrics-addr 127.0.0.1:18080 >"$operator_log" 2>&1 &
+KUBECONFIG="$operator_kubeconfig" "$operator_bin" run --metrics-addr 127.0.0.1:18080 \
+  --leader-elect --lease-namespace "$release_ns" --lease-name palisade-e2e-shared \
+  >"$operator_log" 2>&1 &
 operator_pid=$!
 stop_operator() { kill "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/dev/null || true; }
-if [[ -n "${E2E_KUBECONFIG:-}" ]]; then trap stop_operator EXIT; else trap 'stop_operator; e2e/cluster/down.sh' EXIT; fi
+cleanup+=("stop_operator")
 
 status=0
-cargo test -p palisade-e2e --test admission --test operator -- --test-threads "${E2E_THREADS:-8}" "$@" || status=$?
+cargo test -p palisade-e2e --no-fail-fast --test admission --test operator --test rbac --test gitops \
+  -- --test-threads "${E2E_THREADS:-8}" "$@" || status=$?
 stop_operator
-if grep -n "panicked" "$operator_log"; then
-  echo "e2e: the operator panicked (log: $operator_log)"
-  status=1
-fi
 if ((status != 0)); then
   echo "e2e: last lines of the operator log:"
   tail -n 40 "$operator_log"
@@ -50,5 +106,31 @@ fi
 # Phase 2: tests that start their own operators (leader election, kill and restart), with the
 # shared one stopped.
 echo "e2e: phase 2 (tests/ha.rs, own operators)"
-PALISADE_BIN="$PWD/target/debug/palisade" cargo test -p palisade-e2e --test ha || status=$?
+PALISADE_BIN="$operator_bin" cargo test -p palisade-e2e --test ha || status=$?
+
+# Every operator log: no panic, and no request the chart's RBAC refused.
+for log in "$operator_log" "$state"/operators/*.log; do
+  [[ -f "$log" ]] || continue
+  if grep -n "panicked" "$log"; then
+    echo "e2e: an operator panicked (log: $log)"
+    status=1
+  fi
+  if grep -n -i "forbidden" "$log"; then
+    echo "e2e: the chart's RBAC refused an operator request (log: $log)"
+    status=1
+  fi
+done
+
+# The other install paths: helm uninstall, then the plain manifests.
+echo "e2e: helm uninstall, then kubectl apply -k config/default"
+helm uninstall "$release" --namespace "$release_ns" --wait --timeout 2m
+if kubectl get clusterrole "$release" >/dev/null 2>&1; then
+  echo "e2e: helm uninstall left ClusterRole $release behind"
+  status=1
+fi
+kubectl get crd agentsandboxes.palisade.dev >/dev/null # CRDs stay with their objects
+kubectl apply --server-side -k config/default
+kubectl -n "$release_ns" rollout status deployment/palisade --timeout=120s
+kubectl delete -f config/default/palisade.yaml --wait --timeout=120s >/dev/null
+echo "e2e: config/default installed and removed"
 exit "$status"

@@ -82,6 +82,23 @@ fn crds_are_up_to_date() {
 }
 
 #[test]
+fn the_chart_and_config_carry_the_same_crds() {
+    let crds = std::fs::read_to_string(root().join("crds/palisade.dev_crds.yaml"))
+        .expect("crds/palisade.dev_crds.yaml");
+    for copy in [
+        "charts/palisade/crds/palisade.dev_crds.yaml",
+        "config/crd/palisade.dev_crds.yaml",
+    ] {
+        let text =
+            std::fs::read_to_string(root().join(copy)).unwrap_or_else(|e| panic!("{copy}: {e}"));
+        assert!(
+            text == crds,
+            "{copy} differs from crds/: run `make generate` and commit the result"
+        );
+    }
+}
+
+#[test]
 fn a_paused_sandbox_renders_without_its_pod() {
     let dir = std::env::temp_dir().join(format!("palisade-paused-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -95,4 +112,25 @@ fn a_paused_sandbox_renders_without_its_pod() {
     );
     assert!(!stdout.contains("kind: Pod\n"), "{stdout}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn documents_without_a_namespace_render_into_the_one_given() {
+    let (stdout, stderr, ok) = render(&["-n", "agents", "-f", "examples/no-network.yaml"]);
+    assert!(ok, "render -n failed: {stderr}");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&stdout)
+        .map(|d| serde::Deserialize::deserialize(d).expect("rendered YAML"))
+        .filter(|d: &serde_yaml::Value| !d.is_null())
+        .collect();
+    assert!(
+        docs.len() >= 3,
+        "expected the sandbox's objects, got {stdout}"
+    );
+    for doc in &docs {
+        assert_eq!(
+            doc["metadata"]["namespace"].as_str(),
+            Some("agents"),
+            "{doc:?}"
+        );
+    }
 }

@@ -114,6 +114,7 @@ async fn main() {
         name: "bench-e2e".into(),
         namespace: Some(ns.clone()),
         lease_namespace: None,
+        lease_name: None,
         identity: None,
         concurrency: args.concurrency,
     });

@@ -258,7 +258,7 @@ start kube-apiserver \
   --proxy-client-cert-file="${PKI}/front-proxy-client.crt" \
   --proxy-client-key-file="${PKI}/front-proxy-client.key" \
   --authorization-mode=Node,RBAC \
-  --enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,RuntimeClass,NodeRestriction \
+  --enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,RuntimeClass,NodeRestriction,OwnerReferencesPermissionEnforcement \
   --allow-privileged=true \
   --v="${VERBOSITY}"
 wait_for kube-apiserver "kube-apiserver /readyz" "${KUBECTL[@]}" get --raw /readyz

@@ -55,6 +55,8 @@ pub struct Options {
     pub namespace: Option<String>,
     /// `--leader-elect --lease-namespace <this>`.
     pub lease_namespace: Option<String>,
+    /// `--lease-name` (default: the operator's own).
+    pub lease_name: Option<String>,
     /// `POD_NAME`, the Lease holder identity.
     pub identity: Option<String>,
     /// `--concurrency`.
@@ -87,6 +89,14 @@ impl Operator {
         if let Some(ns) = &opts.lease_namespace {
             cmd.arg("--leader-elect").arg("--lease-namespace").arg(ns);
         }
+        if let Some(name) = &opts.lease_name {
+            cmd.arg("--lease-name").arg(name);
+        }
+        // Under the chart's RBAC (e2e/run.sh), operators use its ServiceAccount's credentials
+        // while the tests keep the admin's.
+        if let Some(kubeconfig) = std::env::var_os("E2E_OPERATOR_KUBECONFIG") {
+            cmd.env("KUBECONFIG", kubeconfig);
+        }
         if let Some(c) = opts.concurrency {
             cmd.arg("--concurrency").arg(c.to_string());
         }
@@ -97,6 +107,7 @@ impl Operator {
         cmd.env_remove("PALISADE_NAMESPACE")
             .env_remove("PALISADE_LEADER_ELECT")
             .env_remove("PALISADE_LEASE_NAMESPACE")
+            .env_remove("PALISADE_LEASE_NAME")
             .env_remove("PALISADE_METRICS_ADDR")
             .env_remove("PALISADE_CONCURRENCY")
             .stdin(Stdio::null())
@@ -229,10 +240,35 @@ impl Drop for Operator {
     }
 }
 
-/// The holder identity of the operator's Lease in `namespace`, if any.
-pub async fn lease_holder(client: &Client, namespace: &str) -> Option<String> {
-    Api::<Lease>::namespaced(client.clone(), namespace)
-        .get_opt(LEASE_NAME)
+/// Where the operators of the test namespace `test_ns` hold their Lease: (namespace, name).
+/// Under the chart's RBAC, Leases may only be written in the release namespace,
+/// `E2E_LEASE_NAMESPACE`, so each test gets its own Lease there; otherwise the Lease is the
+/// operator's default one, in the test namespace.
+pub fn lease_of(test_ns: &str) -> (String, String) {
+    match std::env::var("E2E_LEASE_NAMESPACE") {
+        Ok(ns) if !ns.is_empty() => (ns, format!("{LEASE_NAME}-{test_ns}")),
+        _ => (test_ns.to_string(), LEASE_NAME.to_string()),
+    }
+}
+
+/// Deletes the Lease of `test_ns`'s operators, left over from an earlier run on the same cluster.
+pub async fn reset_lease(client: &Client, test_ns: &str) {
+    let (ns, name) = lease_of(test_ns);
+    match Api::<Lease>::namespaced(client.clone(), &ns)
+        .delete(&name, &Default::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.is_not_found() => {}
+        Err(e) => panic!("delete Lease {ns}/{name}: {e}"),
+    }
+}
+
+/// The holder identity of the Lease of `test_ns`'s operators, if any.
+pub async fn lease_holder(client: &Client, test_ns: &str) -> Option<String> {
+    let (namespace, name) = lease_of(test_ns);
+    Api::<Lease>::namespaced(client.clone(), &namespace)
+        .get_opt(&name)
         .await
         .ok()??
         .spec?

@@ -24,6 +24,7 @@ async fn setup(ns: &str) -> Client {
     operator::gvisor_runtime_class(&client).await;
     operator::delete_namespace_and_wait(&client, ns, Duration::from_secs(120)).await;
     restricted_namespace(&client, ns).await;
+    operator::reset_lease(&client, ns).await;
     let body = json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": "p"},
                       "spec": {"network": {"dns": "none"}}});
     Api::<AgentPolicy>::namespaced(client.clone(), ns)
@@ -49,10 +50,12 @@ async fn apply_sandbox(api: &Api<AgentSandbox>, name: &str) {
 }
 
 fn opts(name: &str, ns: &str, identity: &str) -> Options {
+    let (lease_namespace, lease_name) = operator::lease_of(ns);
     Options {
         name: name.into(),
         namespace: Some(ns.into()),
-        lease_namespace: Some(ns.into()),
+        lease_namespace: Some(lease_namespace),
+        lease_name: Some(lease_name),
         identity: Some(identity.into()),
         concurrency: None,
     }

@@ -23,6 +23,9 @@ pub struct RenderArgs {
     /// Recurse into subdirectories of directories given with -f.
     #[arg(short = 'R', long)]
     pub recursive: bool,
+    /// Namespace of the documents that name none (as `kubectl apply -n`).
+    #[arg(short = 'n', long, value_name = "NAMESPACE", default_value = "default")]
+    pub namespace: String,
     #[command(flatten)]
     pub facts: FactsArgs,
     #[command(flatten)]
@@ -35,8 +38,18 @@ pub struct Loaded {
     pub notes: Vec<String>,
 }
 
-/// Reads and validates every document; all errors are collected.
+/// Reads and validates every document; all errors are collected. Documents without a namespace
+/// are put in `default`.
 pub fn load(files: &[PathBuf], recursive: bool) -> Result<Loaded, Vec<String>> {
+    load_into(files, recursive, "default")
+}
+
+/// [`load`], putting documents that name no namespace in `namespace`.
+pub fn load_into(
+    files: &[PathBuf],
+    recursive: bool,
+    namespace: &str,
+) -> Result<Loaded, Vec<String>> {
     let paths = collect_files(files, recursive).map_err(|e| vec![e])?;
     let mut documents = Vec::new();
     let mut notes = Vec::new();
@@ -56,7 +69,14 @@ pub fn load(files: &[PathBuf], recursive: bool) -> Result<Loaded, Vec<String>> {
                 continue;
             }
         };
-        for (origin, value) in values {
+        for (origin, mut value) in values {
+            if let Some(meta) = value
+                .get_mut("metadata")
+                .and_then(|m| m.as_object_mut())
+                .filter(|m| !m.contains_key("namespace"))
+            {
+                meta.insert("namespace".into(), namespace.into());
+            }
             match classify(origin, value) {
                 Ok(Ok(doc)) => {
                     let problem = match &doc {
@@ -98,7 +118,8 @@ pub fn load(files: &[PathBuf], recursive: bool) -> Result<Loaded, Vec<String>> {
 }
 
 pub fn run(args: RenderArgs) -> Result<(), String> {
-    let loaded = load(&args.files, args.recursive).map_err(|errs| errs.join("\n"))?;
+    let loaded =
+        load_into(&args.files, args.recursive, &args.namespace).map_err(|errs| errs.join("\n"))?;
     for n in &loaded.notes {
         eprintln!("note: {n}");
     }

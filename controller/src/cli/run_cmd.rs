@@ -45,6 +45,9 @@ pub struct RunArgs {
     /// Namespace of the leader Lease (default: the pod's namespace, else `default`).
     #[arg(long, env = "PALISADE_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
+    /// Name of the leader Lease. Replicas that share it elect one leader.
+    #[arg(long, env = "PALISADE_LEASE_NAME", default_value = "palisade-operator")]
+    pub lease_name: String,
     /// Log as JSON lines.
     #[arg(long, env = "PALISADE_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -273,11 +276,16 @@ async fn run_controllers(
             }
         }
     };
+    metrics.leader.set(1);
     tokio::select! {
         _ = async { tokio::join!(sandbox_controller, policy_controller, isolation_controller) } => {}
         _ = async { tokio::join!(crd_watch, phase_gauge) } => {}
         _ = stop.cancelled() => {}
     }
+    // A replica that stopped leading no longer speaks for the sandboxes: its census goes to zero
+    // so that dashboards summing over replicas count each sandbox once.
+    metrics.leader.set(0);
+    metrics.set_phase_counts(&std::collections::BTreeMap::new());
 }
 
 pub async fn run(args: RunArgs) -> Result<(), String> {
@@ -318,7 +326,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
             .unwrap_or_else(|| "default".into());
         let config = LeaderConfig {
             namespace: lease_namespace.trim().to_string(),
-            lease_name: "palisade-operator".into(),
+            lease_name: args.lease_name.clone(),
             identity: default_identity(),
             lease_duration: std::time::Duration::from_secs(15),
         };

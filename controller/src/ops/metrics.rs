@@ -5,8 +5,8 @@
 //! one, so tests (and several operators in one process) never see each other's series.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Deref;
@@ -58,6 +58,9 @@ pub struct MetricSet {
     pub start_latency: Histogram,
     /// `palisade_policy_compile_errors_total{reason}`: policies that failed to compile.
     pub compile_errors: IntCounterVec,
+    /// `palisade_leader`: 1 while this replica runs the controllers (it holds the leader Lease,
+    /// or leader election is off), else 0.
+    pub leader: IntGauge,
 }
 
 impl Deref for Metrics {
@@ -143,6 +146,12 @@ impl Metrics {
         registry
             .register(Box::new(compile_errors.clone()))
             .expect(VALID);
+        let leader = IntGauge::new(
+            "palisade_leader",
+            "1 while this replica runs the controllers (holds the leader Lease, or leader election is off).",
+        )
+        .expect(VALID);
+        registry.register(Box::new(leader.clone())).expect(VALID);
 
         let metrics = Metrics(Arc::new(MetricSet {
             registry,
@@ -152,6 +161,7 @@ impl Metrics {
             sandboxes,
             start_latency,
             compile_errors,
+            leader,
         }));
         // Export every phase as zero from the start, before the first census.
         metrics.set_phase_counts(&BTreeMap::new());

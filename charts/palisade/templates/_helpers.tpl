@@ -1,0 +1,106 @@
+{{/* Name of the chart, or nameOverride. */}}
+{{- define "palisade.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Prefix of every object name: fullnameOverride, else the release name (with the chart name
+when the release name does not contain it). */}}
+{{- define "palisade.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels that select the operator pods. */}}
+{{- define "palisade.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "palisade.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Labels of every object of the chart. */}}
+{{- define "palisade.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "palisade.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: palisade
+{{- end -}}
+
+{{/* The operator's ServiceAccount. */}}
+{{- define "palisade.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "palisade.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The operator image: repository@digest when a digest is set, else repository:tag. */}}
+{{- define "palisade.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Runtimes whose nodes apply the pod's seccomp profile, as the operator's flag value. */}}
+{{- define "palisade.seccompApplied" -}}
+{{- $runtimes := list -}}
+{{- if .Values.runtimeClasses.gvisor.seccompApplied -}}{{- $runtimes = append $runtimes "gvisor" -}}{{- end -}}
+{{- if .Values.runtimeClasses.kata.seccompApplied -}}{{- $runtimes = append $runtimes "kata" -}}{{- end -}}
+{{- join "," $runtimes -}}
+{{- end -}}
+
+{{/* Rules for the namespaced objects the operator reads and writes: in the ClusterRole, or in a
+Role of watchNamespace. e2e/rbac-allowlist.yaml is their checked-in ceiling. */}}
+{{- define "palisade.namespacedRules" }}
+# The two kinds: read, and status written by server-side apply. Sandboxes delete themselves
+# ttlSecondsAfterFinished after the agent finished.
+- apiGroups: [palisade.dev]
+  resources: [agentsandboxes]
+  verbs: [get, list, watch, delete]
+- apiGroups: [palisade.dev]
+  resources: [agentpolicies]
+  verbs: [get, list, watch]
+- apiGroups: [palisade.dev]
+  resources: [agentsandboxes/status, agentpolicies/status]
+  verbs: [patch]
+# Children carry an owner reference with blockOwnerDeletion, which clusters running the
+# OwnerReferencesPermissionEnforcement admission plugin allow only with this.
+- apiGroups: [palisade.dev]
+  resources: [agentsandboxes/finalizers]
+  verbs: [update]
+# Sandbox pods: applied (create + patch), replaced by deletion when the policy changes.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, create, patch, delete]
+# The other children: applied, and replaced (update) when someone added fields to them. The
+# isolation NetworkPolicy's finalizer is released by a patch.
+- apiGroups: [""]
+  resources: [serviceaccounts, services, persistentvolumeclaims]
+  verbs: [get, list, watch, create, patch, update]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, update]
+{{- if .Values.rbac.cilium }}
+- apiGroups: [cilium.io]
+  resources: [ciliumnetworkpolicies]
+  verbs: [get, list, watch, create, patch, update]
+{{- end }}
+{{- if .Values.rbac.securityProfilesOperator }}
+- apiGroups: [security-profiles-operator.x-k8s.io]
+  resources: [seccompprofiles]
+  verbs: [get, list, watch, create, patch, update]
+{{- end }}
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end }}

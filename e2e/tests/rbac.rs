@@ -1,0 +1,303 @@
+//! The operator's RBAC as installed by the Helm chart (e2e/run.sh installs it before the suite):
+//! it grants exactly the checked-in `e2e/rbac-allowlist.yaml`, nothing broad or sensitive, and
+//! the API server's own authorizer agrees. That it is also enough is shown by the rest of the
+//! suite, whose operators run with the chart ServiceAccount's token.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
+use kube::Client;
+use kube::api::{Api, ListParams, PostParams};
+use palisade_e2e::{client, root};
+
+/// Release namespace and name of the chart install (set by e2e/run.sh).
+fn release() -> (String, String) {
+    let ns = std::env::var("E2E_RELEASE_NAMESPACE").expect(
+        "E2E_RELEASE_NAMESPACE is not set: run the suite through e2e/run.sh, which installs the chart",
+    );
+    let name = std::env::var("E2E_RELEASE").unwrap_or_else(|_| "palisade".into());
+    (ns, name)
+}
+
+type Grants = BTreeMap<String, BTreeSet<String>>;
+
+/// `<group>/<resource>` → verbs, from RBAC rules; panics on wildcards, resource names and
+/// non-resource URLs, none of which the operator needs.
+fn grants(rules: &[PolicyRule], what: &str) -> Grants {
+    let mut out = Grants::new();
+    for rule in rules {
+        assert!(
+            rule.non_resource_urls
+                .as_deref()
+                .unwrap_or_default()
+                .is_empty(),
+            "{what} grants non-resource URLs: {rule:?}"
+        );
+        assert!(
+            rule.resource_names
+                .as_deref()
+                .unwrap_or_default()
+                .is_empty(),
+            "{what}: unexpected resourceNames in {rule:?}"
+        );
+        for group in rule.api_groups.as_deref().unwrap_or_default() {
+            for resource in rule.resources.as_deref().unwrap_or_default() {
+                for verb in &rule.verbs {
+                    for field in [group, resource, verb] {
+                        assert!(!field.contains('*'), "{what} grants a wildcard: {rule:?}");
+                    }
+                    let group = if group.is_empty() { "core" } else { group };
+                    out.entry(format!("{group}/{resource}"))
+                        .or_default()
+                        .insert(verb.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn allowlist() -> BTreeMap<String, Grants> {
+    let path = root().join("e2e/rbac-allowlist.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let raw: BTreeMap<String, BTreeMap<String, Vec<String>>> =
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    raw.into_iter()
+        .map(|(role, rules)| {
+            let grants = rules
+                .into_iter()
+                .map(|(res, verbs)| (res, verbs.into_iter().collect()))
+                .collect();
+            (role, grants)
+        })
+        .collect()
+}
+
+/// Every difference between what is granted and what the allowlist says.
+fn differences(granted: &Grants, allowed: &Grants) -> Vec<String> {
+    let mut out = Vec::new();
+    for (res, verbs) in granted {
+        let allowed_verbs = allowed.get(res).cloned().unwrap_or_default();
+        for verb in verbs.difference(&allowed_verbs) {
+            out.push(format!("granted but not in the allowlist: {verb} {res}"));
+        }
+    }
+    for (res, verbs) in allowed {
+        let granted_verbs = granted.get(res).cloned().unwrap_or_default();
+        for verb in verbs.difference(&granted_verbs) {
+            out.push(format!(
+                "in the allowlist but no longer granted: {verb} {res}"
+            ));
+        }
+    }
+    out
+}
+
+fn selector(release: &str) -> ListParams {
+    ListParams::default().labels(&format!("app.kubernetes.io/instance={release}"))
+}
+
+#[tokio::test]
+async fn the_chart_grants_exactly_the_allowlist() {
+    let client = client().await;
+    let (ns, release) = release();
+    let allow = allowlist();
+
+    let cluster_roles = Api::<ClusterRole>::all(client.clone())
+        .list(&selector(&release))
+        .await
+        .expect("list ClusterRoles");
+    assert_eq!(
+        cluster_roles.items.len(),
+        1,
+        "expected one ClusterRole of release {release}"
+    );
+    let rules = cluster_roles.items[0].rules.clone().unwrap_or_default();
+    let diff = differences(&grants(&rules, "the ClusterRole"), &allow["clusterRole"]);
+    assert!(diff.is_empty(), "ClusterRole:\n{}", diff.join("\n"));
+
+    let roles = Api::<Role>::namespaced(client.clone(), &ns)
+        .list(&selector(&release))
+        .await
+        .expect("list Roles");
+    assert_eq!(
+        roles.items.len(),
+        1,
+        "expected the leader-election Role only"
+    );
+    let rules = roles.items[0].rules.clone().unwrap_or_default();
+    let diff = differences(&grants(&rules, "the Role"), &allow["leaderElectionRole"]);
+    assert!(
+        diff.is_empty(),
+        "leader-election Role:\n{}",
+        diff.join("\n")
+    );
+
+    // Nothing that reads credentials, runs commands in pods, or grants more rights.
+    for (res, verbs) in allow.values().flatten() {
+        let resource = res.rsplit('/').next().unwrap_or_default();
+        assert!(
+            !matches!(
+                resource,
+                "secrets" | "exec" | "attach" | "portforward" | "proxy" | "token"
+            ),
+            "the allowlist grants {res}"
+        );
+        for verb in verbs {
+            assert!(
+                !matches!(verb.as_str(), "escalate" | "bind" | "impersonate" | "*"),
+                "the allowlist grants {verb} on {res}"
+            );
+        }
+    }
+}
+
+/// What the API server's authorizer answers for the chart's ServiceAccount.
+async fn allowed(client: &Client, user: &str, attrs: ResourceAttributes) -> bool {
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.to_string()),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                "system:authenticated".into(),
+            ]),
+            resource_attributes: Some(attrs),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview");
+    answer.status.is_some_and(|s| s.allowed)
+}
+
+fn attrs(
+    verb: &str,
+    group: &str,
+    resource: &str,
+    sub: Option<&str>,
+    ns: &str,
+) -> ResourceAttributes {
+    ResourceAttributes {
+        verb: Some(verb.into()),
+        group: Some(group.into()),
+        resource: Some(resource.into()),
+        subresource: sub.map(String::from),
+        namespace: (!ns.is_empty()).then(|| ns.to_string()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn the_api_server_denies_the_operator_what_it_must_not_do() {
+    let client = client().await;
+    let (ns, release) = release();
+    let user = format!("system:serviceaccount:{ns}:{release}");
+
+    // Positive controls: the review works, and the operator can do its job anywhere.
+    for (verb, group, resource, sub, in_ns) in [
+        ("create", "", "pods", None, "any-namespace"),
+        (
+            "patch",
+            "networking.k8s.io",
+            "networkpolicies",
+            None,
+            "any-namespace",
+        ),
+        (
+            "patch",
+            "palisade.dev",
+            "agentsandboxes",
+            Some("status"),
+            "any-namespace",
+        ),
+        ("create", "coordination.k8s.io", "leases", None, ns.as_str()),
+    ] {
+        assert!(
+            allowed(&client, &user, attrs(verb, group, resource, sub, in_ns)).await,
+            "{user} may not {verb} {resource}: the chart's RBAC is not installed as expected"
+        );
+    }
+    // Never: secrets, commands in pods, tokens for other accounts, RBAC changes, Leases outside
+    // its namespace, nodes, its own CRDs.
+    for (verb, group, resource, sub, in_ns) in [
+        ("get", "", "secrets", None, "kube-system"),
+        ("list", "", "secrets", None, ""),
+        ("watch", "", "secrets", None, ns.as_str()),
+        ("create", "", "pods", Some("exec"), "any-namespace"),
+        ("create", "", "pods", Some("attach"), "any-namespace"),
+        ("create", "", "pods", Some("portforward"), "any-namespace"),
+        (
+            "create",
+            "",
+            "serviceaccounts",
+            Some("token"),
+            "any-namespace",
+        ),
+        ("update", "", "pods", None, "any-namespace"),
+        (
+            "create",
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            None,
+            "",
+        ),
+        (
+            "escalate",
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            None,
+            "",
+        ),
+        (
+            "bind",
+            "rbac.authorization.k8s.io",
+            "roles",
+            None,
+            "any-namespace",
+        ),
+        ("impersonate", "", "users", None, ""),
+        (
+            "create",
+            "coordination.k8s.io",
+            "leases",
+            None,
+            "kube-system",
+        ),
+        ("get", "", "nodes", None, ""),
+        ("get", "", "nodes", Some("proxy"), ""),
+        (
+            "update",
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            None,
+            "",
+        ),
+        (
+            "delete",
+            "networking.k8s.io",
+            "networkpolicies",
+            None,
+            "any-namespace",
+        ),
+        (
+            "update",
+            "palisade.dev",
+            "agentpolicies",
+            None,
+            "any-namespace",
+        ),
+        ("create", "node.k8s.io", "runtimeclasses", None, ""),
+    ] {
+        assert!(
+            !allowed(&client, &user, attrs(verb, group, resource, sub, in_ns)).await,
+            "{user} may {verb} {resource}{} in {in_ns:?}",
+            sub.map(|s| format!("/{s}")).unwrap_or_default()
+        );
+    }
+}

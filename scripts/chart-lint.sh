@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# helm lint --strict of charts/palisade with its default values and with every optional feature
+# on, and a check that values.schema.json refuses values of the wrong type.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=../e2e/cluster/lib.sh
+source e2e/cluster/lib.sh
+e2e/cluster/build.sh >/dev/null
+helm="${BIN_DIR}/helm"
+chart=charts/palisade
+
+all_features=(
+  --set watchNamespace=agents
+  --set metrics.serviceMonitor.enabled=true
+  --set grafanaDashboard.enabled=true
+  --set runtimeClasses.gvisor.create=true
+  --set runtimeClasses.kata.create=true
+  --set runtimeClasses.gvisor.seccompApplied=true
+  --set "cluster.cidrs={10.244.0.0/16,10.96.0.0/12}"
+  --set "networkPolicy.apiServer.cidrs={192.0.2.10/32}"
+)
+"$helm" lint --strict "$chart"
+"$helm" lint --strict "$chart" "${all_features[@]}"
+"$helm" lint --strict "$chart" --set replicas=1,leaderElection.enabled=false
+
+# Values the schema or the templates must refuse.
+refused=(
+  "replicas=two"
+  "image.pullPolicy=Sometimes"
+  "runtimeClasses.gvisor.nmae=gvisor"
+  "metrics.port=0"
+  "logFormat=xml"
+  "image.digest=latest"
+  "replicas=2,leaderElection.enabled=false"
+)
+for values in "${refused[@]}"; do
+  if "$helm" template palisade "$chart" --set "$values" >/dev/null 2>&1; then
+    echo "chart-lint: --set $values was accepted" >&2
+    exit 1
+  fi
+done
+echo "chart-lint: the chart lints clean and refuses ${#refused[@]} bad values"
