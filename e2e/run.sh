@@ -84,12 +84,19 @@ umask 022
 export E2E_OPERATOR_KUBECONFIG="$operator_kubeconfig"
 echo "e2e: operators run as system:serviceaccount:${release_ns}:${release}"
 
-# Phase 1: the shared operator (leader-elected in the release namespace, as the chart runs it)
-# beside the admission, operator, RBAC and GitOps suites.
+# Phase 1: the shared operator beside the admission, operator, RBAC and GitOps suites, started
+# with the arguments of the installed Deployment (only the metrics address is local), so a flag
+# the chart passes and the binary does not know fails here.
+mapfile -t chart_args < <(kubectl -n "$release_ns" get deployment "$release" -o json | python3 -c '
+import json, sys
+container = json.load(sys.stdin)["spec"]["template"]["spec"]["containers"][0]
+for arg in container.get("command", [])[1:] + container["args"]:
+    if not arg.startswith("--metrics-addr"):
+        print(arg)')
+echo "e2e: palisade ${chart_args[*]}"
 operator_log="$state/operator.log"
-KUBECONFIG="$operator_kubeconfig" "$operator_bin" run --metrics-addr 127.0.0.1:18080 \
-  --leader-elect --lease-namespace "$release_ns" --lease-name palisade-e2e-shared \
-  >"$operator_log" 2>&1 &
+KUBECONFIG="$operator_kubeconfig" POD_NAME=e2e-shared-operator \
+  "$operator_bin" "${chart_args[@]}" --metrics-addr 127.0.0.1:18080 >"$operator_log" 2>&1 &
 operator_pid=$!
 stop_operator() { kill "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/dev/null || true; }
 cleanup+=("stop_operator")
