@@ -287,15 +287,18 @@ async fn status_fixtures_read_as_documented() {
     let sandbox_obj = live::<AgentSandbox>(&client, ns, "agent").await;
     let generation = policy["metadata"]["generation"].clone();
 
-    // Nothing written yet. kstatus cannot tell this from "no status to report" and says
-    // Current (docs/gitops.md explains); the Argo CD script waits.
-    let mut fresh = sandbox_obj.clone();
-    fresh.as_object_mut().expect("object").remove("status");
-    assert_eq!(kstatus(&fresh).0, "Current");
-    assert_eq!(argo("AgentSandbox", &fresh).0, "Progressing");
-    let mut fresh = policy.clone();
-    fresh.as_object_mut().expect("object").remove("status");
-    assert_eq!(argo("AgentPolicy", &fresh).0, "Progressing");
+    // Nothing written yet: the API server serves the CRD's status default,
+    // observedGeneration 0, so kstatus and the Argo CD scripts wait (docs/gitops.md).
+    for (kind, obj) in [("AgentSandbox", &sandbox_obj), ("AgentPolicy", &policy)] {
+        let mut fresh = obj.clone();
+        fresh["status"] = json!({"observedGeneration": 0});
+        assert_reads(&fresh, kind, "InProgress", "Progressing");
+        // Without the default (a CRD from before it), kstatus cannot tell "no status yet"
+        // from "nothing to report"; the Argo CD scripts still wait.
+        fresh.as_object_mut().expect("object").remove("status");
+        assert_eq!(kstatus(&fresh).0, "Current");
+        assert_eq!(argo(kind, &fresh).0, "Progressing");
+    }
 
     // An invalid policy, as the operator reports it.
     let message = "spec.network: legacy and directional fields are mixed";

@@ -35,6 +35,17 @@ async fn setup(ns: &str) -> Client {
         )
         .await
         .expect("apply policy");
+    // No operator has seen it yet: the CRD's status default says so (observedGeneration 0 is
+    // not the generation), which kstatus and GitOps tools read as in progress, not current.
+    let fresh = Api::<AgentPolicy>::namespaced(client.clone(), ns)
+        .get("p")
+        .await
+        .expect("get policy");
+    assert_eq!(
+        fresh.status.and_then(|s| s.observed_generation),
+        Some(0),
+        "a policy no operator has seen should read status.observedGeneration 0"
+    );
     client
 }
 

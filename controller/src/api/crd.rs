@@ -49,7 +49,27 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
 fn clean(crd: CustomResourceDefinition) -> CustomResourceDefinition {
     let mut value = serde_json::to_value(&crd).expect("a CRD always serializes");
     strip_unknown_formats(&mut value);
+    default_status_to_unobserved(&mut value);
     serde_json::from_value(value).expect("cleaning keeps the CRD shape")
+}
+
+/// An object the operator has not seen yet reads `status.observedGeneration: 0` (defaults apply
+/// when the API server reads from storage), so kstatus and GitOps tools call it InProgress
+/// rather than Current before the operator's first status write.
+fn default_status_to_unobserved(crd: &mut Value) {
+    let Some(versions) = crd["spec"]["versions"].as_array_mut() else {
+        return;
+    };
+    for version in versions {
+        if let Some(status) =
+            version["schema"]["openAPIV3Schema"]["properties"]["status"].as_object_mut()
+        {
+            status.insert(
+                "default".into(),
+                serde_json::json!({"observedGeneration": 0}),
+            );
+        }
+    }
 }
 
 fn strip_unknown_formats(value: &mut Value) {
