@@ -22,11 +22,10 @@ unit:
 e2e:
 	e2e/run.sh
 
-## bench-e2e: throughput, created->Ready latency and peak RSS of an operator against the
-## cluster in KUBECONFIG (COUNT=500), e.g. after make cluster-up: KUBECONFIG=target/e2e/kubeconfig
-bench-e2e:
-	$(CARGO) build -p palisade
-	$(CARGO) run -q -p palisade-e2e --bin bench-e2e -- --count $(or $(COUNT),500)
+## bench-e2e: throughput, created->Ready latency and peak RSS of the release operator against
+## the cluster in KUBECONFIG (COUNT=500), e.g. after make cluster-up: KUBECONFIG=target/e2e/kubeconfig
+bench-e2e: build
+	PALISADE_BIN=$(CURDIR)/target/release/palisade $(CARGO) run -q -p palisade-e2e --bin bench-e2e -- --count $(or $(COUNT),500)
 
 ## demo: the operator end to end (local control plane unless KUBECONFIG is set)
 demo:
