@@ -116,7 +116,7 @@ async fn run_controllers(
     let mut facts = args.facts.facts();
     facts.seccomp_applied.insert(Runtime::Runc);
     let optional_crds = OptionalCrds::default();
-    if let Err(e) = optional_crds.refresh(&client).await {
+    if let Err(e) = optional_crds.refresh(&client, ns).await {
         tracing::warn!(error = %e, "could not check optional CRDs; assuming they are absent");
     }
     let reporter = Reporter {
@@ -185,12 +185,19 @@ async fn run_controllers(
         };
     let crd_client = client.clone();
     let crds = optional_crds.clone();
+    let watched = args.namespace.clone();
     let crd_watch = crd_stream.for_each(move |crd| {
         let crds = crds.clone();
         let client = crd_client.clone();
         let tx = crd_trigger_tx.clone();
+        let watched = watched.clone();
         async move {
-            if crd.is_ok() && crds.refresh(&client).await.unwrap_or(false) {
+            if crd.is_ok()
+                && crds
+                    .refresh(&client, watched.as_deref())
+                    .await
+                    .unwrap_or(false)
+            {
                 let _ = tx.unbounded_send(());
             }
         }

@@ -178,7 +178,7 @@ pub fn seccomp(
             if !facts.seccomp_profile_crd {
                 return Err(Blocked::new(
                     BlockReason::SeccompProfileCrdMissing,
-                    "syscalls.profile Generated needs the Security Profiles Operator (SeccompProfile CRD), which this cluster does not have",
+                    "syscalls.profile Generated needs the Security Profiles Operator the operator can use: the SeccompProfile CRD is not installed, or the operator may not create those objects",
                 ));
             }
             let profile_name = format!("{name}-seccomp");

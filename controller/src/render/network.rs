@@ -235,7 +235,7 @@ pub fn compile_network(
         return Err(Blocked::new(
             BlockReason::FqdnBackendMissing,
             format!(
-                "egress to domain names ({}) needs an FQDN-capable backend (Cilium), which this cluster does not have",
+                "egress to domain names ({}) needs an FQDN-capable backend (Cilium) the operator can use: the CiliumNetworkPolicy CRD is not installed, or the operator may not create those objects",
                 names.join(", ")
             ),
         ));

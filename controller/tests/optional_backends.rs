@@ -1,0 +1,99 @@
+//! Optional backends (Cilium for FQDN egress, the Security Profiles Operator for generated
+//! seccomp profiles) count only when their CRD is installed and the operator may create and
+//! patch their objects: a backend it cannot use must block the sandboxes that need it, never
+//! leave them half-enforced. Checked against a scripted API server.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+
+use palisade::reconcile::facts::OptionalCrds;
+use serde_json::{Value, json};
+use support::apimock::{Seen, Step, join, mock_client, serve};
+
+const CRDS: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+const REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+const SPO: &str = "seccompprofiles.security-profiles-operator.x-k8s.io";
+const CILIUM: &str = "ciliumnetworkpolicies.cilium.io";
+
+fn crd(name: &str) -> Step {
+    let body = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                      "metadata": {"name": name}, "spec": {"group": "x", "names": {"kind": "X", "plural": "xs"},
+                      "scope": "Namespaced", "versions": []}});
+    Step::get(format!("{CRDS}/{name}")).respond(200, body)
+}
+
+/// A SelfSubjectAccessReview for `verb` on `resource`, answered `allowed`.
+fn review(
+    resource: &'static str,
+    verb: &'static str,
+    namespace: Option<&'static str>,
+    allowed: bool,
+) -> Step {
+    Step::post(REVIEWS)
+        .check(move |s: &Seen| {
+            let attrs = &s.body["spec"]["resourceAttributes"];
+            assert_eq!(attrs["resource"], resource, "{}", s.body);
+            assert_eq!(attrs["verb"], verb, "{}", s.body);
+            assert_eq!(
+                attrs["namespace"].as_str(),
+                namespace,
+                "review namespace: {}",
+                s.body
+            );
+        })
+        .reply_with(move |s: &Seen| {
+            let mut answer: Value = s.body.clone();
+            answer["status"] = json!({"allowed": allowed});
+            (201, answer)
+        })
+}
+
+async fn refresh(steps: Vec<Step>, namespace: Option<&str>) -> (bool, bool, bool) {
+    let (client, handle) = mock_client();
+    let verifier = tokio::spawn(serve(handle, steps));
+    let crds = OptionalCrds::default();
+    let changed = crds
+        .refresh(&client, namespace)
+        .await
+        .expect("refresh succeeds");
+    drop(client);
+    join(verifier).await;
+    (
+        crds.seccomp_profile.load(Ordering::SeqCst),
+        crds.cilium.load(Ordering::SeqCst),
+        changed,
+    )
+}
+
+#[tokio::test]
+async fn absent_crds_are_absent_without_asking_for_permissions() {
+    let steps = vec![
+        Step::get(format!("{CRDS}/{SPO}")).not_found(),
+        Step::get(format!("{CRDS}/{CILIUM}")).not_found(),
+    ];
+    assert_eq!(refresh(steps, None).await, (false, false, false));
+}
+
+#[tokio::test]
+async fn an_installed_backend_the_operator_may_not_write_counts_as_absent() {
+    let steps = vec![
+        crd(SPO),
+        review("seccompprofiles", "create", None, true),
+        review("seccompprofiles", "patch", None, false),
+        crd(CILIUM),
+        review("ciliumnetworkpolicies", "create", None, false),
+    ];
+    assert_eq!(refresh(steps, None).await, (false, false, false));
+}
+
+#[tokio::test]
+async fn an_installed_backend_the_operator_may_write_is_used_in_its_namespace() {
+    let steps = vec![
+        Step::get(format!("{CRDS}/{SPO}")).not_found(),
+        crd(CILIUM),
+        review("ciliumnetworkpolicies", "create", Some("agents"), true),
+        review("ciliumnetworkpolicies", "patch", Some("agents"), true),
+    ];
+    assert_eq!(refresh(steps, Some("agents")).await, (false, true, true));
+}
