@@ -102,7 +102,7 @@ stop_operator() { kill "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/de
 cleanup+=("stop_operator")
 
 status=0
-cargo test -p palisade-e2e --no-fail-fast --test admission --test operator --test rbac --test gitops \
+cargo test -p palisade-e2e --no-fail-fast --test admission --test operator --test rbac --test gitops --test backends \
   -- --test-threads "${E2E_THREADS:-8}" "$@" || status=$?
 stop_operator
 if ((status != 0)); then
@@ -122,7 +122,9 @@ for log in "$operator_log" "$state"/operators/*.log; do
     echo "e2e: an operator panicked (log: $log)"
     status=1
   fi
-  if grep -n -i "forbidden" "$log"; then
+  # RBAC denials read: ... is forbidden: User "system:serviceaccount:NS:NAME" cannot VERB ...
+  # (other 403s, such as creating in a namespace being deleted, are not about permissions).
+  if grep -n -E 'forbidden: User \\?"system:serviceaccount:' "$log"; then
     echo "e2e: the chart's RBAC refused an operator request (log: $log)"
     status=1
   fi

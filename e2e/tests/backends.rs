@@ -1,0 +1,170 @@
+//! The optional backends, live: once the CiliumNetworkPolicy and SeccompProfile CRDs appear, a
+//! sandbox whose policy needs them (egress to a domain name, a generated seccomp profile) runs
+//! with both objects in place — under the chart's RBAC (`rbac.cilium`,
+//! `rbac.securityProfilesOperator`), as e2e/run.sh runs the operator.
+//!
+//! Neither Cilium nor the Security Profiles Operator runs here: the CRDs are stand-ins that
+//! accept any object (created only when absent, so a real installation is never touched).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::{Client, ResourceExt};
+use palisade::api::{AgentPolicy, AgentSandbox, SandboxPhase};
+use palisade_e2e::operator::{gvisor_runtime_class, small_sandbox};
+use palisade_e2e::{apply_palisade, client, install_crds, restricted_namespace, unique, wait_for};
+use serde_json::json;
+
+/// Creates a permissive stand-in CRD unless one of that name exists, and waits until it is
+/// served.
+async fn stand_in_crd(client: &Client, group: &str, version: &str, kind: &str, plural: &str) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = format!("{plural}.{group}");
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": name},
+        "spec": {"group": group, "scope": "Namespaced",
+                 "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(), "listKind": format!("{kind}List")},
+                 "versions": [{"name": version, "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }))
+    .expect("stand-in CRD");
+    match api.create(&PostParams::default(), &crd).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(e) => panic!("create CRD {name}: {e}"),
+    }
+    wait_for(
+        &format!("CRD {name} Established"),
+        Duration::from_secs(30),
+        || async {
+            let crd = api.get(&name).await.ok()?;
+            crd.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+fn dynamic(
+    client: &Client,
+    ns: &str,
+    group: &str,
+    version: &str,
+    kind: &str,
+    plural: &str,
+) -> Api<DynamicObject> {
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+#[tokio::test]
+async fn domain_name_egress_and_generated_seccomp_run_once_their_backends_exist() {
+    let client = client().await;
+    install_crds(&client).await;
+    gvisor_runtime_class(&client).await;
+    stand_in_crd(
+        &client,
+        "cilium.io",
+        "v2",
+        "CiliumNetworkPolicy",
+        "ciliumnetworkpolicies",
+    )
+    .await;
+    stand_in_crd(
+        &client,
+        "security-profiles-operator.x-k8s.io",
+        "v1beta1",
+        "SeccompProfile",
+        "seccompprofiles",
+    )
+    .await;
+    let ns = &unique("backends");
+    restricted_namespace(&client, ns).await;
+
+    apply_palisade::<AgentPolicy>(
+        &client,
+        ns,
+        "p",
+        json!({"network": {"egress": {"allow": [{"to": [{"fqdn": "api.example.com"}],
+                                                  "ports": [{"protocol": "tcp", "port": 443}]}]}},
+               "syscalls": {"profile": "Generated", "block": ["ptrace"]}}),
+    )
+    .await;
+    let sandbox = small_sandbox("agent", "p");
+    apply_palisade::<AgentSandbox>(&client, ns, "agent", sandbox["spec"].clone()).await;
+
+    let sandboxes: Api<AgentSandbox> = Api::namespaced(client.clone(), ns);
+    wait_for("sandbox agent Running", Duration::from_secs(90), || async {
+        let s = sandboxes.get("agent").await.ok()?;
+        (s.status.as_ref()?.phase == Some(SandboxPhase::Running)).then_some(())
+    })
+    .await;
+    let uid = sandboxes
+        .get("agent")
+        .await
+        .expect("sandbox")
+        .uid()
+        .expect("uid");
+
+    let cnp = dynamic(
+        &client,
+        ns,
+        "cilium.io",
+        "v2",
+        "CiliumNetworkPolicy",
+        "ciliumnetworkpolicies",
+    )
+    .get("agent-fqdn")
+    .await
+    .expect("CiliumNetworkPolicy agent-fqdn");
+    assert_eq!(
+        cnp.data["spec"]["egress"][0]["toFQDNs"][0]["matchName"], "api.example.com",
+        "{:?}",
+        cnp.data
+    );
+    let profile = dynamic(
+        &client,
+        ns,
+        "security-profiles-operator.x-k8s.io",
+        "v1beta1",
+        "SeccompProfile",
+        "seccompprofiles",
+    )
+    .get("agent-seccomp")
+    .await
+    .expect("SeccompProfile agent-seccomp");
+    for obj in [&cnp, &profile] {
+        assert!(
+            obj.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && o.uid == uid),
+            "{} is not controlled by the sandbox",
+            obj.name_any()
+        );
+    }
+    let pod = Api::<Pod>::namespaced(client.clone(), ns)
+        .get("agent")
+        .await
+        .expect("pod");
+    let seccomp = pod
+        .spec
+        .and_then(|s| s.security_context)
+        .and_then(|c| c.seccomp_profile)
+        .expect("pod seccomp profile");
+    assert_eq!(seccomp.type_, "Localhost");
+    assert_eq!(
+        seccomp.localhost_profile.as_deref(),
+        Some(format!("operator/{ns}/agent-seccomp.json").as_str())
+    );
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .delete(ns, &Default::default())
+        .await
+        .expect("delete namespace");
+}
