@@ -36,6 +36,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// The namespace is being deleted, so nothing can be created in it: not a failure of the
+    /// operator (the sandbox goes away with its namespace).
+    pub fn namespace_terminating(&self) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 403
+            && s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
+    }
+
     /// A short, stable label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
@@ -72,3 +79,34 @@ pub type Ctx = Arc<Context>;
 
 /// How soon to look again when nothing is scheduled: a safety net, not polling.
 pub const RESYNC: Duration = Duration::from_secs(300);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(body: serde_json::Value) -> Error {
+        Error::Kube(kube::Error::Api(
+            serde_json::from_value::<kube::core::Status>(body)
+                .expect("status")
+                .boxed(),
+        ))
+    }
+
+    #[test]
+    fn creating_in_a_namespace_being_deleted_is_told_apart_from_rbac_denials() {
+        let terminating = api_error(serde_json::json!({
+            "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": "pods \"agent\" is forbidden: unable to create new content in namespace x because it is being terminated",
+            "details": {"name": "agent", "kind": "pods",
+                        "causes": [{"reason": "NamespaceTerminating", "message": "namespace x is being terminated", "field": "metadata.namespace"}]}
+        }));
+        assert!(terminating.namespace_terminating());
+        let rbac = api_error(serde_json::json!({
+            "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": "pods \"agent\" is forbidden: User \"system:serviceaccount:a:b\" cannot delete resource \"pods\"",
+            "details": {"name": "agent", "kind": "pods"}
+        }));
+        assert!(!rbac.namespace_terminating());
+        assert!(!Error::Missing("uid").namespace_terminating());
+    }
+}

@@ -598,6 +598,11 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
 
 /// Errors requeue with backoff-ish delays; the metrics say what failed.
 pub fn error_policy(_sandbox: Arc<AgentSandbox>, error: &Error, ctx: Ctx) -> Action {
+    if error.namespace_terminating() {
+        // The sandbox is deleted with its namespace; look again later in case it is not.
+        tracing::debug!(%error, "namespace is being deleted");
+        return Action::requeue(Duration::from_secs(30));
+    }
     ctx.metrics.reconcile_error("agentsandbox", error.label());
     tracing::warn!(%error, "reconcile failed");
     Action::requeue(Duration::from_secs(
