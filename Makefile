@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := target/venv
 KUBERNETES_VALIDATE := $(VENV)/bin/kubernetes-validate
 
-.PHONY: test unit lint fmt validate chart scan build e2e bench-e2e demo demo-down cluster-build cluster-up cluster-down generate crds manifests golden render bench
+.PHONY: test unit lint fmt validate chart scan build image e2e bench-e2e demo demo-down cluster-build cluster-up cluster-down generate crds manifests golden render bench
 
 ## test: formatting, lints, unit/property/golden/CLI tests, CRD validation, the chart and its
 ## generated manifests, security scans, and the e2e suite against a local control plane (built
@@ -14,6 +14,12 @@ test: lint unit validate chart scan e2e
 ## build: the release binary, as the container image builds it (Dockerfile)
 build:
 	$(CARGO) build --release --locked -p palisade --bin palisade
+
+## image: the container image (needs Docker or a compatible builder; IMAGE=repository:tag)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' controller/Cargo.toml | head -n 1)
+image:
+	docker build -t $(or $(IMAGE),palisade:$(VERSION)) --build-arg VERSION=$(VERSION) \
+	  --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) .
 
 unit:
 	$(CARGO) test -p palisade --all-targets

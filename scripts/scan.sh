@@ -38,6 +38,7 @@ mkdir -p "$out/chart" "$out/render"
 "$helm" template palisade charts/palisade --namespace palisade-system >"$out/chart/default.yaml"
 "$helm" template palisade charts/palisade --namespace palisade-system \
   --set watchNamespace=agents --set metrics.serviceMonitor.enabled=true \
+  --set metrics.prometheusRule.enabled=true \
   --set grafanaDashboard.enabled=true --set runtimeClasses.gvisor.create=true \
   --set runtimeClasses.kata.create=true --set "cluster.cidrs={10.244.0.0/16}" \
   >"$out/chart/all-features.yaml"
