@@ -1,8 +1,7 @@
 # Palisade developer entry points. `make test` is what CI runs.
 CARGO ?= cargo
 
-VENV := target/venv
-KUBERNETES_VALIDATE := $(VENV)/bin/kubernetes-validate
+KUBERNETES_VALIDATE_VERSION := 1.34.1
 
 .PHONY: test unit lint fmt validate chart scan build image e2e bench-e2e demo demo-down cluster-build cluster-up cluster-down generate crds manifests golden render bench
 
@@ -57,13 +56,9 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-$(KUBERNETES_VALIDATE):
-	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check "kubernetes-validate==1.34.1"
-
 ## validate: the generated CRDs are valid CustomResourceDefinitions (kubernetes-validate --strict)
-validate: $(KUBERNETES_VALIDATE)
-	$(KUBERNETES_VALIDATE) --strict crds/*.yaml
+validate:
+	"$$(scripts/pytool.sh kubernetes-validate $(KUBERNETES_VALIDATE_VERSION))/kubernetes-validate" --strict crds/*.yaml
 
 ## chart: helm lint --strict (default and all optional features), and config/ and the chart's
 ## CRDs are what `make manifests` generates

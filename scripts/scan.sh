@@ -5,7 +5,8 @@
 #     produces for examples/, and over the Dockerfile;
 #   - kubernetes-validate --strict over every built-in kind among them, against the oldest
 #     supported Kubernetes (1.33) and the newest the tool knows (1.34).
-# Tools are installed in virtual environments under target/ (pinned versions). Needs the release
+# Tools are installed by scripts/pytool.sh in virtual environments under ~/.cache/palisade/venv
+# (pinned versions). Needs the release
 # binary (make build) and helm (e2e/cluster/build.sh, cached).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,15 +21,8 @@ source e2e/cluster/lib.sh
 e2e/cluster/build.sh >/dev/null
 helm="${BIN_DIR}/helm"
 
-venv() { # <dir> <package> <version>: a virtual environment with exactly that version
-  local dir="$1" pkg="$2" version="$3"
-  if [[ "$("$dir/bin/pip" show "$pkg" 2>/dev/null | awk '/^Version:/ {print $2}')" != "$version" ]]; then
-    python3 -m venv "$dir"
-    "$dir/bin/pip" install --quiet --disable-pip-version-check "$pkg==$version"
-  fi
-}
-venv target/venv kubernetes-validate "$KUBERNETES_VALIDATE_VERSION"
-venv target/checkov-venv checkov "$CHECKOV_VERSION"
+kv_bin="$(scripts/pytool.sh kubernetes-validate "$KUBERNETES_VALIDATE_VERSION")"
+checkov_bin="$(scripts/pytool.sh checkov "$CHECKOV_VERSION")"
 
 out=target/scan
 rm -rf "$out"
@@ -56,13 +50,13 @@ echo "scan: $objects objects rendered into $out"
 
 status=0
 echo "scan: checkov $CHECKOV_VERSION (kubernetes, dockerfile)"
-target/checkov-venv/bin/checkov --config-file .checkov.yaml --skip-download --quiet \
+"$checkov_bin/checkov" --config-file .checkov.yaml --skip-download --quiet \
   --framework kubernetes dockerfile \
   -f "$out"/chart/*.yaml "$out"/render/*.yaml Dockerfile || status=1
 
 # kubernetes-validate knows only built-in kinds: the others (ServiceMonitor, CiliumNetworkPolicy,
 # SeccompProfile) are set aside, and said so.
-target/venv/bin/python - "$out" <<'PY'
+"$kv_bin/python" - "$out" <<'PY'
 import pathlib, sys, yaml
 BUILTIN = {"v1", "apps/v1", "policy/v1", "rbac.authorization.k8s.io/v1", "networking.k8s.io/v1",
            "node.k8s.io/v1", "apiextensions.k8s.io/v1", "coordination.k8s.io/v1", "batch/v1"}
@@ -81,6 +75,6 @@ print(f"scan: {len(builtin)} built-in objects for kubernetes-validate; not built
 PY
 for k8s in 1.33.0 1.34.0; do
   echo "scan: kubernetes-validate --strict -k $k8s"
-  target/venv/bin/kubernetes-validate --strict --quiet -k "$k8s" "$out/builtin.yaml" || status=1
+  "$kv_bin/kubernetes-validate" --strict --quiet -k "$k8s" "$out/builtin.yaml" || status=1
 done
 exit "$status"
