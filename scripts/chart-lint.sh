@@ -33,6 +33,9 @@ refused=(
   "logFormat=xml"
   "image.digest=latest"
   "replicas=2,leaderElection.enabled=false"
+  "metrics.prometheusRule.enabled=true"
+  "podLabels.app\\.kubernetes\\.io/name=other"
+  "fullnameOverride=a-name-that-is-far-too-long-for-a-service-with-the-metrics-suffix"
 )
 for values in "${refused[@]}"; do
   if "$helm" template palisade "$chart" --set "$values" >/dev/null 2>&1; then

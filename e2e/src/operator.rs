@@ -244,9 +244,14 @@ impl Drop for Operator {
 /// Under the chart's RBAC, Leases may only be written in the release namespace,
 /// `E2E_LEASE_NAMESPACE`, so each test gets its own Lease there; otherwise the Lease is the
 /// operator's default one, in the test namespace.
+///
+/// With `E2E_LEASE_NAME` too (the chart's Role lets its ServiceAccount read and renew only the
+/// release's Lease), every test uses that one Lease: such tests must not run at once.
 pub fn lease_of(test_ns: &str) -> (String, String) {
-    match std::env::var("E2E_LEASE_NAMESPACE") {
-        Ok(ns) if !ns.is_empty() => (ns, format!("{LEASE_NAME}-{test_ns}")),
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (var("E2E_LEASE_NAMESPACE"), var("E2E_LEASE_NAME")) {
+        (Some(ns), Some(name)) => (ns, name),
+        (Some(ns), None) => (ns, format!("{LEASE_NAME}-{test_ns}")),
         _ => (test_ns.to_string(), LEASE_NAME.to_string()),
     }
 }

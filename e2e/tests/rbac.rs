@@ -24,8 +24,8 @@ fn release() -> (String, String) {
 
 type Grants = BTreeMap<String, BTreeSet<String>>;
 
-/// `<group>/<resource>` → verbs, from RBAC rules; panics on wildcards, resource names and
-/// non-resource URLs, none of which the operator needs.
+/// `<group>/<resource>` (with `#<name>` for a rule limited to resourceNames) → verbs, from RBAC
+/// rules; panics on wildcards and non-resource URLs, which the operator never needs.
 fn grants(rules: &[PolicyRule], what: &str) -> Grants {
     let mut out = Grants::new();
     for rule in rules {
@@ -36,13 +36,12 @@ fn grants(rules: &[PolicyRule], what: &str) -> Grants {
                 .is_empty(),
             "{what} grants non-resource URLs: {rule:?}"
         );
-        assert!(
-            rule.resource_names
-                .as_deref()
-                .unwrap_or_default()
-                .is_empty(),
-            "{what}: unexpected resourceNames in {rule:?}"
-        );
+        let names = rule.resource_names.clone().unwrap_or_default();
+        let suffixes: Vec<String> = if names.is_empty() {
+            vec![String::new()]
+        } else {
+            names.iter().map(|n| format!("#{n}")).collect()
+        };
         for group in rule.api_groups.as_deref().unwrap_or_default() {
             for resource in rule.resources.as_deref().unwrap_or_default() {
                 for verb in &rule.verbs {
@@ -50,9 +49,11 @@ fn grants(rules: &[PolicyRule], what: &str) -> Grants {
                         assert!(!field.contains('*'), "{what} grants a wildcard: {rule:?}");
                     }
                     let group = if group.is_empty() { "core" } else { group };
-                    out.entry(format!("{group}/{resource}"))
-                        .or_default()
-                        .insert(verb.clone());
+                    for suffix in &suffixes {
+                        out.entry(format!("{group}/{resource}{suffix}"))
+                            .or_default()
+                            .insert(verb.clone());
+                    }
                 }
             }
         }
@@ -138,7 +139,11 @@ async fn the_chart_grants_exactly_the_allowlist() {
 
     // Nothing that reads credentials, runs commands in pods, or grants more rights.
     for (res, verbs) in allow.values().flatten() {
-        let resource = res.rsplit('/').next().unwrap_or_default();
+        let resource = res
+            .split('#')
+            .next()
+            .and_then(|r| r.rsplit('/').next())
+            .unwrap_or_default();
         assert!(
             !matches!(
                 resource,
@@ -183,7 +188,13 @@ fn attrs(
     sub: Option<&str>,
     ns: &str,
 ) -> ResourceAttributes {
+    // `leases#name`: a request about that one object.
+    let (resource, name) = match resource.split_once('#') {
+        Some((resource, name)) => (resource, Some(name.to_string())),
+        None => (resource, None),
+    };
     ResourceAttributes {
+        name,
         verb: Some(verb.into()),
         group: Some(group.into()),
         resource: Some(resource.into()),
@@ -198,6 +209,8 @@ async fn the_api_server_denies_the_operator_what_it_must_not_do() {
     let client = client().await;
     let (ns, release) = release();
     let user = format!("system:serviceaccount:{ns}:{release}");
+    // The chart's Lease is named after the release.
+    let lease = format!("leases#{release}");
 
     // Positive controls: the review works, and the operator can do its job anywhere.
     for (verb, group, resource, sub, in_ns) in [
@@ -217,6 +230,7 @@ async fn the_api_server_denies_the_operator_what_it_must_not_do() {
             "any-namespace",
         ),
         ("create", "coordination.k8s.io", "leases", None, ns.as_str()),
+        ("patch", "coordination.k8s.io", &lease, None, ns.as_str()),
     ] {
         assert!(
             allowed(&client, &user, attrs(verb, group, resource, sub, in_ns)).await,
@@ -268,6 +282,20 @@ async fn the_api_server_denies_the_operator_what_it_must_not_do() {
             "leases",
             None,
             "kube-system",
+        ),
+        (
+            "patch",
+            "coordination.k8s.io",
+            "leases#kube-scheduler",
+            None,
+            ns.as_str(),
+        ),
+        (
+            "get",
+            "coordination.k8s.io",
+            "leases#kube-scheduler",
+            None,
+            ns.as_str(),
         ),
         ("get", "", "nodes", None, ""),
         ("get", "", "nodes", Some("proxy"), ""),

@@ -104,3 +104,13 @@ Role of watchNamespace. e2e/rbac-allowlist.yaml is their checked-in ceiling. */}
   resources: [events]
   verbs: [create, patch]
 {{- end }}
+
+{{/* The metrics Service: a DNS label, so the suffix fits in 63 characters. */}}
+{{- define "palisade.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "palisade.fullname" . | trunc 55 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/* The leader Lease: one per release, so two releases in one namespace do not share it. */}}
+{{- define "palisade.leaseName" -}}
+{{- include "palisade.fullname" . -}}
+{{- end -}}
