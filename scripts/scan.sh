@@ -59,7 +59,8 @@ echo "scan: checkov $CHECKOV_VERSION (kubernetes, dockerfile)"
 "$kv_bin/python" - "$out" <<'PY'
 import pathlib, sys, yaml
 BUILTIN = {"v1", "apps/v1", "policy/v1", "rbac.authorization.k8s.io/v1", "networking.k8s.io/v1",
-           "node.k8s.io/v1", "apiextensions.k8s.io/v1", "coordination.k8s.io/v1", "batch/v1"}
+           "node.k8s.io/v1", "apiextensions.k8s.io/v1", "coordination.k8s.io/v1", "batch/v1",
+           "admissionregistration.k8s.io/v1"}
 root = pathlib.Path(sys.argv[1])
 builtin, other = [], set()
 for path in sorted(root.glob("*/*.yaml")):

@@ -329,3 +329,150 @@ async fn the_api_server_denies_the_operator_what_it_must_not_do() {
         );
     }
 }
+
+/// A client that acts as the chart's ServiceAccount (the admin impersonates it).
+async fn as_operator(ns: &str, release: &str) -> Client {
+    let mut config = kube::Config::infer().await.expect("kubeconfig");
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{release}"));
+    config.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{ns}"),
+        "system:authenticated".into(),
+    ]);
+    Client::try_from(config).expect("impersonating client")
+}
+
+/// A pod as the operator would create it, then changed by `edit`.
+fn pod(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> k8s_openapi::api::core::v1::Pod {
+    let mut v = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "palisade"}},
+        "spec": {"serviceAccountName": name, "containers": [{
+            "name": "agent", "image": "ghcr.io/palisade-dev/examples/agent:0.1.0",
+            "securityContext": {"allowPrivilegeEscalation": false, "runAsNonRoot": true,
+                                "capabilities": {"drop": ["ALL"]}}}]}
+    });
+    edit(&mut v);
+    serde_json::from_value(v).expect("pod")
+}
+
+#[tokio::test]
+async fn the_admission_policy_lets_the_operator_create_only_sandbox_like_pods() {
+    use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+    let admin = client().await;
+    let (release_ns, release) = release();
+    let operator = as_operator(&release_ns, &release).await;
+    // A namespace without Pod Security enforcement: only the admission policy stands in the way.
+    let ns = &palisade_e2e::unique("vap");
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns"),
+        )
+        .await
+        .expect("create namespace");
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    // Every pod below names an existing ServiceAccount: ServiceAccount admission runs first.
+    for name in [
+        "fine",
+        "other",
+        "privileged",
+        "fine2",
+        "hostnet",
+        "hostpath",
+    ] {
+        accounts
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
+                    .expect("sa"),
+            )
+            .await
+            .expect("create ServiceAccount");
+    }
+    let pods: Api<Pod> = Api::namespaced(operator, ns);
+
+    // The sandbox-like pod is admitted (so the refusals below are the policy's doing).
+    pods.create(&PostParams::default(), &pod("fine", |_| {}))
+        .await
+        .expect("the operator may create a sandbox-like pod");
+
+    let refused: Vec<(&str, Pod, &str)> = vec![
+        (
+            "privileged",
+            pod("fine", |v| {
+                v["metadata"]["name"] = "privileged".into();
+                v["spec"]["serviceAccountName"] = "privileged".into();
+                let sc = &mut v["spec"]["containers"][0]["securityContext"];
+                sc["privileged"] = true.into();
+                sc["allowPrivilegeEscalation"] = true.into();
+            }),
+            "unprivileged",
+        ),
+        (
+            "another account",
+            pod("fine", |v| {
+                v["metadata"]["name"] = "borrower".into();
+                v["spec"]["serviceAccountName"] = "other".into();
+            }),
+            "own ServiceAccount",
+        ),
+        (
+            "unlabelled",
+            pod("fine", |v| {
+                v["metadata"]["name"] = "fine2".into();
+                v["spec"]["serviceAccountName"] = "fine2".into();
+                v["metadata"]["labels"] = serde_json::json!({});
+            }),
+            "only create sandbox pods",
+        ),
+        (
+            "host network",
+            pod("fine", |v| {
+                v["metadata"]["name"] = "hostnet".into();
+                v["spec"]["serviceAccountName"] = "hostnet".into();
+                v["spec"]["hostNetwork"] = true.into();
+            }),
+            "no host namespace",
+        ),
+        (
+            "host path",
+            pod("fine", |v| {
+                v["metadata"]["name"] = "hostpath".into();
+                v["spec"]["serviceAccountName"] = "hostpath".into();
+                v["spec"]["volumes"] =
+                    serde_json::json!([{"name": "root", "hostPath": {"path": "/"}}]);
+            }),
+            "no host path",
+        ),
+    ];
+    // The policy takes effect a moment after it is installed: wait until it refuses (dry run).
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    palisade_e2e::wait_for(
+        "the admission policy to refuse a privileged pod",
+        std::time::Duration::from_secs(30),
+        // Only the policy refuses this one (another ServiceAccount): the API server's own
+        // validation would refuse an invalid pod at once.
+        || async { pods.create(&dry, &refused[1].1).await.err().map(|_| ()) },
+    )
+    .await;
+    for (what, pod, expected) in refused {
+        match pods.create(&PostParams::default(), &pod).await {
+            Ok(_) => panic!("{what}: the admission policy admitted it"),
+            Err(kube::Error::Api(status)) => assert!(
+                status.message.contains(expected),
+                "{what}: refused for another reason: {}",
+                status.message
+            ),
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+    namespaces
+        .delete(ns, &Default::default())
+        .await
+        .expect("delete namespace");
+}
