@@ -196,3 +196,22 @@ where
     .await
     .unwrap_or_else(|e| panic!("apply {} {name}: {e}", K::kind(&())));
 }
+
+/// Server-side applies a cluster-scoped object (a RuntimeClass, a PersistentVolume) of `name`
+/// under the suite's field manager. Panics on failure.
+pub async fn apply_cluster<K>(client: &Client, name: &str, body: Value)
+where
+    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {} {name}: {e}", K::kind(&())));
+}

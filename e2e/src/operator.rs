@@ -9,10 +9,8 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use serde_json::json;
-
-use crate::MANAGER;
 
 /// Name of the operator's leader Lease (controller/src/cli/run_cmd.rs).
 pub const LEASE_NAME: &str = "palisade-operator";
@@ -286,14 +284,7 @@ pub async fn lease_holder(client: &Client, test_ns: &str) -> Option<String> {
 pub async fn gvisor_runtime_class(client: &Client) {
     let rc = json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "gvisor"},
                     "handler": "runsc", "scheduling": {"nodeSelector": {"palisade.dev/runtime": "gvisor"}}});
-    Api::<RuntimeClass>::all(client.clone())
-        .patch(
-            "gvisor",
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(rc),
-        )
-        .await
-        .expect("RuntimeClass gvisor");
+    crate::apply_cluster::<RuntimeClass>(client, "gvisor", rc).await;
 }
 
 /// Deletes `name` if it exists and waits until it is gone, so that a test starts from an empty

@@ -16,7 +16,7 @@ use kube::core::ApiResource;
 use kube::{Client, Resource};
 use palisade::api::{AgentPolicy, AgentSandbox, SandboxPhase};
 use palisade_e2e::{
-    MANAGER, apply_palisade, client, install_crds, restricted_namespace, root, unique, wait_for,
+    apply_palisade, client, install_crds, restricted_namespace, root, unique, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -119,16 +119,7 @@ async fn setup(ns: &str) -> Client {
     let client = client().await;
     tool();
     install_crds(&client).await;
-    let rc = json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "gvisor"}, "handler": "runsc",
-                    "scheduling": {"nodeSelector": {"palisade.dev/runtime": "gvisor"}}});
-    Api::<k8s_openapi::api::node::v1::RuntimeClass>::all(client.clone())
-        .patch(
-            "gvisor",
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(rc),
-        )
-        .await
-        .expect("RuntimeClass");
+    palisade_e2e::operator::gvisor_runtime_class(&client).await;
     restricted_namespace(&client, ns).await;
     client
 }

@@ -15,7 +15,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use palisade::api::{AgentPolicy, AgentSandbox, SandboxPhase};
 use palisade_e2e::operator::{self, Operator, Options};
-use palisade_e2e::{MANAGER, client, install_crds, restricted_namespace, wait_for};
+use palisade_e2e::{MANAGER, apply_palisade, client, install_crds, restricted_namespace, wait_for};
 use serde_json::json;
 
 async fn setup(ns: &str) -> Client {
@@ -25,16 +25,7 @@ async fn setup(ns: &str) -> Client {
     operator::delete_namespace_and_wait(&client, ns, Duration::from_secs(120)).await;
     restricted_namespace(&client, ns).await;
     operator::reset_lease(&client, ns).await;
-    let body = json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": "p"},
-                      "spec": {"network": {"dns": "none"}}});
-    Api::<AgentPolicy>::namespaced(client.clone(), ns)
-        .patch(
-            "p",
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await
-        .expect("apply policy");
+    apply_palisade::<AgentPolicy>(&client, ns, "p", json!({"network": {"dns": "none"}})).await;
     // No operator has seen it yet: the CRD's status default says so (observedGeneration 0 is
     // not the generation), which kstatus and GitOps tools read as in progress, not current.
     let fresh = Api::<AgentPolicy>::namespaced(client.clone(), ns)

@@ -10,7 +10,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use palisade::api::{AgentPolicy, AgentSandbox, SandboxPhase};
 use palisade_e2e::{
-    MANAGER, apply_palisade, client, install_crds, restricted_namespace, unique, wait_for,
+    MANAGER, apply_cluster, apply_palisade, client, install_crds, restricted_namespace, unique,
+    wait_for,
 };
 use serde_json::{Value, json};
 
@@ -183,14 +184,7 @@ async fn a_missing_runtime_class_blocks_until_it_appears() {
     );
     let rc = json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": class}, "handler": "runsc",
                     "scheduling": {"nodeSelector": {"palisade.dev/runtime": "gvisor"}}});
-    Api::<k8s_openapi::api::node::v1::RuntimeClass>::all(client.clone())
-        .patch(
-            &class,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(rc),
-        )
-        .await
-        .expect("RuntimeClass");
+    apply_cluster::<k8s_openapi::api::node::v1::RuntimeClass>(&client, &class, rc).await;
     wait_phase(&client, ns, "agent", SandboxPhase::Running).await;
     // The class goes away again: the running sandbox is blocked and its pod removed.
     Api::<k8s_openapi::api::node::v1::RuntimeClass>::all(client.clone())
@@ -215,14 +209,7 @@ async fn a_runtime_class_with_the_wrong_handler_blocks() {
     let ns = &unique("op-handler");
     let client = setup(ns).await;
     let rc = json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "gvisor-but-runc"}, "handler": "runc"});
-    Api::<k8s_openapi::api::node::v1::RuntimeClass>::all(client.clone())
-        .patch(
-            "gvisor-but-runc",
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(rc),
-        )
-        .await
-        .expect("RuntimeClass");
+    apply_cluster::<k8s_openapi::api::node::v1::RuntimeClass>(&client, "gvisor-but-runc", rc).await;
     apply_policy(
         &client,
         ns,
@@ -415,14 +402,7 @@ async fn pause_keeps_the_workspace_and_expiry_stops_the_sandbox() {
     let pv = json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
         "spec": {"capacity": {"storage": "5Gi"}, "accessModes": ["ReadWriteOnce"], "persistentVolumeReclaimPolicy": "Retain",
                  "hostPath": {"path": format!("/var/lib/palisade-e2e/{pv_name}")}}});
-    Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(client.clone())
-        .patch(
-            &pv_name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(pv),
-        )
-        .await
-        .expect("pv");
+    apply_cluster::<k8s_openapi::api::core::v1::PersistentVolume>(&client, &pv_name, pv).await;
     apply_policy(
         &client,
         ns,
