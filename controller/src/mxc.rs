@@ -12,6 +12,7 @@ use crate::api::policy::{
 };
 use crate::api::report::EnforcementReport;
 use crate::policy::legacy::{PRIVATE_CIDRS, blocked_name_reachable, host_peer};
+use crate::policy::paths::under;
 
 /// An imported policy and what happened to each field.
 #[derive(Clone, Debug, PartialEq)]
@@ -148,10 +149,6 @@ fn posix_path(p: &str) -> Result<String, &'static str> {
         norm.push_str(seg);
     }
     Ok(if norm.is_empty() { "/".into() } else { norm })
-}
-
-fn under(path: &str, dir: &str) -> bool {
-    dir == "/" || path == dir || path.starts_with(&format!("{dir}/"))
 }
 
 fn import_filesystem(

@@ -23,3 +23,8 @@ pub const MANAGER: &str = "palisade";
 pub const SANDBOX_LABEL: &str = "palisade.dev/sandbox";
 /// Pod annotation holding the hash of the compiled pod.
 pub const POLICY_HASH_ANNOTATION: &str = "palisade.dev/policy-hash";
+/// Pod annotation naming the UID of the isolating NetworkPolicy the pod was created behind.
+pub const NETWORK_POLICY_UID_ANNOTATION: &str = "palisade.dev/network-policy-uid";
+/// Scheduling gate every sandbox pod is created with; the operator removes it only after it
+/// has read back the pod's NetworkPolicy.
+pub const ISOLATION_GATE: &str = "palisade.dev/isolation";

@@ -336,9 +336,24 @@ pub struct AgentSandboxStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
 
-    /// When the sandbox expires (the earlier of `expiresAt` and `startedAt + timeoutMs`).
+    /// When the sandbox expires: the earlier of `expiresAt` and the moment its `timeoutMs` of
+    /// run time (paused time not counted) runs out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
+
+    /// When the agent finished (phase `Succeeded` or `Failed`). A finished sandbox never runs
+    /// again, even when its pod is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+
+    /// When the current pause began; unset while the sandbox is not paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<Time>,
+
+    /// Milliseconds spent paused since `startedAt` (earlier pauses), which do not count against
+    /// the policy's `timeoutMs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_ms: Option<i64>,
 
     /// A sentence for people: why the sandbox is in this phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]

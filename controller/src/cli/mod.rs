@@ -2,6 +2,7 @@
 
 pub mod documents;
 pub mod facts_args;
+pub mod output;
 pub mod policy_cmd;
 pub mod render_cmd;
 pub mod run_cmd;
@@ -41,8 +42,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Crd => {
             let yaml = crate::api::crd::crds_yaml().map_err(|e| e.to_string())?;
-            print!("{yaml}");
-            Ok(())
+            output::emit(&yaml)
         }
     }
 }

@@ -75,19 +75,19 @@ pub fn load(file: &std::path::Path) -> Result<Loaded, String> {
     }
 }
 
-fn print_report(report: &EnforcementReport) {
+fn write_report(out: &mut String, report: &EnforcementReport) {
     for (title, list) in [
         ("added", &report.added),
         ("narrowed", &report.narrowed),
         ("not applicable", &report.not_applicable),
         ("not enforced", &report.not_enforced),
     ] {
-        println!("\n{}:", title.to_uppercase());
+        out.push_str(&format!("\n{}:\n", title.to_uppercase()));
         if list.is_empty() {
-            println!("  (none)");
+            out.push_str("  (none)\n");
         }
         for e in list {
-            println!("  {}: {}", e.field, e.message);
+            out.push_str(&format!("  {}: {}\n", e.field, e.message));
         }
     }
 }
@@ -115,15 +115,15 @@ pub fn run(cmd: PolicyCommand) -> Result<(), String> {
                 };
             let (mapping, report) =
                 explain(&spec).map_err(|e| format!("{}: invalid: {e}", args.file.display()))?;
-            println!(
-                "{}: valid {kind}\n\nFIELD -> ON KUBERNETES",
+            let mut out = format!(
+                "{}: valid {kind}\n\nFIELD -> ON KUBERNETES\n",
                 args.file.display()
             );
             for m in mapping {
-                println!("  {} -> {}", m.field, m.becomes);
+                out.push_str(&format!("  {} -> {}\n", m.field, m.becomes));
             }
-            print_report(&merge(import_report, report));
-            Ok(())
+            write_report(&mut out, &merge(import_report, report));
+            super::output::emit(&out)
         }
         PolicyCommand::Import(args) => {
             let imported = match load(&args.file)? {
@@ -139,20 +139,17 @@ pub fn run(cmd: PolicyCommand) -> Result<(), String> {
             policy.metadata.namespace = args.namespace.clone();
             let (_, report) = explain(&imported.spec).map_err(|e| e.to_string())?;
             let report = merge(imported.report, report);
-            println!(
-                "# Imported by palisade policy import from {}",
+            let mut out = format!(
+                "# Imported by palisade policy import from {}\n",
                 args.file.display()
             );
-            print!("{}", report.as_comments());
+            out.push_str(&report.as_comments());
             let mut value = serde_json::to_value(&policy).map_err(|e| e.to_string())?;
             if let Some(Value::Object(m)) = value.get_mut("metadata") {
                 m.retain(|_, v| !v.is_null());
             }
-            print!(
-                "{}",
-                serde_yaml::to_string(&value).map_err(|e| e.to_string())?
-            );
-            Ok(())
+            out.push_str(&serde_yaml::to_string(&value).map_err(|e| e.to_string())?);
+            super::output::emit(&out)
         }
     }
 }

@@ -173,7 +173,7 @@ pub fn run(args: RenderArgs) -> Result<(), String> {
             )),
         }
     }
-    print!("{out}");
+    super::output::emit(&out)?;
     if errors.is_empty() {
         Ok(())
     } else {

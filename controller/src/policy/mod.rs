@@ -7,6 +7,7 @@ pub mod image;
 pub mod ingress;
 pub mod legacy;
 pub mod net;
+pub mod paths;
 pub mod peers;
 pub mod quantity;
 pub mod services;

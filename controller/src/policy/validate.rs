@@ -12,6 +12,7 @@ use crate::api::policy::{
 use crate::api::sandbox::{AgentSandboxSpec, RESERVED_ANNOTATION_PREFIXES};
 
 use super::net::Cidr;
+use super::paths::under;
 use super::{Invalid, PolicyError, hosts, image, quantity};
 
 /// Collects errors instead of stopping at the first.
@@ -36,10 +37,6 @@ impl Errors {
 
 /// Mount points a writable or masking volume may not cover.
 const UNMOUNTABLE: &[&str] = &["/proc", "/sys", "/dev"];
-
-fn under(path: &str, dir: &str) -> bool {
-    dir == "/" || path == dir || path.starts_with(&format!("{dir}/"))
-}
 
 fn check_path(e: &mut Errors, field: &str, p: &SandboxPath) {
     let s = p.0.as_str();

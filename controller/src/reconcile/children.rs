@@ -1,23 +1,27 @@
-//! Applying a sandbox's children: server-side apply under the `palisade` field manager with a
-//! controller owner reference, never adopting an object this sandbox does not control, and
-//! putting back drift judged on the whole live spec (fields added by others are removed).
+//! Writing a sandbox's children: server-side apply under the `palisade` field manager with a
+//! controller owner reference, never adopting an object this sandbox does not control, putting
+//! back drift judged on the whole live spec, and deleting only what this sandbox controls (by
+//! UID, with a UID precondition).
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+    PostParams, Preconditions,
 };
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::api::{AgentSandbox, MANAGER, POLICY_HASH_ANNOTATION};
+use crate::api::{AgentSandbox, ISOLATION_GATE, MANAGER, NETWORK_POLICY_UID_ANNOTATION};
 
 use super::Error;
+use super::ownership::controlled_by;
 
 /// What applying one child found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Applied {
-    /// In place, as planned.
-    Ok,
+    /// In place, as planned; its UID.
+    Ok(String),
     /// Someone else's object holds the name: not touched.
     NameConflict(String),
     /// Ours, but being deleted: it must be gone before it can be recreated.
@@ -30,7 +34,8 @@ pub fn owner_reference(sandbox: &AgentSandbox) -> Option<OwnerReference> {
     Some(r)
 }
 
-fn api_for(client: &Client, namespace: &str, obj: &Value) -> Api<DynamicObject> {
+/// The API of `obj`'s kind in `namespace`.
+pub fn api_for(client: &Client, namespace: &str, obj: &Value) -> Api<DynamicObject> {
     let api_version = obj["apiVersion"].as_str().unwrap_or("v1");
     let kind = obj["kind"].as_str().unwrap_or_default();
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
@@ -44,12 +49,6 @@ fn api_for(client: &Client, namespace: &str, obj: &Value) -> Api<DynamicObject> 
     let ar =
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural);
     Api::namespaced_with(client.clone(), namespace, &ar)
-}
-
-fn controlled_by(obj: &DynamicObject, uid: &str) -> bool {
-    obj.owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && o.uid == uid)
 }
 
 /// Drops nulls and empty lists and maps, which the API server omits on output.
@@ -66,26 +65,96 @@ pub fn normalized(v: &Value) -> Value {
     }
 }
 
-/// The part of an object whose drift is put back: the whole spec, or the fields a
-/// ServiceAccount carries at the top level.
+/// Annotations others may put on a ServiceAccount without changing what it grants.
+const SERVICE_ACCOUNT_ANNOTATIONS_KEPT: &[&str] =
+    &["kubectl.kubernetes.io/last-applied-configuration"];
+
+/// The part of an object whose drift is put back, compared whole: the spec of a policy, and
+/// what a ServiceAccount grants (token automount, and annotations, which cloud workload
+/// identity reads).
 fn judged(kind: &str, v: &Value) -> Option<Value> {
     match kind {
-        "ServiceAccount" => Some(normalized(
-            &json!({"automountServiceAccountToken": v["automountServiceAccountToken"]}),
-        )),
+        "ServiceAccount" => {
+            let mut annotations = v["metadata"]["annotations"].clone();
+            if let Some(map) = annotations.as_object_mut() {
+                map.retain(|k, _| !SERVICE_ACCOUNT_ANNOTATIONS_KEPT.contains(&k.as_str()));
+            }
+            Some(normalized(&json!({
+                "automountServiceAccountToken": v["automountServiceAccountToken"],
+                "annotations": annotations,
+            })))
+        }
         "NetworkPolicy" | "CiliumNetworkPolicy" | "SeccompProfile" => Some(normalized(&v["spec"])),
-        // Services and claims get server-side defaults (cluster IPs, volume names): the applied
-        // fields are put back by the apply itself.
+        // Services and claims get server-side defaults (cluster IPs, volume names): only the
+        // applied fields are compared and put back.
         _ => None,
     }
 }
 
-/// Applies one child (not the pod). Drift outside the applied fields is removed by replacing
-/// the object with the planned one.
+/// Whether `live` holds everything `desired` sets (maps key by key, lists item by item).
+pub fn covers(live: &Value, desired: &Value) -> bool {
+    match (live, desired) {
+        (_, Value::Null) => true,
+        (Value::Object(l), Value::Object(d)) => d
+            .iter()
+            .all(|(k, dv)| covers(l.get(k).unwrap_or(&Value::Null), dv)),
+        (Value::Array(l), Value::Array(d)) => {
+            l.len() == d.len() && l.iter().zip(d).all(|(l, d)| covers(l, d))
+        }
+        (Value::Null, Value::Object(d)) => normalized(&Value::Object(d.clone())) == json!({}),
+        (Value::Null, Value::Array(d)) => d.is_empty(),
+        (l, d) => l == d,
+    }
+}
+
+/// Whether a live child (controlled by the sandbox) differs from the planned one.
+pub fn differs(desired: &Value, live: &Value) -> bool {
+    let kind = desired["kind"].as_str().unwrap_or_default();
+    let meta_kept = covers(&live["metadata"]["labels"], &desired["metadata"]["labels"])
+        && covers(
+            &live["metadata"]["finalizers"]
+                .as_array()
+                .map(|f| {
+                    let wanted = desired["metadata"]["finalizers"].as_array();
+                    Value::Array(
+                        f.iter()
+                            .filter(|x| wanted.is_some_and(|w| w.contains(x)))
+                            .cloned()
+                            .collect(),
+                    )
+                })
+                .unwrap_or(Value::Null),
+            &desired["metadata"]["finalizers"],
+        );
+    let body_kept = match judged(kind, desired) {
+        Some(want) => judged(kind, live) == Some(want),
+        None => {
+            let mut d = desired.clone();
+            let mut l = live.clone();
+            for v in [&mut d, &mut l] {
+                if let Some(m) = v.as_object_mut() {
+                    m.remove("metadata");
+                    m.remove("status");
+                }
+            }
+            covers(&l, &d)
+                && covers(
+                    &live["metadata"]["annotations"],
+                    &desired["metadata"]["annotations"],
+                )
+        }
+    };
+    !(meta_kept && body_kept)
+}
+
+/// Applies one child (not the pod) unless `cached` (the object as the cache holds it) already
+/// is what the plan says. Drift outside the applied fields is removed by replacing the object
+/// with the planned one.
 pub async fn apply(
     client: &Client,
     sandbox: &AgentSandbox,
     mut desired: Value,
+    cached: Option<Value>,
 ) -> Result<Applied, Error> {
     let namespace = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
     let uid = sandbox.uid().ok_or(Error::Missing("uid"))?;
@@ -94,18 +163,33 @@ pub async fn apply(
         .ok_or(Error::Missing("child name"))?
         .to_string();
     let kind = desired["kind"].as_str().unwrap_or_default().to_string();
-    let api = api_for(client, &namespace, &desired);
-    if let Some(existing) = api.get_opt(&name).await? {
-        if !controlled_by(&existing, &uid) {
-            return Ok(Applied::NameConflict(format!("{kind} {name}")));
-        }
-        if existing.metadata.deletion_timestamp.is_some() {
-            return Ok(Applied::Terminating(format!("{kind} {name}")));
-        }
-    }
     desired["metadata"]["ownerReferences"] = serde_json::to_value(vec![
         owner_reference(sandbox).ok_or(Error::Missing("owner reference"))?,
     ])?;
+    let what = format!("{kind} {name}");
+    if let Some(cached) = &cached {
+        let meta: kube::core::ObjectMeta =
+            serde_json::from_value(cached["metadata"].clone()).unwrap_or_default();
+        if controlled_by(&meta, &uid)
+            && meta.deletion_timestamp.is_none()
+            && !differs(&desired, cached)
+        {
+            return Ok(Applied::Ok(meta.uid.unwrap_or_default()));
+        }
+    }
+    // Not cached, or cached but different: the live object decides.
+    let api = api_for(client, &namespace, &desired);
+    if let Some(existing) = api.get_opt(&name).await? {
+        if !controlled_by(&existing.metadata, &uid) {
+            return Ok(Applied::NameConflict(what));
+        }
+        if existing.metadata.deletion_timestamp.is_some() {
+            return Ok(Applied::Terminating(what));
+        }
+        if !differs(&desired, &serde_json::to_value(&existing)?) {
+            return Ok(Applied::Ok(existing.uid().unwrap_or_default()));
+        }
+    }
     let live = api
         .patch(
             &name,
@@ -117,12 +201,13 @@ pub async fn apply(
     if let Some(want) = judged(&kind, &desired)
         && judged(&kind, &live_value) != Some(want)
     {
-        {
-            tracing::info!(%kind, %name, "putting back fields added by someone else");
-            let mut replacement = desired.clone();
-            replacement["metadata"]["resourceVersion"] = json!(live.resource_version());
-            let replacement: DynamicObject = serde_json::from_value(replacement)?;
-            api.replace(
+        tracing::info!(%kind, %name, "putting back fields added by someone else");
+        let mut replacement = desired.clone();
+        replacement["metadata"]["resourceVersion"] = json!(live.resource_version());
+        replacement["metadata"]["uid"] = json!(live.uid());
+        let replacement: DynamicObject = serde_json::from_value(replacement)?;
+        let replaced = api
+            .replace(
                 &name,
                 &PostParams {
                     field_manager: Some(MANAGER.into()),
@@ -131,115 +216,177 @@ pub async fn apply(
                 &replacement,
             )
             .await?;
-        }
+        return Ok(Applied::Ok(replaced.uid().unwrap_or_default()));
     }
-    Ok(Applied::Ok)
+    Ok(Applied::Ok(live.uid().unwrap_or_default()))
 }
 
-/// What the live pod is, compared with the plan.
-#[derive(Debug)]
-pub enum PodState {
-    Missing,
-    Current(Box<DynamicObject>),
-    /// Controlled by this sandbox but not what the plan says (old hash, edited labels, image or
-    /// tolerations): it must be replaced.
-    Stale,
-    NotOurs,
-}
-
-/// Compares the live pod with the planned one.
-pub async fn pod_state(
+/// Deletes the child `name` of `obj`'s kind if this sandbox controls it. Returns whether it was
+/// there (and is now being deleted).
+pub async fn prune(
     client: &Client,
     sandbox: &AgentSandbox,
-    desired: &Value,
-) -> Result<PodState, Error> {
+    kind_of: &Value,
+    name: &str,
+) -> Result<bool, Error> {
     let namespace = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
     let uid = sandbox.uid().ok_or(Error::Missing("uid"))?;
-    let name = desired["metadata"]["name"]
-        .as_str()
-        .ok_or(Error::Missing("pod name"))?;
-    let api = api_for(client, &namespace, desired);
-    let Some(live) = api.get_opt(name).await? else {
-        return Ok(PodState::Missing);
+    let api = api_for(client, &namespace, kind_of);
+    let Some(existing) = api.get_opt(name).await? else {
+        return Ok(false);
     };
-    if !controlled_by(&live, &uid) {
-        return Ok(PodState::NotOurs);
+    if !controlled_by(&existing.metadata, &uid) {
+        return Ok(false);
     }
-    if live.metadata.deletion_timestamp.is_some() {
-        return Ok(PodState::Stale);
+    if existing.metadata.deletion_timestamp.is_none() {
+        tracing::info!(kind = %kind_of["kind"], %name, "removing a child the plan no longer has");
+        delete_precisely(&api, name, &existing.uid().unwrap_or_default()).await?;
     }
-    let v = serde_json::to_value(&live)?;
-    let same_hash = v["metadata"]["annotations"][POLICY_HASH_ANNOTATION]
-        == desired["metadata"]["annotations"][POLICY_HASH_ANNOTATION];
-    let labels_kept = desired["metadata"]["labels"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .all(|(k, val)| &v["metadata"]["labels"][k] == val);
-    let image_kept =
-        v["spec"]["containers"][0]["image"] == desired["spec"]["containers"][0]["image"];
-    let tolerations_kept = normalized(&v["spec"]["tolerations"])
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|t| {
-            t["key"] != "node.kubernetes.io/not-ready"
-                && t["key"] != "node.kubernetes.io/unreachable"
-        })
-        .all(|t| {
-            desired["spec"]["tolerations"]
-                .as_array()
-                .is_some_and(|d| d.iter().any(|x| normalized(x) == *t))
-        });
-    if same_hash && labels_kept && image_kept && tolerations_kept {
-        Ok(PodState::Current(Box::new(live)))
-    } else {
-        Ok(PodState::Stale)
+    Ok(true)
+}
+
+/// Deletes `name` only if it is still the object with `uid` (a UID precondition): an object
+/// recreated under the same name since it was read is never deleted by mistake. Gone already
+/// or replaced is fine.
+pub async fn delete_precisely<K>(api: &Api<K>, name: &str, uid: &str) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
-/// Creates the planned pod with its owner reference.
+/// Deletes the sandbox's pod `uid`.
+pub async fn delete_pod(client: &Client, sandbox: &AgentSandbox, uid: &str) -> Result<(), Error> {
+    let namespace = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    delete_precisely(&api, &sandbox.name_any(), uid).await
+}
+
+/// Creates the planned pod behind its scheduling gate, bound to the NetworkPolicy `isolation`
+/// (its UID in an annotation). Returns the new pod's UID, or None when a pod of that name
+/// already exists (the cache had not seen it yet).
 pub async fn create_pod(
     client: &Client,
     sandbox: &AgentSandbox,
     mut desired: Value,
-) -> Result<(), Error> {
+    isolation: &str,
+) -> Result<Option<String>, Error> {
     let namespace = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
     desired["metadata"]["ownerReferences"] = serde_json::to_value(vec![
         owner_reference(sandbox).ok_or(Error::Missing("owner reference"))?,
     ])?;
-    let name = desired["metadata"]["name"]
-        .as_str()
-        .ok_or(Error::Missing("pod name"))?
-        .to_string();
-    let api = api_for(client, &namespace, &desired);
+    desired["metadata"]["annotations"][NETWORK_POLICY_UID_ANNOTATION] = json!(isolation);
+    let pod: Pod = serde_json::from_value(desired)?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    match api.create(&params, &pod).await {
+        Ok(created) => Ok(Some(created.uid().unwrap_or_default())),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes the isolation gate at `index` from pod `uid`, so it can be scheduled. The patch
+/// tests the pod's UID and the gate first: it never applies to another pod.
+pub async fn ungate(
+    client: &Client,
+    sandbox: &AgentSandbox,
+    uid: &str,
+    index: usize,
+) -> Result<(), Error> {
+    let namespace = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/uid", "value": uid},
+        {"op": "test", "path": format!("/spec/schedulingGates/{index}/name"), "value": ISOLATION_GATE},
+        {"op": "remove", "path": format!("/spec/schedulingGates/{index}")},
+    ]))?;
     api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&desired),
+        &sandbox.name_any(),
+        &PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..Default::default()
+        },
+        &Patch::<()>::Json(patch),
     )
     .await?;
     Ok(())
 }
 
-/// Deletes the sandbox's pod if it is there and ours. Returns whether one was found.
-pub async fn delete_pod(client: &Client, sandbox: &AgentSandbox) -> Result<bool, Error> {
-    let namespace = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
-    let uid = sandbox.uid().ok_or(Error::Missing("uid"))?;
-    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &namespace);
-    let name = sandbox.name_any();
-    match api.get_opt(&name).await? {
-        Some(pod)
-            if pod
-                .owner_references()
-                .iter()
-                .any(|o| o.controller == Some(true) && o.uid == uid) =>
-        {
-            if pod.metadata.deletion_timestamp.is_none() {
-                api.delete(&name, &DeleteParams::default()).await?;
-            }
-            Ok(true)
-        }
-        _ => Ok(false),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_object_with_server_defaults_covers_the_plan() {
+        let desired = json!({"kind": "Service", "metadata": {"labels": {"a": "1"}},
+            "spec": {"clusterIP": "None", "ports": [{"port": 80, "name": "tcp-80"}]}});
+        let live = json!({"kind": "Service", "metadata": {"labels": {"a": "1", "b": "2"}, "uid": "u"},
+            "spec": {"clusterIP": "None", "clusterIPs": ["None"], "sessionAffinity": "None",
+                     "ports": [{"port": 80, "name": "tcp-80", "protocol": "TCP", "targetPort": 80}]},
+            "status": {}});
+        assert!(!differs(&desired, &live));
+        let mut edited = live.clone();
+        edited["spec"]["ports"][0]["port"] = json!(81);
+        assert!(differs(&desired, &edited));
+        let mut relabelled = live.clone();
+        relabelled["metadata"]["labels"]["a"] = json!("2");
+        assert!(differs(&desired, &relabelled));
+    }
+
+    #[test]
+    fn a_network_policy_is_judged_on_its_whole_spec_and_finalizer() {
+        let desired = json!({"kind": "NetworkPolicy",
+            "metadata": {"labels": {"a": "1"}, "finalizers": ["palisade.dev/isolation"]},
+            "spec": {"podSelector": {"matchLabels": {"s": "x"}}, "policyTypes": ["Ingress", "Egress"]}});
+        let mut live = desired.clone();
+        live["metadata"]["finalizers"] = json!(["other", "palisade.dev/isolation"]);
+        assert!(!differs(&desired, &live), "other finalizers are fine");
+        let mut widened = live.clone();
+        widened["spec"]["egress"] = json!([{}]);
+        assert!(differs(&desired, &widened), "an added rule is drift");
+        let mut narrowed_selector = live.clone();
+        narrowed_selector["spec"]["podSelector"]["matchLabels"]["extra"] = json!("y");
+        assert!(
+            differs(&desired, &narrowed_selector),
+            "an added selector key is drift"
+        );
+        let mut no_finalizer = live.clone();
+        no_finalizer["metadata"]["finalizers"] = json!(["other"]);
+        assert!(differs(&desired, &no_finalizer));
+    }
+
+    #[test]
+    fn a_service_account_annotation_added_by_someone_else_is_drift() {
+        let desired = json!({"kind": "ServiceAccount", "metadata": {"labels": {"a": "1"}},
+            "automountServiceAccountToken": false});
+        let mut live = desired.clone();
+        assert!(!differs(&desired, &live));
+        live["metadata"]["annotations"] =
+            json!({"kubectl.kubernetes.io/last-applied-configuration": "{}"});
+        assert!(!differs(&desired, &live));
+        live["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] =
+            json!("arn:aws:iam::1:role/admin");
+        assert!(
+            differs(&desired, &live),
+            "a workload identity grant is drift"
+        );
+        let mut automount = desired.clone();
+        automount["automountServiceAccountToken"] = json!(true);
+        assert!(differs(&desired, &automount));
     }
 }

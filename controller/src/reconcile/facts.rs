@@ -99,16 +99,22 @@ async fn usable(
 }
 
 impl Context {
-    /// The facts for compiling now.
+    /// The facts for compiling now, from the caches.
     pub fn facts(&self) -> ClusterFacts {
-        let mut facts = self.config.facts.clone();
         let known: BTreeMap<String, String> = self
+            .caches
             .runtime_classes
             .state()
             .iter()
             .map(|rc| (rc.name_any(), rc.handler.clone()))
             .collect();
-        facts.runtime_classes = RuntimeClasses::Known(known);
+        self.facts_with(known)
+    }
+
+    /// The facts with the given RuntimeClasses (name → handler).
+    pub fn facts_with(&self, runtime_classes: BTreeMap<String, String>) -> ClusterFacts {
+        let mut facts = self.config.facts.clone();
+        facts.runtime_classes = RuntimeClasses::Known(runtime_classes);
         facts.seccomp_profile_crd = self.optional_crds.seccomp_profile.load(Ordering::SeqCst);
         facts.cilium = self.optional_crds.cilium.load(Ordering::SeqCst);
         facts

@@ -1,20 +1,48 @@
-//! Releasing an isolation NetworkPolicy that is being deleted: its finalizer holds the object,
+//! Releasing an isolating NetworkPolicy that is being deleted: its finalizer holds the object,
 //! and with it the enforcement, until the pod it isolates is gone. Whether the sandbox deleted
 //! it (garbage collection) or someone else did, the pod never outlives its NetworkPolicy.
+//!
+//! Ownership is read from UIDs, never from labels or names: the NetworkPolicy must be the
+//! controlling sandbox's `<sandbox>-isolation`, and the pod removed is that sandbox's pod that
+//! was created behind this very NetworkPolicy (its UID in the pod's annotation), deleted with
+//! a UID precondition. A forged NetworkPolicy (another's owner reference, our finalizer) only
+//! gets its finalizer released.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::render::network::ISOLATION_FINALIZER;
+use crate::api::NETWORK_POLICY_UID_ANNOTATION;
+use crate::render::network::{ISOLATION_FINALIZER, isolation_name};
 
+use super::children::delete_precisely;
+use super::ownership::{controlled_by, controlling_sandbox};
 use super::{Ctx, Error};
+
+/// The pod (name, UID) an isolating NetworkPolicy holds back, if any: the pod of its
+/// controlling sandbox, controlled by that sandbox, and bound to this NetworkPolicy's UID
+/// (pods from before the binding annotation count as bound).
+pub fn isolated_pod(np: &NetworkPolicy, pod: Option<&Pod>) -> Option<(String, String)> {
+    let owner = controlling_sandbox(&np.metadata)?;
+    if np.name_any() != isolation_name(&owner.name) {
+        return None;
+    }
+    let pod = pod?;
+    if pod.name_any() != owner.name || !controlled_by(&pod.metadata, &owner.uid) {
+        return None;
+    }
+    let bound = pod.annotations().get(NETWORK_POLICY_UID_ANNOTATION);
+    if bound.is_some_and(|b| Some(b) != np.uid().as_ref()) {
+        return None;
+    }
+    Some((pod.name_any(), pod.uid()?))
+}
 
 pub async fn reconcile(np: Arc<NetworkPolicy>, ctx: Ctx) -> Result<Action, Error> {
     let _timer = ctx.metrics.observe_reconcile("isolation");
@@ -24,21 +52,18 @@ pub async fn reconcile(np: Arc<NetworkPolicy>, ctx: Ctx) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     let ns = np.namespace().ok_or(Error::Missing("namespace"))?;
-    let Some(owner) = np
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true))
-        .cloned()
-    else {
-        return release(&ctx, &np, &ns).await;
-    };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    if let Some(pod) = pods.get_opt(&owner.name).await?
-        && pod.owner_references().iter().any(|o| o.uid == owner.uid)
-    {
-        if pod.metadata.deletion_timestamp.is_none() {
-            tracing::info!(namespace = %ns, pod = %owner.name, "isolation NetworkPolicy is being deleted: removing its pod first");
-            pods.delete(&owner.name, &DeleteParams::default()).await?;
+    let pod = match controlling_sandbox(&np.metadata) {
+        Some(owner) => pods.get_opt(&owner.name).await?,
+        None => None,
+    };
+    if let Some((name, uid)) = isolated_pod(&np, pod.as_ref()) {
+        if pod
+            .as_ref()
+            .is_some_and(|p| p.metadata.deletion_timestamp.is_none())
+        {
+            tracing::info!(namespace = %ns, pod = %name, "isolating NetworkPolicy is being deleted: removing its pod first");
+            delete_precisely(&pods, &name, &uid).await?;
         }
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
@@ -53,8 +78,7 @@ async fn release(ctx: &Ctx, np: &NetworkPolicy, ns: &str) -> Result<Action, Erro
         .cloned()
         .collect();
     let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
-    let patch =
-        json!({"metadata": {"finalizers": remaining, "resourceVersion": np.resource_version()}});
+    let patch = json!({"metadata": {"finalizers": remaining, "resourceVersion": np.resource_version(), "uid": np.uid()}});
     api.patch(
         &np.name_any(),
         &PatchParams::default(),
@@ -64,8 +88,76 @@ async fn release(ctx: &Ctx, np: &NetworkPolicy, ns: &str) -> Result<Action, Erro
     Ok(Action::await_change())
 }
 
-pub fn error_policy(_np: Arc<NetworkPolicy>, error: &Error, ctx: Ctx) -> Action {
+pub fn error_policy(np: Arc<NetworkPolicy>, error: &Error, ctx: Ctx) -> Action {
     ctx.metrics.reconcile_error("isolation", error.label());
     tracing::warn!(%error, "isolation release failed");
-    Action::requeue(Duration::from_secs(2))
+    let key = np.uid().unwrap_or_else(|| np.name_any());
+    Action::requeue(ctx.backoff.failed(&key).min(Duration::from_secs(10)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn np(name: &str, uid: &str, owner: &str, owner_uid: &str) -> NetworkPolicy {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ns", "uid": uid,
+                "finalizers": [ISOLATION_FINALIZER], "deletionTimestamp": "2026-01-01T00:00:00Z",
+                "ownerReferences": [{"apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox",
+                    "name": owner, "uid": owner_uid, "controller": true}]},
+            "spec": {"podSelector": {}}
+        }))
+        .unwrap()
+    }
+
+    fn pod(name: &str, owner_uid: &str, bound: Option<&str>) -> Pod {
+        let mut annotations = serde_json::Map::new();
+        if let Some(b) = bound {
+            annotations.insert(NETWORK_POLICY_UID_ANNOTATION.into(), json!(b));
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ns", "uid": "pod-uid", "annotations": annotations,
+                "ownerReferences": [{"apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox",
+                    "name": name, "uid": owner_uid, "controller": true}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_the_pod_bound_to_this_network_policy_is_held() {
+        let real = np("a-isolation", "np-1", "a", "sb-a");
+        let p = pod("a", "sb-a", Some("np-1"));
+        assert_eq!(
+            isolated_pod(&real, Some(&p)),
+            Some(("a".into(), "pod-uid".into()))
+        );
+        assert_eq!(isolated_pod(&real, None), None);
+        // Pods created before the binding annotation are held too.
+        assert!(isolated_pod(&real, Some(&pod("a", "sb-a", None))).is_some());
+        // A pod bound to another NetworkPolicy (a recreated one) is not this one's to remove.
+        assert_eq!(
+            isolated_pod(&real, Some(&pod("a", "sb-a", Some("np-0")))),
+            None
+        );
+    }
+
+    #[test]
+    fn a_forged_network_policy_removes_no_pod() {
+        let victim = pod("a", "sb-a", Some("np-1"));
+        // The victim's owner reference and our finalizer, under another name.
+        assert_eq!(
+            isolated_pod(&np("forged", "np-9", "a", "sb-a"), Some(&victim)),
+            None
+        );
+        // Under the right name (the real one is gone), but not the NetworkPolicy the pod was bound to.
+        assert_eq!(
+            isolated_pod(&np("a-isolation", "np-9", "a", "sb-a"), Some(&victim)),
+            None
+        );
+        // Owner UID of another sandbox of the same name.
+        assert_eq!(
+            isolated_pod(&np("a-isolation", "np-1", "a", "sb-other"), Some(&victim)),
+            None
+        );
+    }
 }

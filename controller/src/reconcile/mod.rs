@@ -1,28 +1,35 @@
-//! The controllers: AgentSandbox (owns ServiceAccount, NetworkPolicy, Service, PVC, Pod) and
-//! AgentPolicy (validates, reports, and re-queues the sandboxes that use it). They fetch,
-//! call the compiler, apply, and write status; every decision about isolation is the
-//! compiler's.
+//! The controllers: AgentSandbox (owns ServiceAccount, NetworkPolicy, Service, PVC, Pod),
+//! AgentPolicy (validates, reports, and re-queues the sandboxes that use it) and the release of
+//! isolating NetworkPolicies. They observe, decide (pure: `decide.rs` over the compiler), act
+//! in the safe order (`act.rs`) and write status (`status.rs`).
 
+pub mod act;
+pub mod backoff;
+pub mod caches;
 pub mod children;
 pub mod conditions;
+pub mod controllers;
+pub mod decide;
 pub mod facts;
 pub mod isolation;
 pub mod lenient;
+pub mod lifetime;
+pub mod live;
+pub mod ownership;
 pub mod policy;
 pub mod sandbox;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::Client;
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::Store;
 
-use crate::api::{AgentPolicy, AgentSandbox};
 use crate::ops::metrics::Metrics;
 use crate::render::facts::ClusterFacts;
+
+pub use caches::Caches;
 
 /// Why a reconcile pass failed (it is retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +60,54 @@ impl Error {
             Error::Missing(_) => "MissingField",
         }
     }
+
+    /// The condition reason a person reads: what kind of refusal or failure this is.
+    pub fn reason(&self) -> &'static str {
+        let Error::Kube(kube::Error::Api(s)) = self else {
+            return match self {
+                Error::Kube(_) => "ApiUnreachable",
+                _ => "InternalError",
+            };
+        };
+        let message = s.message.to_ascii_lowercase();
+        match s.code {
+            403 if message.contains("exceeded quota") => "QuotaExceeded",
+            _ if message.contains("admission webhook")
+                || message.contains("validatingadmissionpolicy")
+                || message.contains("violates podsecurity") =>
+            {
+                "AdmissionDenied"
+            }
+            403 if message.contains("forbidden: maximum")
+                || message.contains("forbidden: minimum") =>
+            {
+                "LimitRangeRefused"
+            }
+            401 | 403 => "Forbidden",
+            400 | 422 => "Invalid",
+            409 => "Conflict",
+            429 => "Throttled",
+            _ => "ApiError",
+        }
+    }
+
+    /// Whether only a person can make the next attempt succeed (a quota, an admission policy,
+    /// missing permissions, an object the API server refuses): the sandbox reads as Stalled
+    /// while it is retried.
+    pub fn needs_a_person(&self) -> bool {
+        matches!(
+            self.reason(),
+            "QuotaExceeded" | "AdmissionDenied" | "LimitRangeRefused" | "Forbidden" | "Invalid"
+        )
+    }
+
+    /// The API server's own words, or the error.
+    pub fn message(&self) -> String {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => s.message.clone(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// Operator settings that shape the facts the compiler sees.
@@ -66,19 +121,21 @@ pub struct OperatorConfig {
 pub struct Context {
     pub client: Client,
     pub config: OperatorConfig,
-    pub policies: Store<AgentPolicy>,
-    pub sandboxes: Store<AgentSandbox>,
-    pub runtime_classes: Store<RuntimeClass>,
-    pub network_policies: Store<NetworkPolicy>,
+    pub caches: Caches,
     pub optional_crds: facts::OptionalCrds,
     pub recorder: Recorder,
     pub metrics: Metrics,
+    pub backoff: backoff::Backoff,
 }
 
 pub type Ctx = Arc<Context>;
 
 /// How soon to look again when nothing is scheduled: a safety net, not polling.
 pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// How long a sandbox's pod may keep running while its NetworkPolicy cannot be brought to what
+/// the policy says (it may be wider): after that the pod is removed (fail closed).
+pub const FAIL_CLOSED_AFTER: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {
@@ -108,5 +165,73 @@ mod tests {
         }));
         assert!(!rbac.namespace_terminating());
         assert!(!Error::Missing("uid").namespace_terminating());
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    fn api(code: u16, message: &str) -> Error {
+        Error::Kube(kube::Error::Api(
+            serde_json::from_value::<kube::core::Status>(serde_json::json!({
+                "status": "Failure", "code": code, "message": message, "reason": "x"
+            }))
+            .expect("status")
+            .boxed(),
+        ))
+    }
+
+    #[test]
+    fn refusals_are_told_apart_for_people() {
+        let cases = [
+            (
+                403,
+                "pods \"a\" is forbidden: exceeded quota: q, requested: pods=1",
+                "QuotaExceeded",
+                true,
+            ),
+            (
+                400,
+                "admission webhook \"k.example.com\" denied the request: no",
+                "AdmissionDenied",
+                true,
+            ),
+            (
+                403,
+                "pods \"a\" is forbidden: ValidatingAdmissionPolicy 'p' with binding 'b' denied request",
+                "AdmissionDenied",
+                true,
+            ),
+            (
+                403,
+                "pods \"a\" is forbidden: violates PodSecurity \"restricted:latest\"",
+                "AdmissionDenied",
+                true,
+            ),
+            (
+                403,
+                "pods \"a\" is forbidden: maximum cpu usage per Container is 1",
+                "LimitRangeRefused",
+                true,
+            ),
+            (
+                403,
+                "pods is forbidden: User \"x\" cannot create resource",
+                "Forbidden",
+                true,
+            ),
+            (422, "Pod \"a\" is invalid: spec", "Invalid", true),
+            (409, "the object has been modified", "Conflict", false),
+            (500, "etcdserver: request timed out", "ApiError", false),
+            (429, "too many requests", "Throttled", false),
+        ];
+        for (code, message, reason, person) in cases {
+            let e = api(code, message);
+            assert_eq!(e.reason(), reason, "{message}");
+            assert_eq!(e.needs_a_person(), person, "{message}");
+            assert_eq!(e.message(), message);
+        }
+        assert_eq!(Error::Missing("uid").reason(), "InternalError");
     }
 }

@@ -20,7 +20,8 @@ use super::{Ctx, Error, RESYNC};
 
 /// The sandboxes (as store references) that use a policy.
 pub fn sandboxes_of(ctx: &Ctx, policy: &ObjectRef<AgentPolicy>) -> Vec<ObjectRef<AgentSandbox>> {
-    ctx.sandboxes
+    ctx.caches
+        .sandboxes
         .state()
         .iter()
         .filter(|s| s.namespace() == policy.namespace && s.spec.policy_ref.name == policy.name)
@@ -50,6 +51,7 @@ fn policy_conditions(invalid: Option<&str>) -> Vec<Want> {
 
 pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Ctx) -> Result<Action, Error> {
     let _timer = ctx.metrics.observe_reconcile("agentpolicy");
+    ctx.caches.ready().await;
     let ns = policy.namespace().ok_or(Error::Missing("namespace"))?;
     let name = policy.name_any();
     let previous = policy.status.clone().unwrap_or_default();

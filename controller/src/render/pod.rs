@@ -5,14 +5,15 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapKeySelector, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
-    ProjectedVolumeSource, SeccompProfile, SecretKeySelector, SecurityContext,
+    EnvVarSource, PersistentVolumeClaimVolumeSource, Pod, PodSchedulingGate, PodSecurityContext,
+    PodSpec, ProjectedVolumeSource, SeccompProfile, SecretKeySelector, SecurityContext,
     ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::api::policy::{AgentPolicySpec, Capability};
-use crate::api::{AgentSandbox, POLICY_HASH_ANNOTATION};
+use crate::api::{AgentSandbox, ISOLATION_GATE, POLICY_HASH_ANNOTATION};
+use crate::policy::paths::under;
 use crate::policy::quantity;
 
 use super::children::{DEFAULT_WORKSPACE_SIZE, child_labels, object_meta, workspace_claim_name};
@@ -32,12 +33,10 @@ pub struct PodInput<'a> {
     pub runtime_class_name: Option<String>,
     pub resources: &'a CompiledResources,
     pub seccomp: &'a SeccompProfile,
+    /// The generated SeccompProfile, whose content the pod's filter is built from at start.
+    pub seccomp_object: Option<&'a serde_json::Value>,
     pub proxy_env: Vec<EnvVar>,
     pub active_deadline_seconds: Option<i64>,
-}
-
-fn under(path: &str, dir: &str) -> bool {
-    dir == "/" || path == dir || path.starts_with(&format!("{dir}/"))
 }
 
 /// A byte count as a readable quantity (`512Mi`, `2Gi`).
@@ -308,8 +307,13 @@ pub fn build_pod(input: &PodInput) -> Result<(Pod, String), Blocked> {
     let mut labels = sandbox.spec.pod_labels.clone();
     labels.extend(child_labels(&name));
     let annotations: BTreeMap<String, String> = sandbox.spec.pod_annotations.clone();
-    // The deadline shrinks as the sandbox runs and is mutable in place: it stays out of the hash.
-    let pod_hash = short_hash(&(&labels, &annotations, &spec));
+    // The deadline shrinks as the sandbox runs and is mutable in place, and the scheduling gate
+    // is removed once the pod's NetworkPolicy is confirmed: both stay out of the hash. A
+    // generated seccomp profile is read when the container starts, so its content is in it.
+    let pod_hash = match input.seccomp_object {
+        None => short_hash(&(&labels, &annotations, &spec)),
+        Some(profile) => short_hash(&(&labels, &annotations, &spec, &profile["spec"])),
+    };
 
     let mut meta = object_meta(sandbox, name);
     let mut annotations = annotations;
@@ -318,6 +322,9 @@ pub fn build_pod(input: &PodInput) -> Result<(Pod, String), Blocked> {
     meta.annotations = Some(annotations);
     let spec = PodSpec {
         active_deadline_seconds: input.active_deadline_seconds,
+        scheduling_gates: Some(vec![PodSchedulingGate {
+            name: ISOLATION_GATE.into(),
+        }]),
         ..spec
     };
     Ok((

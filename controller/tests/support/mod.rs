@@ -4,4 +4,6 @@
 #![allow(dead_code)]
 
 pub mod apimock;
+pub mod context;
+pub mod fakeapi;
 pub mod pss;

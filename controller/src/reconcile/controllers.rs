@@ -1,0 +1,440 @@
+//! The running operator: the watches that fill the caches and trigger reconciles, and the three
+//! controllers (AgentSandbox, AgentPolicy, isolation release). Started once per leader term, so
+//! every term lists its caches afresh and no reconcile reads them before they are full.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{AgentPolicy, AgentSandbox, MANAGED_BY_LABEL, MANAGER, SandboxPhase};
+use crate::ops::metrics::Metrics;
+
+use super::caches::{Caches, Gate, synced};
+use super::facts::{CILIUM_POLICY_CRD, OptionalCrds, SECCOMP_PROFILE_CRD};
+use super::ownership::controlling_sandbox;
+use super::{Context, OperatorConfig, isolation, lenient, policy, sandbox};
+
+/// How the controllers run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watch only this namespace (default: all).
+    pub namespace: Option<String>,
+    /// Sandboxes reconciled at once.
+    pub concurrency: u16,
+    pub config: OperatorConfig,
+    /// Identity for events.
+    pub instance: String,
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Drops what no decision reads and costs memory in every cached object.
+fn slim<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// Checks the optional CRDs until a check succeeds, then opens `checked`.
+async fn first_facts(client: Client, crds: OptionalCrds, namespace: Option<String>, checked: Gate) {
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match crds.refresh(&client, namespace.as_deref()).await {
+            Ok(_) => {
+                checked.open();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check the optional CRDs; retrying (no sandbox is reconciled until they are known)");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// The sandboxes whose child of an optional kind (`ar`, present while `usable` says so)
+/// changed: they put it back (drift) or remove it (no longer planned).
+fn optional_child_triggers(
+    client: Client,
+    namespace: Option<String>,
+    ar: ApiResource,
+    usable: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+) -> impl futures::Stream<Item = ObjectRef<AgentSandbox>> + Send + 'static {
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    tokio::spawn(async move {
+        while !stop.is_cancelled() {
+            if !usable.load(Ordering::SeqCst) {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                }
+            }
+            let api: Api<DynamicObject> = match &namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                None => Api::all_with(client.clone(), &ar),
+            };
+            let wc = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+            let mut events = watcher::watcher(api, wc)
+                .default_backoff()
+                .touched_objects()
+                .boxed();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    event = events.next() => match event {
+                        Some(Ok(obj)) => {
+                            if let (Some(owner), Some(ns)) = (controlling_sandbox(&obj.metadata), obj.namespace()) {
+                                let _ = tx.unbounded_send(ObjectRef::new(&owner.name).within(&ns));
+                            }
+                        }
+                        Some(Err(_)) if !usable.load(Ordering::SeqCst) => break,
+                        Some(Err(e)) => tracing::debug!(kind = %ar.kind, error = %e, "watch error"),
+                        None => break,
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Runs the controllers until `stop` is cancelled, then lets in-flight reconciles finish.
+/// `ready` is called once every cache has listed.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    ready: impl FnOnce() + Send + 'static,
+    stop: CancellationToken,
+) {
+    let ns = settings.namespace.as_deref();
+    let wc = watcher::Config::default();
+    let ours = wc.clone().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+    let (policies, policy_writer) = reflector::store();
+    let (sandboxes, sandbox_writer) = reflector::store();
+    let (runtime_classes, rc_writer) = reflector::store::<RuntimeClass>();
+    let (network_policies, np_writer) = reflector::store_shared::<NetworkPolicy>(1024);
+    let isolation_events = np_writer.subscribe();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let (service_accounts, sa_writer) = reflector::store::<ServiceAccount>();
+    let (services, service_writer) = reflector::store::<Service>();
+    let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
+
+    let optional_crds = OptionalCrds::default();
+    let facts_checked = Gate::default();
+    let gate = |_: &str| Gate::default();
+    let (g_policies, g_sandboxes, g_rcs, g_nps) = (gate("p"), gate("s"), gate("rc"), gate("np"));
+    let (g_pods, g_sas, g_services, g_claims) = (gate("pod"), gate("sa"), gate("svc"), gate("pvc"));
+    let caches = Caches {
+        policies,
+        sandboxes: sandboxes.clone(),
+        runtime_classes,
+        network_policies: network_policies.clone(),
+        pods,
+        service_accounts,
+        services,
+        claims,
+        gates: Arc::new(vec![
+            g_policies.clone(),
+            g_sandboxes.clone(),
+            g_rcs.clone(),
+            g_nps.clone(),
+            g_pods.clone(),
+            g_sas.clone(),
+            g_services.clone(),
+            g_claims.clone(),
+            facts_checked.clone(),
+        ]),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        config: settings.config.clone(),
+        caches: caches.clone(),
+        optional_crds: optional_crds.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "palisade".into(),
+                instance: Some(settings.instance.clone()),
+            },
+        ),
+        metrics: metrics.clone(),
+        backoff: Default::default(),
+    });
+
+    let policy_stream = synced(
+        reflector::reflector(
+            policy_writer,
+            lenient::watch::<AgentPolicy>(client.clone(), ns, wc.clone()),
+        ),
+        g_policies,
+    )
+    .touched_objects();
+    let sandbox_stream = synced(
+        reflector::reflector(
+            sandbox_writer,
+            lenient::watch::<AgentSandbox>(client.clone(), ns, wc.clone()),
+        ),
+        g_sandboxes,
+    )
+    .touched_objects();
+    let rc_stream = synced(
+        reflector::reflector(
+            rc_writer,
+            watcher::watcher(Api::<RuntimeClass>::all(client.clone()), wc.clone())
+                .default_backoff()
+                .modify(slim),
+        ),
+        g_rcs,
+    )
+    .touched_objects();
+    let np_stream = synced(
+        reflector::reflector(
+            np_writer,
+            watcher::watcher(api::<NetworkPolicy>(&client, ns), wc.clone())
+                .default_backoff()
+                .modify(slim),
+        ),
+        g_nps,
+    )
+    .touched_objects();
+    macro_rules! owned {
+        ($kind:ty, $writer:expr, $gate:expr) => {
+            synced(
+                reflector::reflector(
+                    $writer,
+                    watcher::watcher(api::<$kind>(&client, ns), ours.clone())
+                        .default_backoff()
+                        .modify(slim),
+                ),
+                $gate,
+            )
+            .touched_objects()
+        };
+    }
+    let pod_stream = owned!(Pod, pod_writer, g_pods);
+    let sa_stream = owned!(ServiceAccount, sa_writer, g_sas);
+    let service_stream = owned!(Service, service_writer, g_services);
+    let claim_stream = owned!(PersistentVolumeClaim, claim_writer, g_claims);
+
+    // Optional CRDs: known before the first reconcile, re-checked when one of them changes.
+    let facts_task = tokio::spawn(first_facts(
+        client.clone(),
+        optional_crds.clone(),
+        settings.namespace.clone(),
+        facts_checked,
+    ));
+    let (crd_trigger_tx, crd_trigger_rx) = futures::channel::mpsc::unbounded::<()>();
+    let crd_watch = {
+        let crds = optional_crds.clone();
+        let client = client.clone();
+        let watched = settings.namespace.clone();
+        let stop = stop.clone();
+        watcher::watcher(
+            Api::<CustomResourceDefinition>::all(client.clone()),
+            wc.clone(),
+        )
+        .default_backoff()
+        .touched_objects()
+        .filter_map(|crd| async move {
+            crd.ok().filter(|c| {
+                [SECCOMP_PROFILE_CRD, CILIUM_POLICY_CRD].contains(&c.name_any().as_str())
+            })
+        })
+        .take_until(stop.cancelled_owned())
+        .for_each(move |_| {
+            let crds = crds.clone();
+            let client = client.clone();
+            let tx = crd_trigger_tx.clone();
+            let watched = watched.clone();
+            async move {
+                if crds
+                    .refresh(&client, watched.as_deref())
+                    .await
+                    .unwrap_or(false)
+                {
+                    let _ = tx.unbounded_send(());
+                }
+            }
+        })
+    };
+    let cilium_ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("cilium.io", "v2", "CiliumNetworkPolicy"),
+        "ciliumnetworkpolicies",
+    );
+    let seccomp_ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(
+            "security-profiles-operator.x-k8s.io",
+            "v1beta1",
+            "SeccompProfile",
+        ),
+        "seccompprofiles",
+    );
+    let cilium_triggers = optional_child_triggers(
+        client.clone(),
+        settings.namespace.clone(),
+        cilium_ar,
+        optional_crds.cilium.clone(),
+        stop.clone(),
+    );
+    let seccomp_triggers = optional_child_triggers(
+        client.clone(),
+        settings.namespace.clone(),
+        seccomp_ar,
+        optional_crds.seccomp_profile.clone(),
+        stop.clone(),
+    );
+
+    // Re-queued: the sandboxes of a changed policy; on a RuntimeClass change, the blocked ones
+    // (it may have appeared) and those running on that class (it may be gone or its handler
+    // changed); all of them when an optional CRD comes or goes; for a NetworkPolicy, its
+    // sandbox, or the sandboxes it may widen.
+    let ctx_p = ctx.clone();
+    let ctx_rc = ctx.clone();
+    let ctx_np = ctx.clone();
+    let affected_by_class = move |class: &str| -> Vec<ObjectRef<AgentSandbox>> {
+        ctx_rc
+            .caches
+            .sandboxes
+            .state()
+            .iter()
+            .filter(|s| {
+                let st = s.status.as_ref();
+                st.and_then(|st| st.phase) == Some(SandboxPhase::Blocked)
+                    || st.and_then(|st| st.runtime_class_name.as_deref()) == Some(class)
+            })
+            .map(|s| ObjectRef::from_obj(&**s))
+            .collect()
+    };
+    let sandbox_controller = Controller::for_stream(sandbox_stream, sandboxes.clone())
+        .owns_stream(pod_stream)
+        .owns_stream(sa_stream)
+        .owns_stream(service_stream)
+        .owns_stream(claim_stream)
+        .watches_stream(policy_stream, move |p: AgentPolicy| {
+            policy::sandboxes_of(&ctx_p, &ObjectRef::from_obj(&p))
+        })
+        .watches_stream(rc_stream, move |rc: RuntimeClass| {
+            affected_by_class(&rc.name_any())
+        })
+        .watches_stream(np_stream, move |np: NetworkPolicy| {
+            sandbox::affected_by_network_policy(&ctx_np, &np)
+        })
+        .reconcile_on(cilium_triggers)
+        .reconcile_on(seccomp_triggers)
+        .reconcile_all_on(crd_trigger_rx)
+        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
+        .run(sandbox::reconcile, sandbox::error_policy, ctx.clone())
+        .for_each(|_| async {});
+
+    // The policy controller keeps its own store, and counts sandboxes as they come and go.
+    let (own_policies, own_policy_writer) = reflector::store::<AgentPolicy>();
+    let own_policy_stream = reflector::reflector(
+        own_policy_writer,
+        lenient::watch::<AgentPolicy>(client.clone(), ns, wc.clone()),
+    )
+    .touched_objects();
+    let sandbox_to_policy =
+        lenient::watch::<AgentSandbox>(client.clone(), ns, wc.clone()).touched_objects();
+    let policy_controller = Controller::for_stream(own_policy_stream, own_policies)
+        .watches_stream(sandbox_to_policy, |s: AgentSandbox| {
+            s.namespace()
+                .map(|ns| ObjectRef::<AgentPolicy>::new(&s.spec.policy_ref.name).within(&ns))
+        })
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
+        .run(policy::reconcile, policy::error_policy, ctx.clone())
+        .for_each(|_| async {});
+
+    // Isolating NetworkPolicies being deleted are released once their pod is gone. They are
+    // found in the one NetworkPolicy watch (every NetworkPolicy: a label can be removed).
+    let isolation_controller = match isolation_events {
+        Some(events) => Controller::for_shared_stream(events, network_policies)
+            .graceful_shutdown_on(stop.clone().cancelled_owned())
+            .run(isolation::reconcile, isolation::error_policy, ctx.clone())
+            .for_each(|_| async {})
+            .boxed(),
+        None => {
+            tracing::error!("the NetworkPolicy store cannot be shared; isolation release is off");
+            futures::future::ready(()).boxed()
+        }
+    };
+
+    let readiness = {
+        let caches = caches.clone();
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                () = caches.ready() => {
+                    tracing::info!("caches synced: reconciling");
+                    ready();
+                }
+                _ = stop.cancelled() => {}
+            }
+        }
+    };
+    let phase_gauge = {
+        let ctx = ctx.clone();
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                () = ctx.caches.ready() => {}
+            }
+            while !stop.is_cancelled() {
+                {
+                    let mut counts = std::collections::BTreeMap::new();
+                    for s in ctx.caches.sandboxes.state() {
+                        let phase = s
+                            .status
+                            .as_ref()
+                            .and_then(|st| st.phase)
+                            .unwrap_or_default();
+                        *counts.entry(format!("{phase:?}")).or_insert(0) += 1;
+                    }
+                    ctx.metrics.set_phase_counts(&counts);
+                }
+                tokio::select! { _ = stop.cancelled() => {}, _ = tokio::time::sleep(Duration::from_secs(5)) => {} }
+            }
+        }
+    };
+    metrics.leader.set(1);
+    // The controllers end after a graceful shutdown, once their in-flight reconciles finished.
+    tokio::join!(
+        sandbox_controller,
+        policy_controller,
+        isolation_controller,
+        crd_watch,
+        readiness,
+        phase_gauge
+    );
+    facts_task.abort();
+    // A replica that stopped leading no longer speaks for the sandboxes: its census goes to zero
+    // so that dashboards summing over replicas count each sandbox once.
+    metrics.leader.set(0);
+    metrics.set_phase_counts(&std::collections::BTreeMap::new());
+}

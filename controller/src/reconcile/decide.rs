@@ -1,0 +1,518 @@
+//! What should exist for a sandbox, decided from what was observed of it. Pure: the reconciler
+//! gathers [`Observed`] and carries out the [`Decision`] (`act.rs`) in the safe order.
+//!
+//! Destroying a running pod is the last resort, for a confirmed reason only: a decision that
+//! removes a pod or blocks the sandbox because something is absent from (or present in) a cache
+//! asks for [`Confirm`]ation, and the reconciler decides again on what it read directly.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::ResourceExt;
+
+use crate::api::policy::DefaultAction;
+use crate::api::sandbox::RestartPolicy;
+use crate::api::{AgentPolicy, AgentSandbox, SandboxPhase};
+use crate::policy::image;
+use crate::render::network::isolation_name;
+use crate::render::{BlockReason, ClusterFacts, Plan, check_policy, compile_checked};
+
+use super::lifetime::Lifetime;
+use super::live::{LiveIsolation, LivePod, PodPhase};
+use super::status::{Outcome, PlanFacts, Standing};
+
+/// The sandbox's policy as found.
+#[derive(Clone, Copy, Debug)]
+pub enum PolicyState<'a> {
+    Found(&'a AgentPolicy),
+    Missing,
+    /// It exists but does not match this operator's schema (written for a newer one).
+    Unreadable(&'a str),
+}
+
+/// Everything a decision depends on.
+pub struct Observed<'a> {
+    pub sandbox: &'a AgentSandbox,
+    pub policy: PolicyState<'a>,
+    pub facts: &'a ClusterFacts,
+    /// The NetworkPolicies of the sandbox's namespace.
+    pub network_policies: &'a [Arc<NetworkPolicy>],
+    /// The sandbox's isolating NetworkPolicy, if it exists.
+    pub isolation: Option<&'a LiveIsolation>,
+    pub pod: Option<&'a LivePod>,
+    pub now: Timestamp,
+}
+
+/// What to do with the pod when the plan runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodStep {
+    /// None exists: create it behind the scheduling gate, then confirm its NetworkPolicy and
+    /// remove the gate.
+    Create,
+    /// It waits behind the gate: confirm its NetworkPolicy and remove the gate.
+    Ungate,
+    /// It is what the plan says.
+    Keep,
+    /// It must go (the reason is in the outcome); nothing is changed until it is gone.
+    Replace,
+    /// It is being deleted; nothing is changed until it is gone.
+    AwaitGone,
+}
+
+/// What to change in the cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Nothing.
+    Leave,
+    /// Remove the sandbox's pod, if it has one; nothing else.
+    RemovePod,
+    /// The plan's children without a pod: the pod goes first.
+    Pause(Box<Plan>),
+    /// The plan's children, then the pod.
+    Run(Box<Plan>, PodStep),
+}
+
+/// What must be read directly before a decision taken on cached evidence is carried out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Confirm {
+    /// The policy is absent from the cache.
+    Policy,
+    /// A RuntimeClass or an optional CRD is absent, or a RuntimeClass has another handler.
+    ClusterFacts,
+    /// Another NetworkPolicy selects the pod, or the isolating one is foreign, missing or new.
+    NetworkPolicies,
+}
+
+/// A decision, with the outcome it leads to and the sandbox's updated time-keeping.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub step: Step,
+    pub outcome: Outcome,
+    pub lifetime: Lifetime,
+    /// Set when the decision rests on cached evidence and is destructive.
+    pub confirm: Option<Confirm>,
+}
+
+impl Decision {
+    fn new(step: Step, outcome: Outcome, lifetime: Lifetime) -> Self {
+        Self {
+            step,
+            outcome,
+            lifetime,
+            confirm: None,
+        }
+    }
+
+    fn confirm(mut self, what: Confirm) -> Self {
+        self.confirm = Some(what);
+        self
+    }
+}
+
+/// Decides what should exist for the sandbox.
+pub fn decide(o: &Observed) -> Decision {
+    let sandbox = o.sandbox;
+    let status = sandbox.status.clone().unwrap_or_default();
+    let lifetime = Lifetime::of(&status);
+
+    // A finished agent never runs again, whatever happens to its pod.
+    if let Some(phase) = status
+        .phase
+        .filter(|p| matches!(p, SandboxPhase::Succeeded | SandboxPhase::Failed))
+        && lifetime.finished_at.is_some()
+    {
+        let message = status
+            .message
+            .clone()
+            .unwrap_or_else(|| "the agent finished".into());
+        let mut outcome = Outcome::new(phase, phase_reason(phase), message);
+        outcome.plan = status.policy_hash.clone().map(|pod_hash| PlanFacts {
+            pod_hash,
+            runtime_class_name: status.runtime_class_name.clone(),
+            service: status.service_fqdn.is_some(),
+        });
+        outcome.has_pod = o.pod.is_some_and(|p| p.ours);
+        return Decision::new(Step::Leave, outcome, lifetime);
+    }
+
+    let policy = match o.policy {
+        PolicyState::Found(p) => p,
+        PolicyState::Missing => {
+            let outcome = Outcome::blocked(
+                "PolicyNotFound",
+                format!(
+                    "AgentPolicy {}/{} does not exist",
+                    sandbox.namespace().unwrap_or_default(),
+                    sandbox.spec.policy_ref.name
+                ),
+            )
+            .unresolved_policy();
+            return Decision::new(Step::RemovePod, outcome, lifetime).confirm(Confirm::Policy);
+        }
+        PolicyState::Unreadable(why) => return hold(o, &status, lifetime, why),
+    };
+    let checked = match check_policy(&policy.spec) {
+        Ok(c) => c,
+        Err(e) => {
+            let outcome = Outcome::blocked(
+                "PolicyInvalid",
+                format!("AgentPolicy {}: {e}", policy.name_any()),
+            )
+            .unresolved_policy();
+            return Decision::new(Step::RemovePod, outcome, lifetime);
+        }
+    };
+
+    let paused = sandbox.spec.paused == Some(true);
+    let lifetime = lifetime.paused(paused, o.now);
+    let expires_at = lifetime.expiry(
+        sandbox.spec.expires_at.as_ref().map(|t| t.0),
+        checked.spec.timeout_ms,
+    );
+    if expires_at.is_some_and(|d| d <= o.now) {
+        let mut outcome =
+            expired("the sandbox passed its expiresAt or used its timeoutMs of run time");
+        outcome.expires_at = expires_at;
+        return Decision::new(Step::RemovePod, outcome, lifetime);
+    }
+
+    let plan = match compile_checked(&checked, sandbox, o.facts, lifetime.run_time_ms(o.now)) {
+        Ok(p) => p,
+        Err(b) => {
+            let mut outcome = if b.reason == BlockReason::Expired {
+                expired(&b.message)
+            } else {
+                Outcome::blocked(b.reason.as_str(), b.message)
+            };
+            if matches!(
+                b.reason,
+                BlockReason::RuntimeClassMissing | BlockReason::RuntimeHandlerMismatch
+            ) {
+                outcome = outcome.runtime_not_ready();
+            }
+            let decision = Decision::new(Step::RemovePod, outcome, lifetime);
+            return match b.reason {
+                BlockReason::RuntimeClassMissing
+                | BlockReason::RuntimeHandlerMismatch
+                | BlockReason::FqdnBackendMissing
+                | BlockReason::SeccompProfileCrdMissing => decision.confirm(Confirm::ClusterFacts),
+                _ => decision,
+            };
+        }
+    };
+    let facts = PlanFacts {
+        pod_hash: plan.pod_hash.clone(),
+        runtime_class_name: plan.runtime_class_name.clone(),
+        service: plan.service.is_some(),
+    };
+
+    let ingress_open = checked
+        .network
+        .ingress
+        .as_ref()
+        .is_some_and(|i| i.default == Some(DefaultAction::Allow));
+    if let Some(other) = widening_network_policy(o, &plan, ingress_open) {
+        let outcome = Outcome::blocked(
+            "AdditionalNetworkPolicy",
+            format!(
+                "NetworkPolicy {other} also selects the sandbox's pod; NetworkPolicies add up, so it could only widen what the sandbox may reach"
+            ),
+        )
+        .not_isolated(None)
+        .with_plan(facts);
+        return Decision::new(Step::RemovePod, outcome, lifetime).confirm(Confirm::NetworkPolicies);
+    }
+    if o.isolation.is_some_and(|np| !np.ours) {
+        let outcome = Outcome::blocked(
+            "NameConflict",
+            format!(
+                "NetworkPolicy {} exists and is not controlled by this sandbox; it is not adopted",
+                isolation_name(&sandbox.name_any())
+            ),
+        )
+        .not_isolated(None);
+        return Decision::new(Step::RemovePod, outcome, lifetime).confirm(Confirm::NetworkPolicies);
+    }
+
+    // An image rewritten by admission blocks until the sandbox or its policy changes.
+    if status.phase == Some(SandboxPhase::Blocked)
+        && stalled_reason(&status) == Some("ImageRewritten")
+        && status.policy_hash.as_deref() == Some(plan.pod_hash.as_str())
+    {
+        let message = status.message.clone().unwrap_or_default();
+        let outcome = Outcome::blocked("ImageRewritten", message).with_plan(facts);
+        return Decision::new(Step::RemovePod, outcome, lifetime);
+    }
+
+    if o.isolation.is_some_and(|np| np.deleting) {
+        let outcome = Outcome::new(
+            SandboxPhase::Starting,
+            "Replacing",
+            "the isolating NetworkPolicy is being deleted: the pod is removed until it is recreated",
+        )
+        .not_isolated(Some("NetworkPolicyDeleted"))
+        .requeue_in(Duration::from_secs(1));
+        return Decision::new(Step::RemovePod, outcome, lifetime);
+    }
+
+    if paused {
+        let mut outcome = Outcome::new(
+            SandboxPhase::Paused,
+            "Paused",
+            "paused: no pod; the workspace is kept",
+        )
+        .with_plan(facts);
+        outcome.expires_at = expires_at;
+        return Decision::new(Step::Pause(Box::new(plan)), outcome, lifetime);
+    }
+
+    decide_pod(o, plan, facts, lifetime, expires_at)
+}
+
+fn decide_pod(
+    o: &Observed,
+    plan: Plan,
+    facts: PlanFacts,
+    lifetime: Lifetime,
+    expires_at: Option<Timestamp>,
+) -> Decision {
+    let starting = |message: &str| {
+        let mut outcome = Outcome::new(SandboxPhase::Starting, "Starting", message);
+        outcome.plan = Some(facts.clone());
+        outcome.has_pod = true;
+        outcome.expires_at = expires_at;
+        outcome
+    };
+    let replacing = |message: &str| {
+        let mut outcome = starting(message).requeue_in(Duration::from_secs(1));
+        outcome.reason = "Replacing".into();
+        outcome
+    };
+    let run = |step: PodStep, outcome: Outcome, lifetime: Lifetime| {
+        Decision::new(Step::Run(Box::new(plan.clone()), step), outcome, lifetime)
+    };
+    let Some(pod) = o.pod else {
+        return run(PodStep::Create, starting("creating the pod"), lifetime);
+    };
+    if !pod.ours {
+        let outcome = Outcome::blocked(
+            "NameConflict",
+            format!(
+                "Pod {} exists and is not controlled by this sandbox; it is not adopted",
+                o.sandbox.name_any()
+            ),
+        );
+        return Decision::new(Step::Leave, outcome, lifetime);
+    }
+    if pod.deleting {
+        let outcome = starting("waiting for the previous pod to terminate")
+            .requeue_in(Duration::from_secs(1));
+        return run(PodStep::AwaitGone, outcome, lifetime);
+    }
+    let restart = o.sandbox.spec.restart_policy.unwrap_or_default();
+    match pod.phase {
+        PodPhase::Succeeded => {
+            let at = pod.finished_at.unwrap_or(o.now);
+            let mut outcome = Outcome::new(
+                SandboxPhase::Succeeded,
+                "Succeeded",
+                "the agent exited successfully",
+            )
+            .with_plan(facts);
+            outcome.has_pod = true;
+            return Decision::new(Step::Leave, outcome, lifetime.finished(at));
+        }
+        PodPhase::Failed if pod.reason.as_deref() == Some("DeadlineExceeded") => {
+            let mut outcome = expired("the sandbox used its timeoutMs of run time");
+            outcome.expires_at = expires_at;
+            return Decision::new(Step::RemovePod, outcome, lifetime);
+        }
+        PodPhase::Failed if restart == RestartPolicy::Never => {
+            let at = pod.finished_at.unwrap_or(o.now);
+            let message = match (&pod.reason, &pod.message) {
+                (Some(r), Some(m)) => format!("the agent failed ({r}: {m})"),
+                (Some(r), None) => format!("the agent failed ({r})"),
+                (None, Some(m)) => format!("the agent failed: {m}"),
+                (None, None) => "the agent failed".into(),
+            };
+            let mut outcome =
+                Outcome::new(SandboxPhase::Failed, "Failed", message).with_plan(facts);
+            outcome.has_pod = true;
+            return Decision::new(Step::Leave, outcome, lifetime.finished(at));
+        }
+        PodPhase::Failed => {
+            // With restartPolicy Always or OnFailure a pod fails only when it is stopped from
+            // outside (eviction, node shutdown, preemption): the sandbox runs on in a new one.
+            let why = pod.reason.clone().unwrap_or_else(|| "Failed".into());
+            let outcome = starting(&format!(
+                "replacing the pod: it was stopped from outside ({why}{})",
+                pod.message
+                    .as_ref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ))
+            .requeue_in(Duration::from_secs(1));
+            return run(PodStep::Replace, outcome, lifetime);
+        }
+        _ => {}
+    }
+    if let Some(Err(message)) = pod
+        .image
+        .as_deref()
+        .map(|running| image::admitted_as(&o.sandbox.spec.image, running))
+    {
+        let outcome = Outcome::blocked("ImageRewritten", message).with_plan(facts);
+        return Decision::new(Step::RemovePod, outcome, lifetime);
+    }
+    let wanted_labels = plan.pod.metadata.labels.clone().unwrap_or_default();
+    let replace = if pod.hash.as_deref() != Some(plan.pod_hash.as_str()) {
+        Some("its policy hash changed (a policy or sandbox edit that only a new pod can carry)")
+    } else if !wanted_labels
+        .iter()
+        .all(|(k, v)| pod.labels.get(k) == Some(v))
+    {
+        Some("its labels were changed")
+    } else {
+        None
+    };
+    if let Some(why) = replace {
+        let outcome =
+            starting(&format!("replacing the pod: {why}")).requeue_in(Duration::from_secs(1));
+        return run(PodStep::Replace, outcome, lifetime);
+    }
+    if let Some(bound) = &pod.network_policy_uid
+        && o.isolation.map(|np| &np.uid) != Some(bound)
+    {
+        let outcome = replacing(
+            "replacing the pod: its isolating NetworkPolicy was deleted or replaced while it ran",
+        )
+        .not_isolated(Some("NetworkPolicyReplaced"));
+        return run(PodStep::Replace, outcome, lifetime).confirm(Confirm::NetworkPolicies);
+    }
+    if pod.gate.is_some() {
+        let outcome =
+            starting("confirming the isolating NetworkPolicy before the pod is scheduled");
+        return run(PodStep::Ungate, outcome, lifetime);
+    }
+    let mut outcome = starting("waiting for the pod to become ready");
+    outcome.pod_ip = pod.ip.clone();
+    if pod.phase == PodPhase::Running && pod.ready {
+        outcome.phase = SandboxPhase::Running;
+        outcome.reason = "Running".into();
+        outcome.message = "the pod is ready".into();
+        let lifetime = lifetime.ran(o.now);
+        // The timeout runs from the first run: known now, if this is it.
+        let timeout_ms = match o.policy {
+            PolicyState::Found(p) => p.spec.timeout_ms,
+            _ => None,
+        };
+        outcome.expires_at =
+            lifetime.expiry(o.sandbox.spec.expires_at.as_ref().map(|t| t.0), timeout_ms);
+        return run(PodStep::Keep, outcome, lifetime);
+    }
+    run(PodStep::Keep, outcome, lifetime)
+}
+
+fn phase_reason(phase: SandboxPhase) -> &'static str {
+    match phase {
+        SandboxPhase::Succeeded => "Succeeded",
+        _ => "Failed",
+    }
+}
+
+fn expired(message: &str) -> Outcome {
+    Outcome::new(SandboxPhase::Expired, "Expired", message)
+}
+
+fn stalled_reason(status: &crate::api::AgentSandboxStatus) -> Option<&str> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled" && c.status == "True")
+        .map(|c| c.reason.as_str())
+}
+
+/// Nothing is touched: the last enforced state stays, and the status says why.
+fn hold(
+    o: &Observed,
+    status: &crate::api::AgentSandboxStatus,
+    lifetime: Lifetime,
+    why: &str,
+) -> Decision {
+    let phase = status.phase.unwrap_or_default();
+    let mut outcome = Outcome::new(
+        phase,
+        "PolicyUnreadable",
+        format!(
+            "AgentPolicy {} does not match this operator's schema ({why}); the sandbox keeps its last enforced state until the operator is upgraded",
+            o.sandbox.spec.policy_ref.name
+        ),
+    )
+    .unresolved_policy();
+    outcome.standing = Some(Standing::Stalled);
+    outcome.plan = status.policy_hash.clone().map(|pod_hash| PlanFacts {
+        pod_hash,
+        runtime_class_name: status.runtime_class_name.clone(),
+        service: status.service_fqdn.is_some(),
+    });
+    outcome.has_pod = o.pod.is_some_and(|p| p.ours);
+    outcome.pod_ip = o.pod.and_then(|p| p.ip.clone());
+    outcome.expires_at = status.expires_at.as_ref().map(|t| t.0);
+    Decision::new(Step::Leave, outcome, lifetime)
+}
+
+/// Whether `selector` selects a pod with `labels`.
+pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let value = labels.get(&e.key);
+        let values = e.values.clone().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    by_labels && by_expressions
+}
+
+/// Another NetworkPolicy selecting the pod can only widen what it may do (they add up).
+fn widening_network_policy(o: &Observed, plan: &Plan, ingress_open: bool) -> Option<String> {
+    let ns = o.sandbox.namespace()?;
+    let ours = isolation_name(&o.sandbox.name_any());
+    let labels = plan.pod.metadata.labels.clone().unwrap_or_default();
+    o.network_policies.iter().find_map(|np| {
+        if np.namespace().as_deref() != Some(ns.as_str()) || np.name_any() == ours {
+            return None;
+        }
+        let spec = np.spec.as_ref()?;
+        if !selects(
+            spec.pod_selector
+                .as_ref()
+                .unwrap_or(&LabelSelector::default()),
+            &labels,
+        ) {
+            return None;
+        }
+        let types = spec.policy_types.clone().unwrap_or_else(|| {
+            let mut t = vec!["Ingress".to_string()];
+            if spec.egress.is_some() {
+                t.push("Egress".into());
+            }
+            t
+        });
+        let widens = types.iter().any(|t| t == "Egress")
+            || (types.iter().any(|t| t == "Ingress") && !ingress_open);
+        widens.then(|| np.name_any())
+    })
+}
