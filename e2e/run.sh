@@ -104,7 +104,7 @@ stop_operator() { kill "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/de
 cleanup+=("stop_operator")
 
 status=0
-cargo test -p palisade-e2e --no-fail-fast --test admission --test operator --test rbac --test gitops --test backends \
+cargo test -p palisade-e2e --no-fail-fast --test admission --test operator --test hardening --test rbac --test gitops --test backends \
   -- --test-threads "${E2E_THREADS:-8}" "$@" || status=$?
 stop_operator
 if ((status != 0)); then

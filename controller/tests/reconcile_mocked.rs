@@ -875,7 +875,12 @@ async fn a_refused_network_policy_update_is_reported_then_fails_closed() {
         1,
         "the error policy counts the failure"
     );
-    let waits: Vec<Duration> = (0..8).map(|_| retry_delay(&ctx.backoff, UID)).collect();
+    let waits: Vec<Duration> = (0..12)
+        .map(|_| {
+            ctx.backoff.mark_urgent(UID);
+            retry_delay(&ctx.backoff, UID)
+        })
+        .collect();
     assert!(
         waits[1] > waits[0] / 2 && waits[3] > waits[0],
         "backoff grows: {waits:?}"
@@ -883,6 +888,10 @@ async fn a_refused_network_policy_update_is_reported_then_fails_closed() {
     assert!(
         waits.iter().all(|w| *w <= Duration::from_secs(10)),
         "retried within a third of the fail-closed deadline: {waits:?}"
+    );
+    assert!(
+        retry_delay(&ctx.backoff, UID) > Duration::from_secs(10),
+        "other failures back off further"
     );
 
     // 31 s later it still fails: the pod goes.

@@ -2,6 +2,7 @@
 //! (required: the suite fails, never skips, without a cluster), namespaces, and waiting.
 
 pub mod operator;
+pub mod sandboxes;
 
 use std::time::Duration;
 

@@ -320,3 +320,35 @@ pub fn small_sandbox(name: &str, policy: &str) -> serde_json::Value {
            "spec": {"policyRef": {"name": policy}, "image": "ghcr.io/palisade-dev/examples/agent:0.1.0",
                     "resources": {"requests": r, "limits": r}}})
 }
+
+/// `GET path` on the operator's metrics port: (status code, body), or None when it does not
+/// answer.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let code = head.split(' ').nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// The sum of every sample of metric `name` whose labels contain `labels` (e.g.
+/// `controller="agentsandbox"`), from the operator's /metrics.
+pub fn metric(port: u16, name: &str, labels: &str) -> Option<f64> {
+    let (code, body) = http_get(port, "/metrics")?;
+    (code == 200).then_some(())?;
+    Some(
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.split([' ', '{']).next() == Some(name)
+                    && (labels.is_empty() || l.contains(labels))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}

@@ -163,6 +163,76 @@ async fn domain_name_egress_and_generated_seccomp_run_once_their_backends_exist(
         seccomp.localhost_profile.as_deref(),
         Some(format!("operator/{ns}/agent-seccomp.json").as_str())
     );
+
+    // A new syscall in `block` is a new filter, which only a new container gets: the pod is
+    // replaced. Then the domain allow goes: the CiliumNetworkPolicy that carried it is removed
+    // (it would keep allowing the domain otherwise), and the pod stays.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let first_pod = pods.get("agent").await.expect("pod").uid();
+    apply_palisade::<AgentPolicy>(
+        &client,
+        ns,
+        "p",
+        json!({"network": {"egress": {"allow": [{"to": [{"fqdn": "api.example.com"}],
+                                                  "ports": [{"protocol": "tcp", "port": 443}]}]}},
+               "syscalls": {"profile": "Generated", "block": ["ptrace", "mount"]}}),
+    )
+    .await;
+    wait_for(
+        "the pod replaced for the new filter",
+        Duration::from_secs(90),
+        || {
+            let (pods, first_pod) = (pods.clone(), first_pod.clone());
+            async move {
+                let pod = pods.get_opt("agent").await.ok()??;
+                (pod.uid() != first_pod && pod.metadata.deletion_timestamp.is_none()).then_some(())
+            }
+        },
+    )
+    .await;
+    wait_for(
+        "sandbox agent Running again",
+        Duration::from_secs(90),
+        || async {
+            let s = sandboxes.get("agent").await.ok()?;
+            (s.status.as_ref()?.phase == Some(SandboxPhase::Running)).then_some(())
+        },
+    )
+    .await;
+    let second_pod = pods.get("agent").await.expect("pod").uid();
+    apply_palisade::<AgentPolicy>(
+        &client,
+        ns,
+        "p",
+        json!({"network": {"dns": "none"},
+               "syscalls": {"profile": "Generated", "block": ["ptrace", "mount"]}}),
+    )
+    .await;
+    let cnps = dynamic(
+        &client,
+        ns,
+        "cilium.io",
+        "v2",
+        "CiliumNetworkPolicy",
+        "ciliumnetworkpolicies",
+    );
+    wait_for(
+        "the CiliumNetworkPolicy removed",
+        Duration::from_secs(60),
+        || {
+            let cnps = cnps.clone();
+            async move {
+                cnps.get_opt("agent-fqdn")
+                    .await
+                    .ok()?
+                    .is_none()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(pods.get("agent").await.expect("pod").uid(), second_pod);
+
     Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
         .delete(ns, &Default::default())
         .await

@@ -6,74 +6,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
-use palisade::api::{AgentPolicy, AgentSandbox, SandboxPhase};
-use palisade_e2e::{
-    MANAGER, apply_cluster, apply_palisade, client, install_crds, restricted_namespace, unique,
-    wait_for,
+use palisade::api::{AgentSandbox, SandboxPhase};
+use palisade_e2e::sandboxes::{
+    WAIT, apply_policy, apply_sandbox, basic_sandbox, condition, setup, wait_phase,
 };
-use serde_json::{Value, json};
-
-const WAIT: Duration = Duration::from_secs(60);
-
-async fn setup(ns: &str) -> Client {
-    let client = client().await;
-    install_crds(&client).await;
-    let rcs = json!([
-        {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "gvisor"}, "handler": "runsc",
-         "scheduling": {"nodeSelector": {"palisade.dev/runtime": "gvisor"}}},
-        {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "kata-qemu"}, "handler": "kata-qemu",
-         "scheduling": {"nodeSelector": {"palisade.dev/runtime": "kata"}}}
-    ]);
-    let api: Api<k8s_openapi::api::node::v1::RuntimeClass> = Api::all(client.clone());
-    for rc in rcs.as_array().into_iter().flatten() {
-        let name = rc["metadata"]["name"].as_str().unwrap_or_default();
-        api.patch(
-            name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(rc),
-        )
-        .await
-        .expect("RuntimeClass");
-    }
-    restricted_namespace(&client, ns).await;
-    client
-}
-
-async fn apply_policy(client: &Client, ns: &str, name: &str, spec: Value) {
-    apply_palisade::<AgentPolicy>(client, ns, name, spec).await
-}
-
-async fn apply_sandbox(client: &Client, ns: &str, name: &str, spec: Value) {
-    apply_palisade::<AgentSandbox>(client, ns, name, spec).await
-}
-
-fn basic_sandbox(policy: &str) -> Value {
-    json!({"policyRef": {"name": policy}, "image": "ghcr.io/palisade-dev/examples/agent:0.1.0"})
-}
-
-async fn wait_phase(client: &Client, ns: &str, name: &str, phase: SandboxPhase) -> AgentSandbox {
-    let api: Api<AgentSandbox> = Api::namespaced(client.clone(), ns);
-    wait_for(&format!("sandbox {ns}/{name} {phase:?}"), WAIT, || {
-        let api = api.clone();
-        let name = name.to_string();
-        async move {
-            let s = api.get(&name).await.ok()?;
-            (s.status.as_ref()?.phase == Some(phase)).then_some(s)
-        }
-    })
-    .await
-}
-
-fn condition(s: &AgentSandbox, type_: &str) -> Option<(String, String)> {
-    s.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone()))
-}
+use palisade_e2e::{apply_cluster, unique, wait_for};
+use serde_json::json;
 
 #[tokio::test]
 async fn a_sandbox_runs_with_its_children_and_they_are_collected_on_delete() {

@@ -78,27 +78,32 @@ Role of watchNamespace. e2e/rbac-allowlist.yaml is their checked-in ceiling. */}
 - apiGroups: [palisade.dev]
   resources: [agentsandboxes/finalizers]
   verbs: [update]
-# Sandbox pods: applied (create + patch), replaced by deletion when the policy changes.
+# Sandbox pods: created behind a scheduling gate, let through by a patch, replaced by deletion
+# when the policy changes.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, patch, delete]
 # The other children: applied, and replaced (update) when someone added fields to them. The
-# isolation NetworkPolicy's finalizer is released by a patch.
+# isolation NetworkPolicy's finalizer is released by a patch. A Service (or a Cilium policy,
+# or a SeccompProfile) that leaves the plan is deleted; claims are kept, so are never deleted.
 - apiGroups: [""]
-  resources: [serviceaccounts, services, persistentvolumeclaims]
+  resources: [serviceaccounts, persistentvolumeclaims]
   verbs: [get, list, watch, create, patch, update]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create, patch, update, delete]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, list, watch, create, patch, update]
 {{- if .Values.rbac.cilium }}
 - apiGroups: [cilium.io]
   resources: [ciliumnetworkpolicies]
-  verbs: [get, list, watch, create, patch, update]
+  verbs: [get, list, watch, create, patch, update, delete]
 {{- end }}
 {{- if .Values.rbac.securityProfilesOperator }}
 - apiGroups: [security-profiles-operator.x-k8s.io]
   resources: [seccompprofiles]
-  verbs: [get, list, watch, create, patch, update]
+  verbs: [get, list, watch, create, patch, update, delete]
 {{- end }}
 - apiGroups: [events.k8s.io]
   resources: [events]

@@ -11,10 +11,12 @@ pub const BASE: Duration = Duration::from_millis(500);
 /// Retries never wait longer than this.
 pub const CAP: Duration = Duration::from_secs(300);
 
-/// Consecutive failures per object.
+/// Consecutive failures per object, and the objects that must be retried soon whatever the
+/// count (a NetworkPolicy that may be wider than its policy, with a pod running under it).
 #[derive(Debug, Default)]
 pub struct Backoff {
     failures: Mutex<HashMap<String, u32>>,
+    urgent: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Backoff {
@@ -33,6 +35,18 @@ impl Backoff {
     pub fn succeeded(&self, key: &str) {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         failures.remove(key);
+    }
+
+    /// Marks the next retry of `key` as one that must not wait long.
+    pub fn mark_urgent(&self, key: &str) {
+        let mut urgent = self.urgent.lock().unwrap_or_else(|e| e.into_inner());
+        urgent.insert(key.to_string());
+    }
+
+    /// Whether the next retry of `key` was marked urgent (the mark is consumed).
+    pub fn take_urgent(&self, key: &str) -> bool {
+        let mut urgent = self.urgent.lock().unwrap_or_else(|e| e.into_inner());
+        urgent.remove(key)
     }
 
     /// Consecutive failures of `key` so far.

@@ -363,6 +363,7 @@ async fn after_failure(
             .map_or(now, |c| c.last_transition_time.0);
         let failing_ms = (now.as_millisecond() - since.as_millisecond()).max(0) as u128;
         outcome = outcome.not_isolated(Some("NetworkPolicyNotApplied"));
+        ctx.backoff.mark_urgent(&sandbox.uid().unwrap_or_default());
         if failing_ms >= FAIL_CLOSED_AFTER.as_millis() {
             match children::delete_pod(&ctx.client, sandbox, &p.uid).await {
                 Ok(()) => {
@@ -401,11 +402,16 @@ pub fn error_policy(sandbox: Arc<AgentSandbox>, error: &Error, ctx: Ctx) -> Acti
     Action::requeue(retry_delay(&ctx.backoff, &key))
 }
 
-/// The wait before retrying sandbox `key` after one more failure: exponential with jitter, but
-/// never past a third of the fail-closed deadline, so a NetworkPolicy that may be wider than
-/// the policy is looked at again in time.
+/// The wait before retrying sandbox `key` after one more failure: exponential with jitter; but
+/// while a NetworkPolicy may be wider than the policy (marked urgent), never past a third of
+/// the fail-closed deadline, so it is looked at again in time.
 pub fn retry_delay(backoff: &Backoff, key: &str) -> Duration {
-    backoff.failed(key).min(FAIL_CLOSED_AFTER / 3)
+    let wait = backoff.failed(key);
+    if backoff.take_urgent(key) {
+        wait.min(FAIL_CLOSED_AFTER / 3)
+    } else {
+        wait
+    }
 }
 
 /// The sandboxes a change to `np` may concern: its controlling sandbox for one of ours (owner
