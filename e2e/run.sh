@@ -116,7 +116,7 @@ fi
 # shared one stopped.
 echo "e2e: phase 2 (tests/ha.rs, own operators)"
 # One at a time: under the chart's RBAC they share the release's Lease.
-PALISADE_BIN="$operator_bin" cargo test -p palisade-e2e --test ha -- --test-threads 1 || status=$?
+PALISADE_BIN="$operator_bin" cargo test -p palisade-e2e --test ha -- --test-threads 1 --nocapture || status=$?
 
 # Every operator log: no panic, and no request the chart's RBAC refused.
 for log in "$operator_log" "$state"/operators/*.log; do

@@ -112,7 +112,10 @@ fn settings() -> Settings {
     Settings {
         namespace: None,
         concurrency: 4,
-        config: OperatorConfig { facts },
+        config: OperatorConfig {
+            facts,
+            namespace: None,
+        },
         instance: "test".into(),
     }
 }

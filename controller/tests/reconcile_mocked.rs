@@ -1042,3 +1042,33 @@ async fn harness_rejects_requests_out_of_order() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_pod_whose_labels_were_removed_is_replaced() {
+    // The label-filtered cache no longer shows it, and the NetworkPolicy no longer selects it.
+    let s = sandbox();
+    let plan = plan_of(&s, &policy());
+    let mut cache = base_cache();
+    cache.service_accounts = vec![live_sa(&plan)];
+    cache.network_policies = vec![live_np(&plan, NP_UID)];
+    let mut relabelled = running_pod(&plan, &plan.pod_hash, "Running", true);
+    relabelled["metadata"]["labels"] = json!({"app": "something-else"});
+    let steps = vec![
+        Step::post(PODS_PATH).fail(409, "AlreadyExists"),
+        Step::get(POD_PATH).respond(200, relabelled),
+        delete_precisely(POD_PATH, POD_UID),
+        status_apply().check(|s| {
+            let st = &s.body["status"];
+            assert_eq!(st["phase"], "Starting", "{st}");
+            assert!(
+                st["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("labels were removed"),
+                "{st}"
+            );
+        }),
+    ];
+    let (result, _, _) = run_with(s, cache, OptionalCrds::default(), steps).await;
+    result.expect("ok");
+}

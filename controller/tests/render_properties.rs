@@ -296,6 +296,73 @@ fn generated_seccomp_needs_the_operator() {
     assert_hardened_pod_only(&plan);
 }
 
+#[test]
+fn a_new_syscall_filter_needs_a_new_pod() {
+    // A seccomp filter is installed when the container starts: a change of its content, not
+    // only of its path, must change the pod's hash (so the pod is replaced).
+    let with_block = |block: &[&str]| AgentPolicySpec {
+        syscalls: Some(SyscallPolicy {
+            profile: Some(SeccompKind::Generated),
+            block: block.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }),
+        isolation: Some(IsolationPolicy {
+            runtime: Some(Runtime::Runc),
+            runtime_class_name: None,
+        }),
+        ..Default::default()
+    };
+    let facts = ClusterFacts {
+        seccomp_profile_crd: true,
+        ..Default::default()
+    };
+    let hash = |block: &[&str]| {
+        let plan = compile(&policy(with_block(block)), &sandbox("p"), &facts, 0).expect("compiles");
+        (plan.pod_hash, plan.pod)
+    };
+    let (ptrace, pod_a) = hash(&["ptrace"]);
+    let (ptrace_mount, pod_b) = hash(&["ptrace", "mount"]);
+    assert_eq!(
+        pod_a.spec.as_ref().and_then(|s| s.security_context.clone()),
+        pod_b.spec.as_ref().and_then(|s| s.security_context.clone()),
+        "same profile path in both pods"
+    );
+    assert_ne!(ptrace, ptrace_mount);
+    assert_eq!(hash(&["ptrace"]).0, ptrace, "the hash is stable");
+}
+
+#[test]
+fn every_pod_starts_behind_the_isolation_gate_outside_its_hash() {
+    let plan = compile(
+        &policy(AgentPolicySpec::default()),
+        &sandbox("p"),
+        &ClusterFacts::default(),
+        0,
+    )
+    .expect("compiles");
+    let gates = plan
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.scheduling_gates.clone());
+    assert_eq!(
+        gates.map(|g| g.into_iter().map(|g| g.name).collect::<Vec<_>>()),
+        Some(vec![palisade::api::ISOLATION_GATE.to_string()])
+    );
+    // The hash is of the pod without the gate (removed once the NetworkPolicy is confirmed)
+    // and without the deadline (which shrinks): neither makes a pod stale.
+    let mut spec = plan.pod.spec.clone().expect("spec");
+    spec.scheduling_gates = None;
+    spec.active_deadline_seconds = None;
+    let labels = plan.pod.metadata.labels.clone().expect("labels");
+    let mut annotations = plan.pod.metadata.annotations.clone().expect("annotations");
+    annotations.remove(palisade::api::POLICY_HASH_ANNOTATION);
+    assert_eq!(
+        palisade::render::hash::short_hash(&(&labels, &annotations, &spec)),
+        plan.pod_hash
+    );
+}
+
 fn assert_hardened_pod_only(plan: &Plan) {
     assert!(restricted_violations(&plan.pod).is_empty());
 }

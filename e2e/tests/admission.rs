@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use kube::discovery::Discovery;
 use palisade::api::{AgentPolicy, AgentSandbox};
 use palisade::render::{ClusterFacts, compile};
@@ -349,6 +349,22 @@ async fn rendered_pods_are_admitted_scheduled_by_runtime_class_and_run() {
                 .unwrap_or_else(|e| panic!("{kind} of {:?} rejected: {e}", sb.metadata.name));
         }
         let name = sb.metadata.name.clone().expect("name");
+        // A rendered pod waits behind the isolation gate, unscheduled, until the operator has
+        // confirmed its NetworkPolicy; here the suite plays that part.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let gated = pods.get(&name).await.expect("pod");
+        assert_eq!(
+            gated.spec.as_ref().and_then(|s| s.node_name.clone()),
+            None,
+            "pod {name} was scheduled behind its gate"
+        );
+        pods.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"schedulingGates": null}})),
+        )
+        .await
+        .expect("remove the gate");
         let pod = wait_for(
             &format!("pod {name} Running"),
             Duration::from_secs(90),

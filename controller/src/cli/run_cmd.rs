@@ -85,7 +85,10 @@ fn settings(args: &RunArgs) -> Settings {
     Settings {
         namespace: args.namespace.clone(),
         concurrency: args.concurrency,
-        config: OperatorConfig { facts },
+        config: OperatorConfig {
+            facts,
+            namespace: args.namespace.clone(),
+        },
         instance: default_identity(),
     }
 }

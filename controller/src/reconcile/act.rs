@@ -117,14 +117,24 @@ pub async fn act(
                             acted.retry =
                                 let_through(ctx, sandbox, &uid, 0, &isolation_uid).await?;
                         }
-                        None => {
-                            acted.conflict = foreign_pod(ctx, sandbox)
-                                .await
-                                .map_err(failed("read the pod", false))?;
-                            if acted.conflict.is_none() {
+                        None => match existing_pod(ctx, sandbox, plan)
+                            .await
+                            .map_err(failed("read the pod", false))?
+                        {
+                            Existing::Foreign(what) => acted.conflict = Some(what),
+                            Existing::Relabelled(uid) => {
+                                // Without its labels the NetworkPolicy no longer selects it.
+                                children::delete_pod(&ctx.client, sandbox, &uid)
+                                    .await
+                                    .map_err(failed("delete the relabelled pod", false))?;
+                                acted.retry = Some(
+                                    "the pod's labels were removed (its NetworkPolicy no longer selected it): it is replaced".into(),
+                                );
+                            }
+                            Existing::Ours => {
                                 acted.retry = Some("the pod exists already".into());
                             }
-                        }
+                        },
                     }
                 }
                 PodStep::Ungate => {
@@ -141,16 +151,33 @@ pub async fn act(
     }
 }
 
-/// The pod of the sandbox's name, when it is not the sandbox's: `Pod name`.
-async fn foreign_pod(ctx: &Ctx, sandbox: &AgentSandbox) -> Result<Option<String>, Error> {
+/// A pod of the sandbox's name that the cache did not show.
+enum Existing {
+    /// Someone else's (`Pod name`).
+    Foreign(String),
+    /// The sandbox's, without the labels its NetworkPolicy selects (its UID).
+    Relabelled(String),
+    /// The sandbox's, as planned: the cache had not seen it yet.
+    Ours,
+}
+
+async fn existing_pod(ctx: &Ctx, sandbox: &AgentSandbox, plan: &Plan) -> Result<Existing, Error> {
     let ns = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
     let uid = sandbox.uid().ok_or(Error::Missing("uid"))?;
     let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    Ok(api
-        .get_opt(&sandbox.name_any())
-        .await?
-        .filter(|p| !controlled_by(&p.metadata, &uid))
-        .map(|p| format!("Pod {}", p.name_any())))
+    let Some(pod) = api.get_opt(&sandbox.name_any()).await? else {
+        return Ok(Existing::Ours);
+    };
+    if !controlled_by(&pod.metadata, &uid) {
+        return Ok(Existing::Foreign(format!("Pod {}", pod.name_any())));
+    }
+    let wanted = plan.pod.metadata.labels.clone().unwrap_or_default();
+    let kept = wanted.iter().all(|(k, v)| pod.labels().get(k) == Some(v));
+    Ok(if kept || pod.metadata.deletion_timestamp.is_some() {
+        Existing::Ours
+    } else {
+        Existing::Relabelled(pod.uid().unwrap_or_default())
+    })
 }
 
 /// Reads the isolating NetworkPolicy back and removes the pod's gate if it is the one the pod

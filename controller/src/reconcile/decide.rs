@@ -516,3 +516,128 @@ fn widening_network_policy(o: &Observed, plan: &Plan, ingress_open: bool) -> Opt
         widens.then(|| np.name_any())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::sandbox::{AgentSandboxSpec, PolicyRef};
+    use crate::api::{AgentSandboxStatus, policy::AgentPolicySpec};
+    use crate::render::facts::RuntimeClasses;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn sandbox(status: Option<AgentSandboxStatus>, paused: bool) -> AgentSandbox {
+        let mut s = AgentSandbox::new(
+            "a",
+            AgentSandboxSpec {
+                policy_ref: PolicyRef { name: "p".into() },
+                image: "ghcr.io/acme/agent:1".into(),
+                paused: paused.then_some(true),
+                ..Default::default()
+            },
+        );
+        s.metadata.namespace = Some("ns".into());
+        s.metadata.uid = Some("sb".into());
+        s.status = status;
+        s
+    }
+
+    fn policy() -> AgentPolicy {
+        let mut p = AgentPolicy::new("p", AgentPolicySpec::default());
+        p.metadata.namespace = Some("ns".into());
+        p
+    }
+
+    fn facts() -> ClusterFacts {
+        ClusterFacts {
+            runtime_classes: RuntimeClasses::Known([("gvisor".into(), "runsc".into())].into()),
+            ..Default::default()
+        }
+    }
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    fn decide_with(
+        sandbox: &AgentSandbox,
+        policy: PolicyState,
+        isolation: Option<&LiveIsolation>,
+        pod: Option<&LivePod>,
+    ) -> Decision {
+        let facts = facts();
+        decide(&Observed {
+            sandbox,
+            policy,
+            facts: &facts,
+            network_policies: &[],
+            isolation,
+            pod,
+            now: t(1000),
+        })
+    }
+
+    #[test]
+    fn an_unreadable_policy_touches_nothing_and_stalls() {
+        let s = sandbox(None, false);
+        let d = decide_with(
+            &s,
+            PolicyState::Unreadable("spec.x: unknown field"),
+            None,
+            None,
+        );
+        assert_eq!(d.step, Step::Leave);
+        assert_eq!(d.outcome.standing(), Standing::Stalled);
+        assert!(!d.outcome.policy_resolved);
+        assert!(d.confirm.is_none());
+    }
+
+    #[test]
+    fn a_missing_policy_is_confirmed_before_the_pod_goes() {
+        let s = sandbox(None, false);
+        let d = decide_with(&s, PolicyState::Missing, None, None);
+        assert_eq!(d.step, Step::RemovePod);
+        assert_eq!(d.confirm, Some(Confirm::Policy));
+    }
+
+    #[test]
+    fn a_finished_sandbox_is_left_alone_whatever_else_is_missing() {
+        let status = AgentSandboxStatus {
+            phase: Some(SandboxPhase::Succeeded),
+            finished_at: Some(Time(t(900))),
+            ..Default::default()
+        };
+        let s = sandbox(Some(status), false);
+        let d = decide_with(&s, PolicyState::Missing, None, None);
+        assert_eq!(d.step, Step::Leave);
+        assert_eq!(d.outcome.phase, SandboxPhase::Succeeded);
+    }
+
+    #[test]
+    fn a_network_policy_being_deleted_takes_the_pod_first() {
+        let s = sandbox(None, false);
+        let p = policy();
+        let np = LiveIsolation {
+            uid: "np".into(),
+            ours: true,
+            deleting: true,
+        };
+        let d = decide_with(&s, PolicyState::Found(&p), Some(&np), None);
+        assert_eq!(d.step, Step::RemovePod);
+        assert!(!d.outcome.network_isolated);
+    }
+
+    #[test]
+    fn a_pause_is_noted_once_the_sandbox_has_run() {
+        let status = AgentSandboxStatus {
+            phase: Some(SandboxPhase::Running),
+            started_at: Some(Time(t(500))),
+            ..Default::default()
+        };
+        let s = sandbox(Some(status), true);
+        let p = policy();
+        let d = decide_with(&s, PolicyState::Found(&p), None, None);
+        assert!(matches!(d.step, Step::Pause(_)));
+        assert_eq!(d.outcome.phase, SandboxPhase::Paused);
+        assert_eq!(d.lifetime.paused_at, Some(t(1000)));
+    }
+}

@@ -115,6 +115,8 @@ impl Error {
 pub struct OperatorConfig {
     /// Base facts: RuntimeClass mapping, handler prefixes, DNS, cluster CIDRs, seccomp.
     pub facts: ClusterFacts,
+    /// The one namespace watched, if not all: where the operator's rights are asked about.
+    pub namespace: Option<String>,
 }
 
 /// Shared by every reconcile.

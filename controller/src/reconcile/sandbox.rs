@@ -133,7 +133,11 @@ async fn read_directly(
         .into_iter()
         .map(|rc| (rc.name_any(), rc.handler))
         .collect();
-    if let Err(e) = ctx.optional_crds.refresh(&ctx.client, None).await {
+    if let Err(e) = ctx
+        .optional_crds
+        .refresh(&ctx.client, ctx.config.namespace.as_deref())
+        .await
+    {
         tracing::warn!(error = %e, "could not re-check the optional CRDs");
     }
     let network_policies: Vec<Arc<NetworkPolicy>> =
