@@ -225,42 +225,51 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
 }
 
+/// What the reconciler reads directly to confirm a decision taken on cached evidence.
+#[derive(Clone, Copy)]
+enum Confirming {
+    Policy,
+    ClusterFacts,
+    NetworkPolicies,
+}
+
 /// The direct reads that confirm a decision taken on cached evidence, answered from `server`.
-fn confirmation(server: Server) -> Vec<Step> {
-    let policy = server.policy;
-    let pod = server.pod;
-    let nps = server.network_policies;
-    vec![
-        match policy {
+fn confirmation(what: Confirming, server: Server) -> Vec<Step> {
+    let mut steps = match what {
+        Confirming::Policy => vec![match server.policy {
             Some(p) => Step::get(POLICY_PATH).respond(200, p),
             None => Step::get(POLICY_PATH).not_found(),
-        },
-        Step::get(RCS_PATH).respond(
-            200,
-            json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClassList",
-            "metadata": {"resourceVersion": "1"},
-            "items": [serde_json::to_value(runtime_class()).unwrap()]}),
-        ),
-        Step::get(format!(
-            "{CRD_PATH}seccompprofiles.security-profiles-operator.x-k8s.io"
-        ))
-        .not_found(),
-        Step::get(format!("{CRD_PATH}ciliumnetworkpolicies.cilium.io")).not_found(),
-        Step::get(NPS_PATH).respond(
+        }],
+        Confirming::ClusterFacts => vec![
+            Step::get(RCS_PATH).respond(
+                200,
+                json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClassList",
+                    "metadata": {"resourceVersion": "1"}, "items": server.runtime_classes}),
+            ),
+            Step::get(format!(
+                "{CRD_PATH}seccompprofiles.security-profiles-operator.x-k8s.io"
+            ))
+            .not_found(),
+            Step::get(format!("{CRD_PATH}ciliumnetworkpolicies.cilium.io")).not_found(),
+        ],
+        Confirming::NetworkPolicies => vec![Step::get(NPS_PATH).respond(
             200,
             json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicyList",
-            "metadata": {"resourceVersion": "1"}, "items": nps}),
-        ),
-        match pod {
-            Some(p) => Step::get(POD_PATH).respond(200, p),
-            None => Step::get(POD_PATH).not_found(),
-        },
-    ]
+                "metadata": {"resourceVersion": "1"}, "items": server.network_policies}),
+        )],
+    };
+    steps.push(match server.pod {
+        Some(p) => Step::get(POD_PATH).respond(200, p),
+        None => Step::get(POD_PATH).not_found(),
+    });
+    steps
 }
 
 /// What the API server really holds, for the confirming reads.
+#[derive(Default)]
 struct Server {
     policy: Option<Value>,
+    runtime_classes: Vec<Value>,
     network_policies: Vec<Value>,
     pod: Option<Value>,
 }
@@ -293,6 +302,7 @@ async fn run_with(
         ),
         metrics: ctx.metrics.clone(),
         backoff: Default::default(),
+        stop: Default::default(),
     });
     for _ in 0..ctx.backoff.failures(UID) {
         keep.backoff.failed(UID);
@@ -421,11 +431,15 @@ async fn a_policy_missing_from_the_cache_but_on_the_server_removes_no_pod() {
     let (mut cache, plan) = converged_cache(&sandbox(), &policy());
     cache.policies.clear();
     let pod = running_pod(&plan, &plan.pod_hash, "Running", true);
-    let mut steps = confirmation(Server {
-        policy: Some(serde_json::to_value(policy()).unwrap()),
-        network_policies: vec![serde_json::to_value(live_np(&plan, NP_UID)).unwrap()],
-        pod: Some(pod),
-    });
+    let mut steps = confirmation(
+        Confirming::Policy,
+        Server {
+            policy: Some(serde_json::to_value(policy()).unwrap()),
+            network_policies: vec![],
+            pod: Some(pod),
+            ..Default::default()
+        },
+    );
     steps.push(status_apply().check(|s| assert_eq!(s.body["status"]["phase"], "Running")));
     let (result, seen, _) = run_with(sandbox(), cache, OptionalCrds::default(), steps).await;
     result.expect("ok");
@@ -440,11 +454,15 @@ async fn a_confirmed_missing_policy_blocks_and_removes_the_pod_precisely() {
     let (mut cache, plan) = converged_cache(&sandbox(), &policy());
     cache.policies.clear();
     let pod = running_pod(&plan, &plan.pod_hash, "Running", true);
-    let mut steps = confirmation(Server {
-        policy: None,
-        network_policies: vec![serde_json::to_value(live_np(&plan, NP_UID)).unwrap()],
-        pod: Some(pod),
-    });
+    let mut steps = confirmation(
+        Confirming::Policy,
+        Server {
+            policy: None,
+            network_policies: vec![],
+            pod: Some(pod),
+            ..Default::default()
+        },
+    );
     steps.extend([
         delete_precisely(POD_PATH, POD_UID),
         event_post("PolicyNotFound"),
@@ -467,11 +485,15 @@ async fn a_policy_this_operator_cannot_read_keeps_the_pod_and_reports() {
     cache.policies.clear();
     let mut newer = serde_json::to_value(policy()).unwrap();
     newer["spec"]["network"] = json!({"egress": {"default": "deny", "futureField": true}});
-    let mut steps = confirmation(Server {
-        policy: Some(newer),
-        network_policies: vec![serde_json::to_value(live_np(&plan, NP_UID)).unwrap()],
-        pod: Some(running_pod(&plan, &plan.pod_hash, "Running", true)),
-    });
+    let mut steps = confirmation(
+        Confirming::Policy,
+        Server {
+            policy: Some(newer),
+            network_policies: vec![],
+            pod: Some(running_pod(&plan, &plan.pod_hash, "Running", true)),
+            ..Default::default()
+        },
+    );
     steps.extend([
         event_post("PolicyUnreadable"),
         status_apply().check(|s| {
@@ -691,11 +713,15 @@ async fn a_pod_whose_network_policy_was_replaced_while_it_ran_is_replaced() {
     let (mut cache, plan) = converged_cache(&sandbox(), &policy());
     cache.network_policies = vec![live_np(&plan, "np-uid-2")];
     let pod = running_pod(&plan, &plan.pod_hash, "Running", true);
-    let mut steps = confirmation(Server {
-        policy: Some(serde_json::to_value(policy()).unwrap()),
-        network_policies: vec![serde_json::to_value(live_np(&plan, "np-uid-2")).unwrap()],
-        pod: Some(pod),
-    });
+    let mut steps = confirmation(
+        Confirming::NetworkPolicies,
+        Server {
+            policy: None,
+            network_policies: vec![serde_json::to_value(live_np(&plan, "np-uid-2")).unwrap()],
+            pod: Some(pod),
+            ..Default::default()
+        },
+    );
     steps.extend([
         delete_precisely(POD_PATH, POD_UID),
         event_post("Replacing"),
@@ -783,6 +809,11 @@ async fn an_evicted_pod_of_a_long_running_sandbox_is_replaced() {
     .await;
     result.expect("ok");
     // The same under restartPolicy Never: the agent ran once, it is finished.
+    let mut ran = pod;
+    ran["status"]["containerStatuses"] = json!([{"name": "agent", "image": "x", "imageID": "",
+        "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": 137, "startedAt": "2026-01-01T00:00:00Z"}}}]);
+    cache.pods = vec![pod_of(ran)];
     let s = sandbox_with(|s| s.restart_policy = Some(RestartPolicy::Never), None);
     let (result, seen, _) = run_with(
         s,
@@ -897,9 +928,11 @@ async fn a_refused_network_policy_update_is_reported_then_fails_closed() {
     // 31 s later it still fails: the pod goes.
     let mut status: AgentSandboxStatus =
         serde_json::from_value(seen.last().unwrap().body["status"].clone()).unwrap();
-    for c in status.conditions.iter_mut() {
-        c.last_transition_time.0 -= jiff::SignedDuration::from_secs(31);
-    }
+    let since = status
+        .network_policy_pending_since
+        .as_mut()
+        .expect("the status remembers since when the NetworkPolicy is pending");
+    since.0 -= jiff::SignedDuration::from_secs(31);
     let mut steps = refused();
     steps.extend([
         delete_precisely(POD_PATH, POD_UID),
@@ -939,11 +972,15 @@ async fn a_network_policy_owned_by_someone_else_is_not_adopted_and_blocks() {
         cache.service_accounts = vec![live_sa(&plan)];
         cache.network_policies = vec![serde_json::from_value(foreign.clone()).unwrap()];
         cache.pods = vec![pod_of(running_pod(&plan, &plan.pod_hash, "Running", true))];
-        let mut steps = confirmation(Server {
-            policy: Some(serde_json::to_value(policy()).unwrap()),
-            network_policies: vec![foreign],
-            pod: Some(running_pod(&plan, &plan.pod_hash, "Running", true)),
-        });
+        let mut steps = confirmation(
+            Confirming::NetworkPolicies,
+            Server {
+                policy: None,
+                network_policies: vec![foreign],
+                pod: Some(running_pod(&plan, &plan.pod_hash, "Running", true)),
+                ..Default::default()
+            },
+        );
         steps.extend([
             delete_precisely(POD_PATH, POD_UID),
             event_post("NameConflict"),
@@ -1071,4 +1108,273 @@ async fn a_pod_whose_labels_were_removed_is_replaced() {
     ];
     let (result, _, _) = run_with(s, cache, OptionalCrds::default(), steps).await;
     result.expect("ok");
+}
+
+fn delete_at_once(path: &'static str, uid: &'static str) -> Step {
+    delete_precisely(path, uid).check(|s| {
+        assert_eq!(
+            s.body["gracePeriodSeconds"], 0,
+            "a pod that may run without its isolation goes at once: {}",
+            s.body
+        )
+    })
+}
+
+fn delete_gracefully(path: &'static str, uid: &'static str) -> Step {
+    delete_precisely(path, uid).check(|s| {
+        assert!(
+            s.body.get("gracePeriodSeconds").is_none_or(Value::is_null),
+            "a stale pod gets its grace period: {}",
+            s.body
+        )
+    })
+}
+
+#[tokio::test]
+async fn an_image_edit_replaces_the_pod_and_blocks_nothing() {
+    let (mut cache, _) = converged_cache(&sandbox(), &policy());
+    let edited = sandbox_with(|s| s.image = "ghcr.io/acme/agent:2".into(), None);
+    cache.sandboxes = vec![edited.clone()];
+    let (result, _, _) = run_with(
+        edited,
+        cache,
+        OptionalCrds::default(),
+        vec![
+            delete_gracefully(POD_PATH, POD_UID),
+            status_apply().check(|s| {
+                let st = &s.body["status"];
+                assert_eq!(st["phase"], "Starting", "{st}");
+                assert!(
+                    st["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("policy hash changed"),
+                    "{st}"
+                );
+            }),
+        ],
+    )
+    .await;
+    result.expect("ok");
+}
+
+#[tokio::test]
+async fn a_pod_the_operator_did_not_create_is_replaced_at_once() {
+    // A pod with the sandbox as its controller, but not the UID the operator recorded (forged
+    // during a replacement): its spec cannot be trusted.
+    let (cache, _) = converged_cache(&sandbox(), &policy());
+    let status = AgentSandboxStatus {
+        pod_uid: Some("the-pod-we-created".into()),
+        ..Default::default()
+    };
+    let (result, _, _) = run_with(
+        sandbox_with(|_| {}, Some(status)),
+        cache,
+        OptionalCrds::default(),
+        vec![
+            delete_at_once(POD_PATH, POD_UID),
+            status_apply().check(|s| {
+                assert!(
+                    s.body["status"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("not the pod the operator created")
+                )
+            }),
+        ],
+    )
+    .await;
+    result.expect("ok");
+}
+
+#[tokio::test]
+async fn a_pod_that_lost_its_network_policy_goes_at_once_and_the_policy_comes_back_first() {
+    // Someone stripped the finalizer and deleted the NetworkPolicy: the pod runs with none.
+    let (mut cache, plan) = converged_cache(&sandbox(), &policy());
+    cache.network_policies.clear();
+    let pod = running_pod(&plan, &plan.pod_hash, "Running", true);
+    let mut steps = confirmation(
+        Confirming::NetworkPolicies,
+        Server {
+            policy: None,
+            network_policies: vec![],
+            pod: Some(pod),
+            ..Default::default()
+        },
+    );
+    let restored = serde_json::to_value(live_np(&plan, "np-uid-2")).unwrap();
+    steps.extend([
+        Step::get(NP_PATH).not_found(),
+        Step::apply(NP_PATH).respond(200, restored),
+        delete_at_once(POD_PATH, POD_UID),
+        event_post("Replacing"),
+        status_apply(),
+    ]);
+    let (result, seen, _) = run_with(sandbox(), cache, OptionalCrds::default(), steps).await;
+    result.expect("ok");
+    let restored_at = position(&seen, |s| s.path == NP_PATH && s.method == Method::PATCH).unwrap();
+    assert!(restored_at < position(&seen, |s| s.method == Method::DELETE).unwrap());
+}
+
+#[tokio::test]
+async fn failed_pods_are_replaced_after_a_growing_wait() {
+    let (mut cache, _) = converged_cache(&sandbox(), &policy());
+    cache.pods.clear();
+    let status = AgentSandboxStatus {
+        phase: Some(palisade::api::SandboxPhase::Starting),
+        pod_failures: Some(4),
+        pod_failed_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::now(),
+        )),
+        ..Default::default()
+    };
+    let (result, seen, _) = run_with(
+        sandbox_with(|_| {}, Some(status)),
+        cache,
+        OptionalCrds::default(),
+        vec![status_apply().check(|s| {
+            let st = &s.body["status"];
+            assert_eq!(condition(st, "Reconciling")["reason"], "Backoff", "{st}");
+            assert!(
+                st["message"].as_str().unwrap().contains("4 in a row"),
+                "{st}"
+            );
+        })],
+    )
+    .await;
+    assert!(result.is_ok());
+    assert!(
+        !seen.iter().any(is_pod_write),
+        "a pod was created before its wait: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_sandbox_stays_expired() {
+    // The kubelet ended it at its deadline and the pod is gone; the sandbox never runs again.
+    let (mut cache, _) = converged_cache(&sandbox(), &policy());
+    cache.pods.clear();
+    let status = AgentSandboxStatus {
+        phase: Some(palisade::api::SandboxPhase::Expired),
+        message: Some("the sandbox used its timeoutMs of run time".into()),
+        finished_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::now(),
+        )),
+        ..Default::default()
+    };
+    let (result, seen, _) = run_with(
+        sandbox_with(|_| {}, Some(status)),
+        cache,
+        OptionalCrds::default(),
+        vec![status_apply().check(|s| assert_eq!(s.body["status"]["phase"], "Expired"))],
+    )
+    .await;
+    result.expect("ok");
+    assert!(
+        !seen.iter().any(is_pod_write),
+        "an expired sandbox ran again: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_gate_already_removed_is_not_an_error() {
+    // The pass that created the pod removed the gate; the cache still shows it gated.
+    let (mut cache, plan) = converged_cache(&sandbox(), &policy());
+    let mut gated = running_pod(&plan, &plan.pod_hash, "Pending", false);
+    gated["spec"]["schedulingGates"] = json!([{"name": ISOLATION_GATE}]);
+    cache.pods = vec![pod_of(gated)];
+    let np = serde_json::to_value(live_np(&plan, NP_UID)).unwrap();
+    let ungated = running_pod(&plan, &plan.pod_hash, "Pending", false);
+    let (result, _, _) = run_with(
+        sandbox(),
+        cache,
+        OptionalCrds::default(),
+        vec![
+            Step::get(NP_PATH).respond(200, np),
+            Step::new(Method::PATCH, POD_PATH).fail(422, "Invalid"),
+            Step::get(POD_PATH).respond(200, ungated),
+            status_apply().check(|s| {
+                let st = &s.body["status"];
+                assert_eq!(condition(st, "Stalled")["status"], "False", "{st}");
+            }),
+        ],
+    )
+    .await;
+    result.expect("a race with our own earlier pass is not an error");
+}
+
+#[tokio::test]
+async fn a_refused_cilium_policy_update_fails_closed_too() {
+    // Only the domain list changes (the pod stays); the Cilium policy update is refused.
+    let fqdn = |name: &str| {
+        policy_with(
+            json!({"network": {"egress": {"allow": [{"to": [{"fqdn": name}], "ports": [{"protocol": "tcp", "port": 443}]}]}}}),
+        )
+    };
+    let crds = OptionalCrds::default();
+    crds.cilium.store(true, std::sync::atomic::Ordering::SeqCst);
+    let facts_ctx = context(mock_client().0, base_cache(), crds.clone());
+    let facts = facts_ctx.facts();
+    let old = compile(&fqdn("a.example.com"), &sandbox(), &facts, 0).expect("compiles");
+    let new = compile(&fqdn("b.example.com"), &sandbox(), &facts, 0).expect("compiles");
+    assert_eq!(
+        old.pod_hash, new.pod_hash,
+        "fixture: only the Cilium policy changes"
+    );
+    assert_eq!(
+        old.network_policy, new.network_policy,
+        "fixture: only the Cilium policy changes"
+    );
+    let pod = running_pod(&old, &old.pod_hash, "Running", true);
+    let cache = Cached {
+        policies: vec![fqdn("b.example.com")],
+        sandboxes: vec![sandbox()],
+        network_policies: vec![live_np(&old, NP_UID)],
+        service_accounts: vec![live_sa(&old)],
+        pods: vec![pod_of(pod)],
+        ..base_cache()
+    };
+    let cnp_path = "/apis/cilium.io/v2/namespaces/ns/ciliumnetworkpolicies/agent-fqdn";
+    let mut live_cnp = old.fqdn_policy.clone().expect("a Cilium policy");
+    live_cnp["metadata"]["ownerReferences"] = json!([our_owner_reference()]);
+    live_cnp["metadata"]["uid"] = json!("cnp-uid");
+    let (result, _, _) = run_with(
+        sandbox(),
+        cache,
+        crds,
+        vec![
+            Step::get(cnp_path).respond(200, live_cnp),
+            Step::apply(cnp_path).fail(400, "BadRequest").respond(
+                400,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 400,
+                       "reason": "BadRequest", "message": "admission webhook \"cnp.example.com\" denied the request"}),
+            ),
+            event_post("AdmissionDenied"),
+            status_apply().check(|s| {
+                let st = &s.body["status"];
+                assert_eq!(condition(st, "NetworkIsolated")["reason"], "NetworkPolicyNotApplied", "{st}");
+                assert!(st["networkPolicyPendingSince"].is_string(), "{st}");
+            }),
+        ],
+    )
+    .await;
+    result.expect_err("retried");
+}
+
+#[tokio::test]
+async fn a_runtime_class_missing_from_the_cache_but_on_the_server_removes_no_pod() {
+    let (mut cache, plan) = converged_cache(&sandbox(), &policy());
+    cache.runtime_classes.clear();
+    let mut steps = confirmation(
+        Confirming::ClusterFacts,
+        Server {
+            runtime_classes: vec![serde_json::to_value(runtime_class()).unwrap()],
+            pod: Some(running_pod(&plan, &plan.pod_hash, "Running", true)),
+            ..Default::default()
+        },
+    );
+    steps.push(status_apply().check(|s| assert_eq!(s.body["status"]["phase"], "Running")));
+    let (result, seen, _) = run_with(sandbox(), cache, OptionalCrds::default(), steps).await;
+    result.expect("ok");
+    assert!(!deleted(&seen, POD_PATH));
 }

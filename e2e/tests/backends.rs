@@ -129,17 +129,28 @@ async fn domain_name_egress_and_generated_seccomp_run_once_their_backends_exist(
         "{:?}",
         cnp.data
     );
-    let profile = dynamic(
+    let profiles = dynamic(
         &client,
         ns,
         "security-profiles-operator.x-k8s.io",
         "v1beta1",
         "SeccompProfile",
         "seccompprofiles",
-    )
-    .get("agent-seccomp")
-    .await
-    .expect("SeccompProfile agent-seccomp");
+    );
+    let profile_names = || async {
+        profiles
+            .list(&kube::api::ListParams::default().labels("palisade.dev/sandbox=agent"))
+            .await
+            .expect("SeccompProfiles")
+            .items
+            .iter()
+            .map(|p| p.name_any())
+            .collect::<Vec<_>>()
+    };
+    let names = profile_names().await;
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].starts_with("agent-seccomp-"), "{names:?}");
+    let profile = profiles.get(&names[0]).await.expect("the SeccompProfile");
     for obj in [&cnp, &profile] {
         assert!(
             obj.owner_references()
@@ -161,12 +172,13 @@ async fn domain_name_egress_and_generated_seccomp_run_once_their_backends_exist(
     assert_eq!(seccomp.type_, "Localhost");
     assert_eq!(
         seccomp.localhost_profile.as_deref(),
-        Some(format!("operator/{ns}/agent-seccomp.json").as_str())
+        Some(format!("operator/{ns}/{}.json", names[0]).as_str())
     );
 
-    // A new syscall in `block` is a new filter, which only a new container gets: the pod is
-    // replaced. Then the domain allow goes: the CiliumNetworkPolicy that carried it is removed
-    // (it would keep allowing the domain otherwise), and the pod stays.
+    // A new syscall in `block` is a new filter, which only a new container gets: a new profile
+    // (a new file on the node, so no container starts on the old one) and a new pod; the old
+    // profile goes. Then the domain allow goes: the CiliumNetworkPolicy that carried it is
+    // removed (it would keep allowing the domain otherwise), and the pod stays.
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let first_pod = pods.get("agent").await.expect("pod").uid();
     apply_palisade::<AgentPolicy>(
@@ -198,6 +210,15 @@ async fn domain_name_egress_and_generated_seccomp_run_once_their_backends_exist(
             (s.status.as_ref()?.phase == Some(SandboxPhase::Running)).then_some(())
         },
     )
+    .await;
+    wait_for("only the new profile left", Duration::from_secs(60), || {
+        let profile_names = &profile_names;
+        let old = names[0].clone();
+        async move {
+            let now = profile_names().await;
+            (now.len() == 1 && now[0] != old).then_some(())
+        }
+    })
     .await;
     let second_pod = pods.get("agent").await.expect("pod").uid();
     apply_palisade::<AgentPolicy>(

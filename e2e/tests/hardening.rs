@@ -454,7 +454,7 @@ async fn paused_time_is_not_run_time_and_a_timeout_is_expired() {
     );
     wait_phase(&client, ns, "agent", SandboxPhase::Expired).await;
 
-    // The kubelet ends a pod at its activeDeadlineSeconds: the sandbox is Expired.
+    // The kubelet ends a pod at its activeDeadlineSeconds: the sandbox is Expired, for good.
     running_pod_uid(&client, ns, "deadline").await;
     set_pod_phase(&client, ns, "deadline", "Failed", Some("DeadlineExceeded")).await;
     let s = wait_phase(&client, ns, "deadline", SandboxPhase::Expired).await;
@@ -462,6 +462,31 @@ async fn paused_time_is_not_run_time_and_a_timeout_is_expired() {
         condition(&s, "Stalled"),
         Some(("True".into(), "Expired".into()))
     );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for name in ["agent", "deadline"] {
+        wait_for(&format!("pod {name} gone"), WAIT, || {
+            let pods = pods.clone();
+            async move { pods.get_opt(name).await.ok()?.is_none().then_some(()) }
+        })
+        .await;
+    }
+    let api: Api<AgentSandbox> = Api::namespaced(client.clone(), ns);
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for name in ["agent", "deadline"] {
+            assert!(
+                pods.get_opt(name).await.expect("get").is_none(),
+                "expired sandbox {name} runs again"
+            );
+            let phase = api
+                .get(name)
+                .await
+                .expect("sandbox")
+                .status
+                .and_then(|s| s.phase);
+            assert_eq!(phase, Some(SandboxPhase::Expired), "{name}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -355,6 +355,25 @@ pub struct AgentSandboxStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_ms: Option<i64>,
 
+    /// UID of the pod the operator created for this sandbox. A pod of the sandbox's name with
+    /// another UID is not trusted and is replaced.
+    #[serde(default, rename = "podUID", skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+
+    /// Consecutive pods that failed without the agent finishing (evicted, rejected by the
+    /// node): each replacement waits longer (1 s doubling to 5 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_failures: Option<i32>,
+
+    /// When the last of those pods failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_failed_at: Option<Time>,
+
+    /// Since when the isolating NetworkPolicy could not be brought to what the policy says while
+    /// a pod ran under one that may be wider; the pod is removed 30 s later (fail closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy_pending_since: Option<Time>,
+
     /// A sentence for people: why the sandbox is in this phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -13,7 +13,12 @@ pub fn repository(image: &str) -> String {
     let has_registry =
         name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
     if has_registry {
-        name.to_string()
+        // Docker Hub answers under several names; tools that pin digests (go-containerregistry,
+        // used by Sigstore's policy-controller) write `index.docker.io`.
+        match name.split_once('/') {
+            Some(("index.docker.io" | "registry-1.docker.io", rest)) => format!("docker.io/{rest}"),
+            _ => name.to_string(),
+        }
     } else if name.contains('/') {
         format!("docker.io/{name}")
     } else {
@@ -132,6 +137,11 @@ mod tests {
             ("ghcr.io/acme/agent:1", format!("ghcr.io/acme/agent:1@{d}")),
             ("ghcr.io/acme/agent:1", format!("ghcr.io/acme/agent@{d}")),
             ("agent:1", format!("docker.io/library/agent:1@{d}")),
+            ("agent:1", format!("index.docker.io/library/agent:1@{d}")),
+            (
+                "acme/agent:1",
+                format!("registry-1.docker.io/acme/agent@{d}"),
+            ),
             (
                 "ghcr.io/acme/agent",
                 format!("ghcr.io/acme/agent:latest@{d}"),

@@ -49,6 +49,14 @@ impl Backoff {
         urgent.remove(key)
     }
 
+    /// Forgets every object but those `keep` says still exist.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.retain(|k, _| keep(k));
+        let mut urgent = self.urgent.lock().unwrap_or_else(|e| e.into_inner());
+        urgent.retain(|k| keep(k));
+    }
+
     /// Consecutive failures of `key` so far.
     pub fn failures(&self, key: &str) -> u32 {
         let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());

@@ -2,13 +2,14 @@
 //! every one has listed: a decision on a half-filled cache would take a missing entry for an
 //! absent object.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::node::v1::RuntimeClass;
+use kube::api::DynamicObject;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use tokio::sync::Notify;
@@ -28,10 +29,31 @@ pub struct Caches {
     pub service_accounts: Store<ServiceAccount>,
     pub services: Store<Service>,
     pub claims: Store<PersistentVolumeClaim>,
+    /// The operator's CiliumNetworkPolicies and SeccompProfiles, while those CRDs are usable and
+    /// their watch has listed.
+    pub cilium_policies: OptionalStore,
+    pub seccomp_profiles: OptionalStore,
     /// One gate per store, opened when its first list is in (`synced`), and one opened once
     /// the optional CRDs were checked. (The stores' own `wait_until_ready` wakes only one
     /// waiter at a time, and the controllers already wait on it.)
     pub gates: Arc<Vec<Gate>>,
+}
+
+/// A cache of an optional kind (its CRD may come and go): set while its watch has listed.
+#[derive(Clone, Default)]
+pub struct OptionalStore {
+    slot: Arc<RwLock<Option<Store<DynamicObject>>>>,
+}
+
+impl OptionalStore {
+    pub fn set(&self, store: Option<Store<DynamicObject>>) {
+        *self.slot.write().unwrap_or_else(|e| e.into_inner()) = store;
+    }
+
+    /// The cache, if it is known to be complete now.
+    pub fn get(&self) -> Option<Store<DynamicObject>> {
+        self.slot.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// Raised once, awaited by many.

@@ -147,6 +147,50 @@ pub fn differs(desired: &Value, live: &Value) -> bool {
     !(meta_kept && body_kept)
 }
 
+/// Whether the live isolating object (`NetworkPolicy` or `CiliumNetworkPolicy`) may let the pod
+/// do something the planned one does not: conservative — only a live object whose rules are
+/// all among the planned ones (and which restricts at least the same directions) is known
+/// not to be wider.
+pub fn may_widen(live: Option<&Value>, desired: &Value) -> bool {
+    let kind = desired["kind"].as_str().unwrap_or_default();
+    let Some(live) = live else {
+        // No NetworkPolicy: nothing is isolated. No Cilium policy: nothing is added.
+        return kind == "NetworkPolicy";
+    };
+    let (l, d) = (normalized(&live["spec"]), normalized(&desired["spec"]));
+    let rules_within = |key: &str| {
+        let planned = d[key].as_array().cloned().unwrap_or_default();
+        l[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|rule| planned.contains(rule))
+    };
+    match kind {
+        "NetworkPolicy" => {
+            let types = |v: &Value| -> Vec<Value> {
+                v["policyTypes"].as_array().cloned().unwrap_or_default()
+            };
+            let restricts_as_much = types(&d).iter().all(|t| types(&l).contains(t));
+            !(l["podSelector"] == d["podSelector"]
+                && restricts_as_much
+                && rules_within("ingress")
+                && rules_within("egress"))
+        }
+        "CiliumNetworkPolicy" => {
+            let denies = d["egressDeny"].as_array().cloned().unwrap_or_default();
+            let denies_as_much = denies
+                .iter()
+                .all(|r| l["egressDeny"].as_array().is_some_and(|a| a.contains(r)));
+            !(l["endpointSelector"] == d["endpointSelector"]
+                && rules_within("egress")
+                && rules_within("ingress")
+                && denies_as_much)
+        }
+        _ => true,
+    }
+}
+
 /// Applies one child (not the pod) unless `cached` (the object as the cache holds it) already
 /// is what the plan says. Drift outside the applied fields is removed by replacing the object
 /// with the planned one.
@@ -245,10 +289,26 @@ pub async fn prune(
     Ok(true)
 }
 
+/// How a pod is deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grace {
+    /// Its own termination grace period (the agent may save its work).
+    Default,
+    /// At once: it may be running without its isolation.
+    None,
+}
+
 /// Deletes `name` only if it is still the object with `uid` (a UID precondition): an object
 /// recreated under the same name since it was read is never deleted by mistake. Gone already
 /// or replaced is fine.
 pub async fn delete_precisely<K>(api: &Api<K>, name: &str, uid: &str) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    delete_with(api, name, uid, Grace::Default).await
+}
+
+async fn delete_with<K>(api: &Api<K>, name: &str, uid: &str, grace: Grace) -> Result<(), Error>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -257,6 +317,7 @@ where
             uid: Some(uid.to_string()),
             resource_version: None,
         }),
+        grace_period_seconds: (grace == Grace::None).then_some(0),
         ..DeleteParams::default()
     };
     match api.delete(name, &params).await {
@@ -267,21 +328,26 @@ where
 }
 
 /// Deletes the sandbox's pod `uid`.
-pub async fn delete_pod(client: &Client, sandbox: &AgentSandbox, uid: &str) -> Result<(), Error> {
+pub async fn delete_pod(
+    client: &Client,
+    sandbox: &AgentSandbox,
+    uid: &str,
+    grace: Grace,
+) -> Result<(), Error> {
     let namespace = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
     let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    delete_precisely(&api, &sandbox.name_any(), uid).await
+    delete_with(&api, &sandbox.name_any(), uid, grace).await
 }
 
 /// Creates the planned pod behind its scheduling gate, bound to the NetworkPolicy `isolation`
-/// (its UID in an annotation). Returns the new pod's UID, or None when a pod of that name
-/// already exists (the cache had not seen it yet).
+/// (its UID in an annotation). Returns the new pod, or None when a pod of that name already
+/// exists (the cache had not seen it yet).
 pub async fn create_pod(
     client: &Client,
     sandbox: &AgentSandbox,
     mut desired: Value,
     isolation: &str,
-) -> Result<Option<String>, Error> {
+) -> Result<Option<Pod>, Error> {
     let namespace = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
     desired["metadata"]["ownerReferences"] = serde_json::to_value(vec![
         owner_reference(sandbox).ok_or(Error::Missing("owner reference"))?,
@@ -294,14 +360,22 @@ pub async fn create_pod(
         ..Default::default()
     };
     match api.create(&params, &pod).await {
-        Ok(created) => Ok(Some(created.uid().unwrap_or_default())),
+        Ok(created) => Ok(Some(created)),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
 
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    }
+}
+
 /// Removes the isolation gate at `index` from pod `uid`, so it can be scheduled. The patch
-/// tests the pod's UID and the gate first: it never applies to another pod.
+/// tests the pod's UID and the gate first: it never applies to another pod. A gate already
+/// gone (an earlier pass removed it) is fine.
 pub async fn ungate(
     client: &Client,
     sandbox: &AgentSandbox,
@@ -315,12 +389,49 @@ pub async fn ungate(
         {"op": "test", "path": format!("/spec/schedulingGates/{index}/name"), "value": ISOLATION_GATE},
         {"op": "remove", "path": format!("/spec/schedulingGates/{index}")},
     ]))?;
+    let name = sandbox.name_any();
+    match api
+        .patch(&name, &patch_params(), &Patch::<()>::Json(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 422 => {
+            let pod = api.get_opt(&name).await?;
+            let gone = pod.as_ref().is_none_or(|p| {
+                p.uid().as_deref() != Some(uid)
+                    || !p
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.scheduling_gates.as_ref())
+                        .is_some_and(|g| g.iter().any(|g| g.name == ISOLATION_GATE))
+            });
+            if gone {
+                Ok(())
+            } else {
+                Err(kube::Error::Api(s).into())
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Records on pod `uid` (created before pods were bound) the UID of its NetworkPolicy.
+pub async fn bind_pod(
+    client: &Client,
+    sandbox: &AgentSandbox,
+    uid: &str,
+    network_policy: &str,
+) -> Result<(), Error> {
+    let namespace = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let key = NETWORK_POLICY_UID_ANNOTATION.replace('/', "~1");
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/uid", "value": uid},
+        {"op": "add", "path": format!("/metadata/annotations/{key}"), "value": network_policy},
+    ]))?;
     api.patch(
         &sandbox.name_any(),
-        &PatchParams {
-            field_manager: Some(MANAGER.into()),
-            ..Default::default()
-        },
+        &patch_params(),
         &Patch::<()>::Json(patch),
     )
     .await?;
@@ -368,6 +479,47 @@ mod tests {
         let mut no_finalizer = live.clone();
         no_finalizer["metadata"]["finalizers"] = json!(["other"]);
         assert!(differs(&desired, &no_finalizer));
+    }
+
+    #[test]
+    fn only_a_live_policy_within_the_plan_is_known_not_to_be_wider() {
+        let np = |egress: Value| {
+            json!({"kind": "NetworkPolicy", "spec": {"podSelector": {"matchLabels": {"s": "a"}},
+                "policyTypes": ["Ingress", "Egress"], "egress": egress}})
+        };
+        let a = json!({"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}]});
+        let b = json!({"to": [{"ipBlock": {"cidr": "198.51.100.0/24"}}]});
+        let planned = np(json!([a, b]));
+        assert!(
+            !may_widen(Some(&np(json!([a.clone()]))), &planned),
+            "a subset is narrower"
+        );
+        assert!(!may_widen(Some(&np(json!([]))), &planned));
+        assert!(may_widen(
+            Some(&np(json!([a.clone(), b.clone(), {}]))),
+            &planned
+        ));
+        assert!(may_widen(
+            Some(&np(json!([{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]))),
+            &planned
+        ));
+        assert!(
+            may_widen(None, &planned),
+            "no NetworkPolicy isolates nothing"
+        );
+        let mut ingress_only = np(json!([a]));
+        ingress_only["spec"]["policyTypes"] = json!(["Ingress"]);
+        assert!(
+            may_widen(Some(&ingress_only), &planned),
+            "egress unrestricted"
+        );
+        let cnp = |fqdns: Value| json!({"kind": "CiliumNetworkPolicy", "spec": {"endpointSelector": {}, "egress": fqdns}});
+        let planned = cnp(json!([{"toFQDNs": [{"matchName": "a.example.com"}]}]));
+        assert!(!may_widen(None, &planned), "no Cilium policy adds nothing");
+        assert!(may_widen(
+            Some(&cnp(json!([{"toFQDNs": [{"matchName": "b.example.com"}]}]))),
+            &planned
+        ));
     }
 
     #[test]

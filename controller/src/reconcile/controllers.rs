@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service, ServiceAcc
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{AgentPolicy, AgentSandbox, MANAGED_BY_LABEL, MANAGER, SandboxPhase};
 use crate::ops::metrics::Metrics;
 
-use super::caches::{Caches, Gate, synced};
+use super::caches::{Caches, Gate, OptionalStore, synced};
 use super::facts::{CILIUM_POLICY_CRD, OptionalCrds, SECCOMP_PROFILE_CRD};
 use super::ownership::controlling_sandbox;
 use super::{Context, OperatorConfig, isolation, lenient, policy, sandbox};
@@ -75,18 +75,21 @@ async fn first_facts(client: Client, crds: OptionalCrds, namespace: Option<Strin
     }
 }
 
-/// The sandboxes whose child of an optional kind (`ar`, present while `usable` says so)
-/// changed: they put it back (drift) or remove it (no longer planned).
-fn optional_child_triggers(
+/// The operator's objects of an optional kind (`ar`, usable while `usable` says so): cached in
+/// `cache` once listed (emptied while the CRD is gone), and the sandboxes whose child of that
+/// kind changed, so they put it back (drift) or remove it (no longer planned).
+fn optional_children(
     client: Client,
     namespace: Option<String>,
     ar: ApiResource,
     usable: Arc<std::sync::atomic::AtomicBool>,
+    cache: OptionalStore,
     stop: CancellationToken,
 ) -> impl futures::Stream<Item = ObjectRef<AgentSandbox>> + Send + 'static {
     let (tx, rx) = futures::channel::mpsc::unbounded();
     tokio::spawn(async move {
         while !stop.is_cancelled() {
+            cache.set(None);
             if !usable.load(Ordering::SeqCst) {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -98,16 +101,28 @@ fn optional_child_triggers(
                 None => Api::all_with(client.clone(), &ar),
             };
             let wc = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
-            let mut events = watcher::watcher(api, wc)
-                .default_backoff()
-                .touched_objects()
-                .boxed();
+            let writer = reflector::store::Writer::new(ar.clone());
+            let reader = writer.as_reader();
+            let mut events = reflector::reflector(
+                writer,
+                watcher::watcher(api, wc).default_backoff().modify(slim),
+            )
+            .boxed();
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     event = events.next() => match event {
-                        Some(Ok(obj)) => {
-                            if let (Some(owner), Some(ns)) = (controlling_sandbox(&obj.metadata), obj.namespace()) {
+                        Some(Ok(event)) => {
+                            if matches!(event, watcher::Event::InitDone) {
+                                cache.set(Some(reader.clone()));
+                            }
+                            let obj = match &event {
+                                watcher::Event::Apply(o) | watcher::Event::Delete(o) => Some(o),
+                                _ => None,
+                            };
+                            if let Some(obj) = obj
+                                && let (Some(owner), Some(ns)) = (controlling_sandbox(&obj.metadata), obj.namespace())
+                            {
                                 let _ = tx.unbounded_send(ObjectRef::new(&owner.name).within(&ns));
                             }
                         }
@@ -158,6 +173,8 @@ pub async fn run(
         service_accounts,
         services,
         claims,
+        cilium_policies: OptionalStore::default(),
+        seccomp_profiles: OptionalStore::default(),
         gates: Arc::new(vec![
             g_policies.clone(),
             g_sandboxes.clone(),
@@ -184,6 +201,7 @@ pub async fn run(
         ),
         metrics: metrics.clone(),
         backoff: Default::default(),
+        stop: stop.clone(),
     });
 
     let policy_stream = synced(
@@ -282,30 +300,20 @@ pub async fn run(
             }
         })
     };
-    let cilium_ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("cilium.io", "v2", "CiliumNetworkPolicy"),
-        "ciliumnetworkpolicies",
-    );
-    let seccomp_ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(
-            "security-profiles-operator.x-k8s.io",
-            "v1beta1",
-            "SeccompProfile",
-        ),
-        "seccompprofiles",
-    );
-    let cilium_triggers = optional_child_triggers(
+    let cilium_triggers = optional_children(
         client.clone(),
         settings.namespace.clone(),
-        cilium_ar,
+        super::act::cilium_resource(),
         optional_crds.cilium.clone(),
+        caches.cilium_policies.clone(),
         stop.clone(),
     );
-    let seccomp_triggers = optional_child_triggers(
+    let seccomp_triggers = optional_children(
         client.clone(),
         settings.namespace.clone(),
-        seccomp_ar,
+        super::act::seccomp_resource(),
         optional_crds.seccomp_profile.clone(),
+        caches.seccomp_profiles.clone(),
         stop.clone(),
     );
 
@@ -407,6 +415,15 @@ pub async fn run(
             }
             while !stop.is_cancelled() {
                 {
+                    // Failure counts of sandboxes that are gone are forgotten.
+                    let live: std::collections::HashSet<String> = ctx
+                        .caches
+                        .sandboxes
+                        .state()
+                        .iter()
+                        .filter_map(|s| s.uid())
+                        .collect();
+                    ctx.backoff.retain(|k| live.contains(k));
                     let mut counts = std::collections::BTreeMap::new();
                     for s in ctx.caches.sandboxes.state() {
                         let phase = s

@@ -16,13 +16,16 @@ use kube::ResourceExt;
 
 use crate::api::policy::DefaultAction;
 use crate::api::sandbox::RestartPolicy;
-use crate::api::{AgentPolicy, AgentSandbox, SandboxPhase};
+use crate::api::{AgentPolicy, AgentSandbox, AgentSandboxStatus, SandboxPhase};
 use crate::policy::image;
 use crate::render::network::isolation_name;
-use crate::render::{BlockReason, ClusterFacts, Plan, check_policy, compile_checked};
+use crate::render::{
+    BlockReason, CheckedPolicy, ClusterFacts, Plan, check_policy, compile_checked,
+};
 
 use super::lifetime::Lifetime;
-use super::live::{LiveIsolation, LivePod, PodPhase};
+use super::live::{Guard, LiveIsolation, LivePod, PodPhase};
+use super::record::PodRecord;
 use super::status::{Outcome, PlanFacts, Standing};
 
 /// The sandbox's policy as found.
@@ -57,10 +60,18 @@ pub enum PodStep {
     Ungate,
     /// It is what the plan says.
     Keep,
-    /// It must go (the reason is in the outcome); nothing is changed until it is gone.
-    Replace,
-    /// It is being deleted; nothing is changed until it is gone.
+    /// It is what the plan says but was created before pods were bound to their NetworkPolicy:
+    /// record the binding (the NetworkPolicy's UID).
+    Bind(String),
+    /// It must go (the reason is in the outcome); nothing is changed until it is gone, except
+    /// that a missing NetworkPolicy is put back (that only narrows). `now`: without a grace
+    /// period, because it may be running without its isolation.
+    Replace { now: bool },
+    /// It is being deleted; nothing is changed until it is gone (a missing NetworkPolicy is put
+    /// back).
     AwaitGone,
+    /// None exists, and the next one waits (failed pods are replaced with a growing delay).
+    Later,
 }
 
 /// What to change in the cluster.
@@ -87,22 +98,24 @@ pub enum Confirm {
     NetworkPolicies,
 }
 
-/// A decision, with the outcome it leads to and the sandbox's updated time-keeping.
+/// A decision, with the outcome it leads to and what the status remembers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub step: Step,
     pub outcome: Outcome,
     pub lifetime: Lifetime,
+    pub record: PodRecord,
     /// Set when the decision rests on cached evidence and is destructive.
     pub confirm: Option<Confirm>,
 }
 
 impl Decision {
-    fn new(step: Step, outcome: Outcome, lifetime: Lifetime) -> Self {
+    fn new(step: Step, outcome: Outcome, lifetime: Lifetime, record: PodRecord) -> Self {
         Self {
             step,
             outcome,
             lifetime,
+            record,
             confirm: None,
         }
     }
@@ -113,30 +126,45 @@ impl Decision {
     }
 }
 
+/// How long before our own expiry a pod ended by the kubelet's `activeDeadlineSeconds` still
+/// counts as expired (the two clocks differ by scheduling and rounding).
+const DEADLINE_SLACK_MS: i64 = 5_000;
+
+/// What the status says the plan was, for outcomes that do not compile it again.
+fn plan_facts_of(status: &AgentSandboxStatus) -> Option<PlanFacts> {
+    status.policy_hash.clone().map(|pod_hash| PlanFacts {
+        pod_hash,
+        runtime_class_name: status.runtime_class_name.clone(),
+        service: status.service_fqdn.is_some(),
+    })
+}
+
 /// Decides what should exist for the sandbox.
 pub fn decide(o: &Observed) -> Decision {
     let sandbox = o.sandbox;
     let status = sandbox.status.clone().unwrap_or_default();
     let lifetime = Lifetime::of(&status);
+    let record = PodRecord::of(&status);
 
-    // A finished agent never runs again, whatever happens to its pod.
-    if let Some(phase) = status
-        .phase
-        .filter(|p| matches!(p, SandboxPhase::Succeeded | SandboxPhase::Failed))
-        && lifetime.finished_at.is_some()
+    // A finished agent never runs again, whatever happens to its pod; nor does an expired one.
+    if let Some(phase) = status.phase.filter(|p| {
+        matches!(
+            p,
+            SandboxPhase::Succeeded | SandboxPhase::Failed | SandboxPhase::Expired
+        )
+    }) && lifetime.finished_at.is_some()
     {
-        let message = status
-            .message
-            .clone()
-            .unwrap_or_else(|| "the agent finished".into());
+        let message = status.message.clone().unwrap_or_else(|| "finished".into());
         let mut outcome = Outcome::new(phase, phase_reason(phase), message);
-        outcome.plan = status.policy_hash.clone().map(|pod_hash| PlanFacts {
-            pod_hash,
-            runtime_class_name: status.runtime_class_name.clone(),
-            service: status.service_fqdn.is_some(),
-        });
-        outcome.has_pod = o.pod.is_some_and(|p| p.ours);
-        return Decision::new(Step::Leave, outcome, lifetime);
+        outcome.plan = plan_facts_of(&status);
+        outcome.has_pod = o.pod.is_some_and(|p| p.ours) && phase != SandboxPhase::Expired;
+        outcome.expires_at = status.expires_at.as_ref().map(|t| t.0);
+        let step = if phase == SandboxPhase::Expired {
+            Step::RemovePod
+        } else {
+            Step::Leave
+        };
+        return Decision::new(step, outcome, lifetime, record);
     }
 
     let policy = match o.policy {
@@ -151,9 +179,10 @@ pub fn decide(o: &Observed) -> Decision {
                 ),
             )
             .unresolved_policy();
-            return Decision::new(Step::RemovePod, outcome, lifetime).confirm(Confirm::Policy);
+            return Decision::new(Step::RemovePod, outcome, lifetime, record)
+                .confirm(Confirm::Policy);
         }
-        PolicyState::Unreadable(why) => return hold(o, &status, lifetime, why),
+        PolicyState::Unreadable(why) => return hold(o, &status, lifetime, record, why),
     };
     let checked = match check_policy(&policy.spec) {
         Ok(c) => c,
@@ -163,7 +192,7 @@ pub fn decide(o: &Observed) -> Decision {
                 format!("AgentPolicy {}: {e}", policy.name_any()),
             )
             .unresolved_policy();
-            return Decision::new(Step::RemovePod, outcome, lifetime);
+            return Decision::new(Step::RemovePod, outcome, lifetime, record);
         }
     };
 
@@ -174,27 +203,29 @@ pub fn decide(o: &Observed) -> Decision {
         checked.spec.timeout_ms,
     );
     if expires_at.is_some_and(|d| d <= o.now) {
-        let mut outcome =
-            expired("the sandbox passed its expiresAt or used its timeoutMs of run time");
-        outcome.expires_at = expires_at;
-        return Decision::new(Step::RemovePod, outcome, lifetime);
+        return expire(
+            "the sandbox passed its expiresAt or used its timeoutMs of run time",
+            expires_at,
+            lifetime,
+            record,
+            o.now,
+        );
     }
 
     let plan = match compile_checked(&checked, sandbox, o.facts, lifetime.run_time_ms(o.now)) {
         Ok(p) => p,
+        Err(b) if b.reason == BlockReason::Expired => {
+            return expire(&b.message, expires_at, lifetime, record, o.now);
+        }
         Err(b) => {
-            let mut outcome = if b.reason == BlockReason::Expired {
-                expired(&b.message)
-            } else {
-                Outcome::blocked(b.reason.as_str(), b.message)
-            };
+            let mut outcome = Outcome::blocked(b.reason.as_str(), b.message);
             if matches!(
                 b.reason,
                 BlockReason::RuntimeClassMissing | BlockReason::RuntimeHandlerMismatch
             ) {
                 outcome = outcome.runtime_not_ready();
             }
-            let decision = Decision::new(Step::RemovePod, outcome, lifetime);
+            let decision = Decision::new(Step::RemovePod, outcome, lifetime, record);
             return match b.reason {
                 BlockReason::RuntimeClassMissing
                 | BlockReason::RuntimeHandlerMismatch
@@ -224,7 +255,8 @@ pub fn decide(o: &Observed) -> Decision {
         )
         .not_isolated(None)
         .with_plan(facts);
-        return Decision::new(Step::RemovePod, outcome, lifetime).confirm(Confirm::NetworkPolicies);
+        return Decision::new(Step::RemovePod, outcome, lifetime, record)
+            .confirm(Confirm::NetworkPolicies);
     }
     if o.isolation.is_some_and(|np| !np.ours) {
         let outcome = Outcome::blocked(
@@ -235,7 +267,8 @@ pub fn decide(o: &Observed) -> Decision {
             ),
         )
         .not_isolated(None);
-        return Decision::new(Step::RemovePod, outcome, lifetime).confirm(Confirm::NetworkPolicies);
+        return Decision::new(Step::RemovePod, outcome, lifetime, record)
+            .confirm(Confirm::NetworkPolicies);
     }
 
     // An image rewritten by admission blocks until the sandbox or its policy changes.
@@ -245,7 +278,7 @@ pub fn decide(o: &Observed) -> Decision {
     {
         let message = status.message.clone().unwrap_or_default();
         let outcome = Outcome::blocked("ImageRewritten", message).with_plan(facts);
-        return Decision::new(Step::RemovePod, outcome, lifetime);
+        return Decision::new(Step::RemovePod, outcome, lifetime, record);
     }
 
     if o.isolation.is_some_and(|np| np.deleting) {
@@ -256,7 +289,7 @@ pub fn decide(o: &Observed) -> Decision {
         )
         .not_isolated(Some("NetworkPolicyDeleted"))
         .requeue_in(Duration::from_secs(1));
-        return Decision::new(Step::RemovePod, outcome, lifetime);
+        return Decision::new(Step::RemovePod, outcome, lifetime, record);
     }
 
     if paused {
@@ -267,168 +300,279 @@ pub fn decide(o: &Observed) -> Decision {
         )
         .with_plan(facts);
         outcome.expires_at = expires_at;
-        return Decision::new(Step::Pause(Box::new(plan)), outcome, lifetime);
+        return Decision::new(Step::Pause(Box::new(plan)), outcome, lifetime, record);
     }
 
-    decide_pod(o, plan, facts, lifetime, expires_at)
+    PodDecision {
+        o,
+        checked: &checked,
+        plan,
+        facts,
+        expires_at,
+    }
+    .decide(lifetime, record)
 }
 
-fn decide_pod(
-    o: &Observed,
+/// The part of a decision about the pod, once the plan compiled and nothing blocks it.
+struct PodDecision<'a> {
+    o: &'a Observed<'a>,
+    checked: &'a CheckedPolicy,
     plan: Plan,
     facts: PlanFacts,
-    lifetime: Lifetime,
     expires_at: Option<Timestamp>,
-) -> Decision {
-    let starting = |message: &str| {
-        let mut outcome = Outcome::new(SandboxPhase::Starting, "Starting", message);
-        outcome.plan = Some(facts.clone());
+}
+
+impl PodDecision<'_> {
+    fn starting(&self, reason: &str, message: &str) -> Outcome {
+        let mut outcome = Outcome::new(SandboxPhase::Starting, reason, message);
+        outcome.plan = Some(self.facts.clone());
         outcome.has_pod = true;
-        outcome.expires_at = expires_at;
+        outcome.expires_at = self.expires_at;
         outcome
-    };
-    let replacing = |message: &str| {
-        let mut outcome = starting(message).requeue_in(Duration::from_secs(1));
-        outcome.reason = "Replacing".into();
-        outcome
-    };
-    let run = |step: PodStep, outcome: Outcome, lifetime: Lifetime| {
-        Decision::new(Step::Run(Box::new(plan.clone()), step), outcome, lifetime)
-    };
-    let Some(pod) = o.pod else {
-        return run(PodStep::Create, starting("creating the pod"), lifetime);
-    };
-    if !pod.ours {
-        let outcome = Outcome::blocked(
-            "NameConflict",
-            format!(
-                "Pod {} exists and is not controlled by this sandbox; it is not adopted",
-                o.sandbox.name_any()
-            ),
-        );
-        return Decision::new(Step::Leave, outcome, lifetime);
     }
-    if pod.deleting {
-        let outcome = starting("waiting for the previous pod to terminate")
+
+    fn run(
+        &self,
+        step: PodStep,
+        outcome: Outcome,
+        lifetime: Lifetime,
+        record: PodRecord,
+    ) -> Decision {
+        Decision::new(
+            Step::Run(Box::new(self.plan.clone()), step),
+            outcome,
+            lifetime,
+            record,
+        )
+    }
+
+    fn replace(&self, why: &str, now: bool, lifetime: Lifetime, record: PodRecord) -> Decision {
+        let outcome = self
+            .starting("Replacing", &format!("replacing the pod: {why}"))
             .requeue_in(Duration::from_secs(1));
-        return run(PodStep::AwaitGone, outcome, lifetime);
+        self.run(PodStep::Replace { now }, outcome, lifetime, record)
     }
-    let restart = o.sandbox.spec.restart_policy.unwrap_or_default();
-    match pod.phase {
-        PodPhase::Succeeded => {
-            let at = pod.finished_at.unwrap_or(o.now);
-            let mut outcome = Outcome::new(
-                SandboxPhase::Succeeded,
-                "Succeeded",
-                "the agent exited successfully",
-            )
-            .with_plan(facts);
-            outcome.has_pod = true;
-            return Decision::new(Step::Leave, outcome, lifetime.finished(at));
+
+    fn decide(self, lifetime: Lifetime, record: PodRecord) -> Decision {
+        let o = self.o;
+        let Some(pod) = o.pod else {
+            if let Some(wait) = record.wait_before_creating(o.now) {
+                let outcome = self
+                    .starting(
+                        "Backoff",
+                        &format!(
+                            "the last pod failed ({} in a row); the next is created in {} s",
+                            record.failures,
+                            wait.as_secs().max(1)
+                        ),
+                    )
+                    .requeue_in(wait);
+                return self.run(PodStep::Later, outcome, lifetime, record);
+            }
+            let outcome = self.starting("Starting", "creating the pod");
+            return self.run(PodStep::Create, outcome, lifetime, record);
+        };
+        if !pod.ours {
+            let outcome = Outcome::blocked(
+                "NameConflict",
+                format!(
+                    "Pod {} exists and is not controlled by this sandbox; it is not adopted",
+                    o.sandbox.name_any()
+                ),
+            );
+            return Decision::new(Step::Leave, outcome, lifetime, record);
         }
-        PodPhase::Failed if pod.reason.as_deref() == Some("DeadlineExceeded") => {
-            let mut outcome = expired("the sandbox used its timeoutMs of run time");
-            outcome.expires_at = expires_at;
-            return Decision::new(Step::RemovePod, outcome, lifetime);
+        if pod.deleting {
+            let outcome = self
+                .starting("Replacing", "waiting for the previous pod to terminate")
+                .requeue_in(Duration::from_secs(1));
+            return self.run(PodStep::AwaitGone, outcome, lifetime, record);
         }
-        PodPhase::Failed if restart == RestartPolicy::Never => {
-            let at = pod.finished_at.unwrap_or(o.now);
-            let message = match (&pod.reason, &pod.message) {
-                (Some(r), Some(m)) => format!("the agent failed ({r}: {m})"),
-                (Some(r), None) => format!("the agent failed ({r})"),
-                (None, Some(m)) => format!("the agent failed: {m}"),
-                (None, None) => "the agent failed".into(),
-            };
-            let mut outcome =
-                Outcome::new(SandboxPhase::Failed, "Failed", message).with_plan(facts);
-            outcome.has_pod = true;
-            return Decision::new(Step::Leave, outcome, lifetime.finished(at));
+        // Only the pod the operator created is trusted: another one with the sandbox as its
+        // controller (forged in the gap of a replacement) may run anything.
+        if record.uid.as_ref().is_some_and(|uid| *uid != pod.uid) {
+            return self.replace(
+                "it is not the pod the operator created (another UID)",
+                true,
+                lifetime,
+                record,
+            );
         }
-        PodPhase::Failed => {
-            // With restartPolicy Always or OnFailure a pod fails only when it is stopped from
-            // outside (eviction, node shutdown, preemption): the sandbox runs on in a new one.
-            let why = pod.reason.clone().unwrap_or_else(|| "Failed".into());
-            let outcome = starting(&format!(
-                "replacing the pod: it was stopped from outside ({why}{})",
-                pod.message
+        let record = PodRecord {
+            uid: Some(pod.uid.clone()),
+            ..record
+        };
+        match pod.phase {
+            PodPhase::Succeeded => {
+                let at = pod.finished_at.unwrap_or(o.now);
+                let mut outcome = Outcome::new(
+                    SandboxPhase::Succeeded,
+                    "Succeeded",
+                    "the agent exited successfully",
+                )
+                .with_plan(self.facts.clone());
+                outcome.has_pod = true;
+                return Decision::new(Step::Leave, outcome, lifetime.finished(at), record);
+            }
+            PodPhase::Failed if pod.reason.as_deref() == Some("DeadlineExceeded") => {
+                // The kubelet ended it at activeDeadlineSeconds. If the timeout was raised since
+                // (a pod's deadline can only shrink), the sandbox runs on in a new pod.
+                let due = lifetime.timeout_at(self.checked.spec.timeout_ms);
+                let expired = due.is_none_or(|d| {
+                    d.as_millisecond() <= o.now.as_millisecond() + DEADLINE_SLACK_MS
+                });
+                if expired {
+                    return expire(
+                        "the sandbox used its timeoutMs of run time",
+                        self.expires_at,
+                        lifetime,
+                        record,
+                        o.now,
+                    );
+                }
+                return self.replace(
+                    "its deadline passed, but the policy's timeoutMs has been raised since",
+                    false,
+                    lifetime,
+                    record,
+                );
+            }
+            PodPhase::Failed if pod.ever_ran && self.restart() == RestartPolicy::Never => {
+                let at = pod.finished_at.unwrap_or(o.now);
+                let message = match (&pod.reason, &pod.message) {
+                    (Some(r), Some(m)) => format!("the agent failed ({r}: {m})"),
+                    (Some(r), None) => format!("the agent failed ({r})"),
+                    (None, Some(m)) => format!("the agent failed: {m}"),
+                    (None, None) => "the agent failed".into(),
+                };
+                let mut outcome = Outcome::new(SandboxPhase::Failed, "Failed", message)
+                    .with_plan(self.facts.clone());
+                outcome.has_pod = true;
+                return Decision::new(Step::Leave, outcome, lifetime.finished(at), record);
+            }
+            PodPhase::Failed => {
+                // Stopped from outside (eviction, node shutdown, preemption) or refused by the
+                // node before it ran: the sandbox runs on in a new pod, after a growing wait.
+                let why = pod.reason.clone().unwrap_or_else(|| "Failed".into());
+                let what = if pod.ever_ran {
+                    "it was stopped from outside"
+                } else {
+                    "the node refused it before it ran"
+                };
+                let detail = pod
+                    .message
                     .as_ref()
                     .map(|m| format!(": {m}"))
-                    .unwrap_or_default()
-            ))
-            .requeue_in(Duration::from_secs(1));
-            return run(PodStep::Replace, outcome, lifetime);
+                    .unwrap_or_default();
+                return self.replace(
+                    &format!("{what} ({why}{detail})"),
+                    false,
+                    lifetime,
+                    record.failed(o.now),
+                );
+            }
+            _ => {}
         }
-        _ => {}
-    }
-    if let Some(Err(message)) = pod
-        .image
-        .as_deref()
-        .map(|running| image::admitted_as(&o.sandbox.spec.image, running))
-    {
-        let outcome = Outcome::blocked("ImageRewritten", message).with_plan(facts);
-        return Decision::new(Step::RemovePod, outcome, lifetime);
-    }
-    let wanted_labels = plan.pod.metadata.labels.clone().unwrap_or_default();
-    let replace = if pod.hash.as_deref() != Some(plan.pod_hash.as_str()) {
-        Some("its policy hash changed (a policy or sandbox edit that only a new pod can carry)")
-    } else if !wanted_labels
-        .iter()
-        .all(|(k, v)| pod.labels.get(k) == Some(v))
-    {
-        Some("its labels were changed")
-    } else {
-        None
-    };
-    if let Some(why) = replace {
-        let outcome =
-            starting(&format!("replacing the pod: {why}")).requeue_in(Duration::from_secs(1));
-        return run(PodStep::Replace, outcome, lifetime);
-    }
-    if let Some(bound) = &pod.network_policy_uid
-        && o.isolation.map(|np| &np.uid) != Some(bound)
-    {
-        let outcome = replacing(
-            "replacing the pod: its isolating NetworkPolicy was deleted or replaced while it ran",
-        )
-        .not_isolated(Some("NetworkPolicyReplaced"));
-        return run(PodStep::Replace, outcome, lifetime).confirm(Confirm::NetworkPolicies);
-    }
-    if pod.gate.is_some() {
-        let outcome =
-            starting("confirming the isolating NetworkPolicy before the pod is scheduled");
-        return run(PodStep::Ungate, outcome, lifetime);
-    }
-    let mut outcome = starting("waiting for the pod to become ready");
-    outcome.pod_ip = pod.ip.clone();
-    if pod.phase == PodPhase::Running && pod.ready {
-        outcome.phase = SandboxPhase::Running;
-        outcome.reason = "Running".into();
-        outcome.message = "the pod is ready".into();
-        let lifetime = lifetime.ran(o.now);
-        // The timeout runs from the first run: known now, if this is it.
-        let timeout_ms = match o.policy {
-            PolicyState::Found(p) => p.spec.timeout_ms,
-            _ => None,
+        let wanted_labels = self.plan.pod.metadata.labels.clone().unwrap_or_default();
+        if !wanted_labels
+            .iter()
+            .all(|(k, v)| pod.labels.get(k) == Some(v))
+        {
+            // Its NetworkPolicy selects it by these labels: it may be running unisolated.
+            return self.replace("its labels were changed", true, lifetime, record);
+        }
+        if pod.hash.as_deref() != Some(self.plan.pod_hash.as_str()) {
+            return self.replace(
+                "its policy hash changed (a policy or sandbox edit that only a new pod can carry)",
+                false,
+                lifetime,
+                record,
+            );
+        }
+        if pod.guard != Guard::of(&self.plan.pod) {
+            return self.replace(
+                "its runtime class, identity or security context is not the planned one",
+                true,
+                lifetime,
+                record,
+            );
+        }
+        if let Some(Err(message)) = pod
+            .image
+            .as_deref()
+            .map(|running| image::admitted_as(&o.sandbox.spec.image, running))
+        {
+            let outcome = Outcome::blocked("ImageRewritten", message).with_plan(self.facts.clone());
+            return Decision::new(Step::RemovePod, outcome, lifetime, record);
+        }
+        match (&pod.network_policy_uid, o.isolation) {
+            (Some(bound), isolation) if isolation.map(|np| &np.uid) != Some(bound) => {
+                let mut d = self.replace(
+                    "its isolating NetworkPolicy was deleted or replaced while it ran",
+                    true,
+                    lifetime,
+                    record,
+                );
+                d.outcome = d.outcome.not_isolated(Some("NetworkPolicyReplaced"));
+                return d.confirm(Confirm::NetworkPolicies);
+            }
+            _ => {}
+        }
+        if pod.gate.is_some() {
+            let outcome = self.starting(
+                "Starting",
+                "confirming the isolating NetworkPolicy before the pod is scheduled",
+            );
+            return self.run(PodStep::Ungate, outcome, lifetime, record);
+        }
+        let step = match (&pod.network_policy_uid, o.isolation) {
+            (None, Some(np)) => PodStep::Bind(np.uid.clone()),
+            _ => PodStep::Keep,
         };
-        outcome.expires_at =
-            lifetime.expiry(o.sandbox.spec.expires_at.as_ref().map(|t| t.0), timeout_ms);
-        return run(PodStep::Keep, outcome, lifetime);
+        let mut outcome = self.starting("Starting", "waiting for the pod to become ready");
+        outcome.pod_ip = pod.ip.clone();
+        if pod.phase == PodPhase::Running && pod.ready {
+            outcome.phase = SandboxPhase::Running;
+            outcome.reason = "Running".into();
+            outcome.message = "the pod is ready".into();
+            // Run time counts from when the kubelet started the first pod, as its deadline does.
+            let lifetime = lifetime.ran(pod.start_time.unwrap_or(o.now).min(o.now));
+            outcome.expires_at = lifetime.expiry(
+                o.sandbox.spec.expires_at.as_ref().map(|t| t.0),
+                self.checked.spec.timeout_ms,
+            );
+            return self.run(step, outcome, lifetime, record.ran());
+        }
+        self.run(step, outcome, lifetime, record)
     }
-    run(PodStep::Keep, outcome, lifetime)
+
+    fn restart(&self) -> RestartPolicy {
+        self.o.sandbox.spec.restart_policy.unwrap_or_default()
+    }
 }
 
 fn phase_reason(phase: SandboxPhase) -> &'static str {
     match phase {
         SandboxPhase::Succeeded => "Succeeded",
+        SandboxPhase::Expired => "Expired",
         _ => "Failed",
     }
 }
 
-fn expired(message: &str) -> Outcome {
-    Outcome::new(SandboxPhase::Expired, "Expired", message)
+/// The sandbox's time is up: no pod, for good.
+fn expire(
+    message: &str,
+    expires_at: Option<Timestamp>,
+    lifetime: Lifetime,
+    record: PodRecord,
+    now: Timestamp,
+) -> Decision {
+    let mut outcome = Outcome::new(SandboxPhase::Expired, "Expired", message);
+    outcome.expires_at = expires_at;
+    Decision::new(Step::RemovePod, outcome, lifetime.finished(now), record)
 }
 
-fn stalled_reason(status: &crate::api::AgentSandboxStatus) -> Option<&str> {
+fn stalled_reason(status: &AgentSandboxStatus) -> Option<&str> {
     status
         .conditions
         .iter()
@@ -439,8 +583,9 @@ fn stalled_reason(status: &crate::api::AgentSandboxStatus) -> Option<&str> {
 /// Nothing is touched: the last enforced state stays, and the status says why.
 fn hold(
     o: &Observed,
-    status: &crate::api::AgentSandboxStatus,
+    status: &AgentSandboxStatus,
     lifetime: Lifetime,
+    record: PodRecord,
     why: &str,
 ) -> Decision {
     let phase = status.phase.unwrap_or_default();
@@ -454,15 +599,11 @@ fn hold(
     )
     .unresolved_policy();
     outcome.standing = Some(Standing::Stalled);
-    outcome.plan = status.policy_hash.clone().map(|pod_hash| PlanFacts {
-        pod_hash,
-        runtime_class_name: status.runtime_class_name.clone(),
-        service: status.service_fqdn.is_some(),
-    });
+    outcome.plan = plan_facts_of(status);
     outcome.has_pod = o.pod.is_some_and(|p| p.ours);
     outcome.pod_ip = o.pod.and_then(|p| p.ip.clone());
     outcome.expires_at = status.expires_at.as_ref().map(|t| t.0);
-    Decision::new(Step::Leave, outcome, lifetime)
+    Decision::new(Step::Leave, outcome, lifetime, record)
 }
 
 /// Whether `selector` selects a pod with `labels`.

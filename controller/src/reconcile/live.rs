@@ -20,6 +20,63 @@ pub enum PodPhase {
     Unknown,
 }
 
+/// The fields of a pod that carry its isolation, read the same way from the planned and the
+/// live pod: a live pod whose fields differ (a forged pod, an edit the API server allowed, a
+/// mutating webhook) is not running as the policy says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Guard {
+    runtime_class: Option<String>,
+    service_account: Option<String>,
+    automount: Option<bool>,
+    host_namespaces: bool,
+    pod_non_root: Option<bool>,
+    pod_seccomp: Option<(String, Option<String>)>,
+    privileged: bool,
+    escalation: Option<bool>,
+    read_only_root: Option<bool>,
+    non_root: Option<bool>,
+    added_capabilities: Vec<String>,
+    drops_all: bool,
+    seccomp: Option<(String, Option<String>)>,
+}
+
+impl Guard {
+    /// Reads the guard of `pod`'s agent container (named `agent`).
+    pub fn of(pod: &Pod) -> Self {
+        let Some(spec) = pod.spec.as_ref() else {
+            return Self::default();
+        };
+        let psc = spec.security_context.as_ref();
+        let agent = spec.containers.iter().find(|c| c.name == "agent");
+        let sc = agent.and_then(|c| c.security_context.as_ref());
+        let seccomp = |p: Option<&k8s_openapi::api::core::v1::SeccompProfile>| {
+            p.map(|p| (p.type_.clone(), p.localhost_profile.clone()))
+        };
+        let caps = sc.and_then(|s| s.capabilities.as_ref());
+        let mut added: Vec<String> = caps.and_then(|c| c.add.clone()).unwrap_or_default();
+        added.sort();
+        Self {
+            runtime_class: spec.runtime_class_name.clone(),
+            service_account: spec.service_account_name.clone(),
+            automount: spec.automount_service_account_token,
+            host_namespaces: spec.host_network == Some(true)
+                || spec.host_pid == Some(true)
+                || spec.host_ipc == Some(true),
+            pod_non_root: psc.and_then(|s| s.run_as_non_root),
+            pod_seccomp: seccomp(psc.and_then(|s| s.seccomp_profile.as_ref())),
+            privileged: sc.and_then(|s| s.privileged) == Some(true),
+            escalation: sc.and_then(|s| s.allow_privilege_escalation),
+            read_only_root: sc.and_then(|s| s.read_only_root_filesystem),
+            non_root: sc.and_then(|s| s.run_as_non_root),
+            added_capabilities: added,
+            drops_all: caps
+                .and_then(|c| c.drop.as_ref())
+                .is_some_and(|d| d.iter().any(|x| x == "ALL")),
+            seccomp: seccomp(sc.and_then(|s| s.seccomp_profile.as_ref())),
+        }
+    }
+}
+
 /// A sandbox's pod as it is in the cluster.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LivePod {
@@ -44,6 +101,11 @@ pub struct LivePod {
     /// When its containers last terminated.
     pub finished_at: Option<Timestamp>,
     pub ip: Option<String>,
+    /// When the kubelet accepted it (`status.startTime`).
+    pub start_time: Option<Timestamp>,
+    /// Whether a container of it ever started (a pod the node refused never ran).
+    pub ever_ran: bool,
+    pub guard: Guard,
 }
 
 impl LivePod {
@@ -76,7 +138,7 @@ impl LivePod {
             hash: annotations.get(POLICY_HASH_ANNOTATION).cloned(),
             labels: pod.labels().clone(),
             image: spec
-                .and_then(|s| s.containers.first())
+                .and_then(|s| s.containers.iter().find(|c| c.name == "agent"))
                 .and_then(|c| c.image.clone()),
             gate: spec
                 .and_then(|s| s.scheduling_gates.as_ref())
@@ -88,6 +150,24 @@ impl LivePod {
             message: status.and_then(|s| s.message.clone()),
             finished_at,
             ip: status.and_then(|s| s.pod_ip.clone()),
+            start_time: status.and_then(|s| s.start_time.as_ref()).map(|t| t.0),
+            ever_ran: status
+                .and_then(|s| s.container_statuses.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    let started = |st: Option<&k8s_openapi::api::core::v1::ContainerState>| {
+                        st.is_some_and(|st| {
+                            st.running.is_some()
+                                || st
+                                    .terminated
+                                    .as_ref()
+                                    .is_some_and(|t| t.started_at.is_some())
+                        })
+                    };
+                    started(c.state.as_ref()) || started(c.last_state.as_ref())
+                }),
+            guard: Guard::of(pod),
         }
     }
 }
@@ -119,7 +199,8 @@ mod tests {
             "status": {"phase": "Failed", "reason": "Evicted", "message": "low on memory",
                 "podIP": "10.0.0.9",
                 "containerStatuses": [{"name": "agent", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
-                    "state": {"terminated": {"exitCode": 137, "finishedAt": "2026-01-01T00:00:05Z"}}}]}
+                    "state": {"terminated": {"exitCode": 137, "startedAt": "2026-01-01T00:00:01Z",
+                                             "finishedAt": "2026-01-01T00:00:05Z"}}}]}
         }))
         .unwrap();
         let live = LivePod::read(&pod, "sb-1");
@@ -134,6 +215,7 @@ mod tests {
             Some("2026-01-01T00:00:05Z".parse().unwrap())
         );
         assert_eq!(live.image.as_deref(), Some("ghcr.io/a/b:1"));
+        assert!(live.ever_ran);
         assert!(!LivePod::read(&pod, "another-sandbox").ours);
     }
 }

@@ -17,6 +17,7 @@ pub mod lifetime;
 pub mod live;
 pub mod ownership;
 pub mod policy;
+pub mod record;
 pub mod sandbox;
 pub mod status;
 
@@ -128,6 +129,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub backoff: backoff::Backoff,
+    /// Cancelled when this term of the controllers ends: a reconcile still waiting for the
+    /// caches gives up.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 pub type Ctx = Arc<Context>;

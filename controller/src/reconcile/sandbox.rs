@@ -18,16 +18,17 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::api::{AgentPolicy, AgentSandbox, MANAGER, SandboxPhase};
+use crate::api::{AgentPolicy, AgentSandbox, AgentSandboxStatus, MANAGER, SandboxPhase};
 use crate::render::ClusterFacts;
 use crate::render::network::isolation_name;
 
 use super::act::{Acted, Failed, act};
 use super::backoff::Backoff;
-use super::children;
-use super::decide::{Decision, Observed, PolicyState, decide, selects};
+use super::children::{self, Grace, may_widen};
+use super::decide::{Confirm, Decision, Observed, PolicyState, Step, decide, selects};
 use super::live::{LiveIsolation, LivePod};
 use super::ownership::{controlled_by, controlling_sandbox};
+use super::record::PodRecord;
 use super::status::{Names, Outcome, Standing, status, warning};
 use super::{Ctx, Error, FAIL_CLOSED_AFTER, RESYNC};
 
@@ -104,72 +105,87 @@ fn observe(ctx: &Ctx, sandbox: &AgentSandbox, ns: &str, uid: &str) -> Reading {
     }
 }
 
-/// The same, read directly from the API server, for a decision that must not rest on caches.
-async fn read_directly(
+/// Reads directly from the API server what a decision taken on cached evidence rests on (and
+/// the pod it would destroy), in place of the cached reading.
+async fn confirm(
     ctx: &Ctx,
     sandbox: &AgentSandbox,
     ns: &str,
     uid: &str,
+    what: &Confirm,
+    mut reading: Reading,
 ) -> Result<Reading, Error> {
     let name = sandbox.name_any();
-    let ar = ApiResource::erase::<AgentPolicy>(&());
-    let policies: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
-    let (policy, unreadable) = match policies.get_opt(&sandbox.spec.policy_ref.name).await? {
-        None => (None, None),
-        Some(obj) => match serde_json::to_value(&obj)
-            .map_err(|e| e.to_string())
-            .and_then(|v| {
-                serde_path_to_error::deserialize::<_, AgentPolicy>(v)
-                    .map_err(|e| format!("{}: {}", e.path(), e.inner()))
-            }) {
-            Ok(p) => (Some(p), None),
-            Err(why) => (None, Some(why)),
-        },
-    };
-    let runtime_classes = Api::<RuntimeClass>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .map(|rc| (rc.name_any(), rc.handler))
-        .collect();
-    if let Err(e) = ctx
-        .optional_crds
-        .refresh(&ctx.client, ctx.config.namespace.as_deref())
-        .await
-    {
-        tracing::warn!(error = %e, "could not re-check the optional CRDs");
+    match what {
+        Confirm::Policy => {
+            let ar = ApiResource::erase::<AgentPolicy>(&());
+            let policies: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+            (reading.policy, reading.unreadable) =
+                match policies.get_opt(&sandbox.spec.policy_ref.name).await? {
+                    None => (None, None),
+                    Some(obj) => match serde_json::to_value(&obj)
+                        .map_err(|e| e.to_string())
+                        .and_then(|v| {
+                            serde_path_to_error::deserialize::<_, AgentPolicy>(v)
+                                .map_err(|e| format!("{}: {}", e.path(), e.inner()))
+                        }) {
+                        Ok(p) => (Some(p), None),
+                        Err(why) => (None, Some(why)),
+                    },
+                };
+        }
+        Confirm::ClusterFacts => {
+            reading.runtime_classes = Some(
+                Api::<RuntimeClass>::all(ctx.client.clone())
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .map(|rc| (rc.name_any(), rc.handler))
+                    .collect(),
+            );
+            ctx.optional_crds
+                .refresh(&ctx.client, ctx.config.namespace.as_deref())
+                .await?;
+        }
+        Confirm::NetworkPolicies => {
+            reading.network_policies = Api::<NetworkPolicy>::namespaced(ctx.client.clone(), ns)
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .map(Arc::new)
+                .collect();
+            reading.isolation = reading
+                .network_policies
+                .iter()
+                .find(|np| np.name_any() == isolation_name(&name))
+                .map(|np| isolation_of(np, uid));
+        }
     }
-    let network_policies: Vec<Arc<NetworkPolicy>> =
-        Api::<NetworkPolicy>::namespaced(ctx.client.clone(), ns)
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-    let isolation = network_policies
-        .iter()
-        .find(|np| np.name_any() == isolation_name(&name))
-        .map(|np| isolation_of(np, uid));
-    let pod = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+    reading.pod = Api::<Pod>::namespaced(ctx.client.clone(), ns)
         .get_opt(&name)
         .await?
         .map(|p| LivePod::read(&p, uid));
-    Ok(Reading {
-        policy,
-        unreadable,
-        runtime_classes: Some(runtime_classes),
-        network_policies,
-        isolation,
-        pod,
-    })
+    Ok(reading)
+}
+
+/// Whether a decision taken on cached evidence would change anything: remove a pod, or turn
+/// the status into what it does not say yet. Otherwise it needs no confirming.
+fn destructive(decision: &Decision, reading: &Reading, previous: &AgentSandboxStatus) -> bool {
+    let has_pod = reading.pod.as_ref().is_some_and(|p| p.ours && !p.deleting);
+    let same_status = previous.phase == Some(decision.outcome.phase)
+        && previous.message.as_deref() == Some(decision.outcome.message.as_str());
+    has_pod || !same_status
 }
 
 /// Reconciles one sandbox.
 pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, Error> {
     let _timer = ctx.metrics.observe_reconcile("agentsandbox");
-    ctx.caches.ready().await;
+    tokio::select! {
+        () = ctx.caches.ready() => {}
+        () = ctx.stop.cancelled() => return Ok(Action::await_change()),
+    }
     if sandbox.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -177,13 +193,16 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
     let uid = sandbox.uid().ok_or(Error::Missing("uid"))?;
     let name = sandbox.name_any();
     let now = Timestamp::now();
+    let previous = sandbox.status.clone().unwrap_or_default();
 
     let mut reading = observe(&ctx, &sandbox, &ns, &uid);
     let facts = ctx.facts();
     let mut decision = decide(&reading.observed(&sandbox, &facts, now));
-    if let Some(what) = &decision.confirm {
+    if let Some(what) = decision.confirm.clone()
+        && destructive(&decision, &reading, &previous)
+    {
         tracing::debug!(sandbox = %name, ?what, "confirming a destructive decision by reading directly");
-        reading = read_directly(&ctx, &sandbox, &ns, &uid).await?;
+        reading = confirm(&ctx, &sandbox, &ns, &uid, &what, reading).await?;
         let facts = match &reading.runtime_classes {
             Some(rcs) => ctx.facts_with(rcs.clone()),
             None => ctx.facts(),
@@ -197,20 +216,33 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
             .inc();
     }
 
-    let previous = sandbox.status.clone().unwrap_or_default();
-    let result = act(&ctx, &sandbox, &decision, reading.pod.as_ref()).await;
+    let result = act(
+        &ctx,
+        &sandbox,
+        &decision,
+        reading.pod.as_ref(),
+        reading.isolation.as_ref(),
+    )
+    .await;
+    let mut record = decision.record.clone();
     let (outcome, failure) = match result {
-        Ok(acted) => (
-            after(&ctx, &sandbox, &decision, acted, reading.pod.as_ref()).await?,
-            None,
-        ),
+        Ok(acted) => {
+            record.isolation_pending_since = None;
+            if let Some(created) = &acted.created {
+                record.uid = Some(created.clone());
+            }
+            (after(&decision, acted), None)
+        }
+        // The sandbox goes with its namespace: nothing to report.
+        Err(failed) if failed.error.namespace_terminating() => return Err(failed.error),
         Err(failed) => {
             let outcome = after_failure(
                 &ctx,
                 &sandbox,
                 &decision,
                 &failed,
-                reading.pod.as_ref(),
+                &reading,
+                &mut record,
                 now,
             )
             .await;
@@ -219,7 +251,7 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
     };
 
     let generation = sandbox.meta().generation;
-    let new_status = status(
+    let mut new_status = status(
         &previous,
         &outcome,
         &decision.lifetime,
@@ -231,6 +263,7 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
         },
         now,
     );
+    record.write(&mut new_status);
     if new_status != previous {
         if let Some((reason, note)) = warning(&previous, &outcome) {
             let event = Event {
@@ -261,7 +294,7 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
                 .creation_timestamp
                 .as_ref()
                 .map_or(started, |t| t.0);
-            let ms = (started.as_millisecond() - created.as_millisecond()).max(0);
+            let ms = (now.as_millisecond() - created.as_millisecond()).max(0);
             ctx.metrics.start_latency.observe(ms as f64 / 1000.0);
         }
     }
@@ -300,19 +333,11 @@ fn until(t: Timestamp, now: Timestamp) -> Duration {
 }
 
 /// The outcome once the decision was carried out.
-async fn after(
-    ctx: &Ctx,
-    sandbox: &AgentSandbox,
-    decision: &Decision,
-    acted: Acted,
-    pod: Option<&LivePod>,
-) -> Result<Outcome, Error> {
+fn after(decision: &Decision, acted: Acted) -> Outcome {
     let mut outcome = decision.outcome.clone();
     if let Some(what) = acted.conflict {
-        // Someone else's object holds a child's name: never adopted; no pod runs without it.
-        if let Some(p) = pod.filter(|p| p.ours && !p.deleting) {
-            children::delete_pod(&ctx.client, sandbox, &p.uid).await?;
-        }
+        // Someone else's object holds a child's name: never adopted; no pod runs without it
+        // (the pod was removed).
         let isolation = what.starts_with("NetworkPolicy");
         outcome = Outcome::blocked(
             "NameConflict",
@@ -321,25 +346,28 @@ async fn after(
         if isolation {
             outcome = outcome.not_isolated(None);
         }
-        return Ok(outcome);
+        return outcome;
     }
     if let Some(why) = acted.retry {
-        outcome.reason = "Replacing".into();
+        outcome.reason = "Retrying".into();
         outcome.message = why;
         outcome.requeue = Some(Duration::from_secs(1));
     }
     outcome.retained_claim = acted.retained_claim;
-    Ok(outcome)
+    outcome
 }
 
 /// The outcome when a step failed: the error is in the conditions (Stalled when only a person
-/// can fix it); a NetworkPolicy that cannot be brought to what the policy says fails closed.
+/// can fix it). When the isolating NetworkPolicy (or Cilium policy) cannot be brought to what
+/// the policy says and the live one may be wider, the pod is removed after
+/// [`FAIL_CLOSED_AFTER`] (fail closed).
 async fn after_failure(
     ctx: &Ctx,
     sandbox: &AgentSandbox,
     decision: &Decision,
     failed: &Failed,
-    pod: Option<&LivePod>,
+    reading: &Reading,
+    record: &mut PodRecord,
     now: Timestamp,
 ) -> Outcome {
     let error = &failed.error;
@@ -352,45 +380,73 @@ async fn after_failure(
     } else {
         Standing::Progressing
     });
-    if failed.isolation
-        && let Some(p) = pod.filter(|p| p.ours && !p.deleting)
-    {
-        let previous = sandbox.status.clone().unwrap_or_default();
-        let since = previous
-            .conditions
-            .iter()
-            .find(|c| {
-                c.type_ == "NetworkIsolated"
-                    && c.status == "False"
-                    && c.reason == "NetworkPolicyNotApplied"
-            })
-            .map_or(now, |c| c.last_transition_time.0);
-        let failing_ms = (now.as_millisecond() - since.as_millisecond()).max(0) as u128;
-        outcome = outcome.not_isolated(Some("NetworkPolicyNotApplied"));
-        ctx.backoff.mark_urgent(&sandbox.uid().unwrap_or_default());
-        if failing_ms >= FAIL_CLOSED_AFTER.as_millis() {
-            match children::delete_pod(&ctx.client, sandbox, &p.uid).await {
-                Ok(()) => {
-                    outcome.message = format!(
-                        "{}; the pod was removed after {} s (fail closed) and is recreated once the NetworkPolicy can be applied",
-                        outcome.message,
-                        FAIL_CLOSED_AFTER.as_secs()
-                    );
-                    outcome.phase = SandboxPhase::Starting;
-                    outcome.has_pod = false;
-                    outcome.pod_ip = None;
-                }
-                Err(e) => tracing::warn!(error = %e, "could not remove the pod to fail closed"),
-            }
-        } else {
+    let running = reading.pod.as_ref().filter(|p| p.ours && !p.deleting);
+    let Some(pod) =
+        running.filter(|_| failed.isolation && isolation_may_widen(ctx, sandbox, decision))
+    else {
+        record.isolation_pending_since = None;
+        return outcome;
+    };
+    let since = *record.isolation_pending_since.get_or_insert(now);
+    outcome = outcome.not_isolated(Some("NetworkPolicyNotApplied"));
+    ctx.backoff.mark_urgent(&sandbox.uid().unwrap_or_default());
+    let failing_ms = (now.as_millisecond() - since.as_millisecond()).max(0) as u128;
+    if failing_ms < FAIL_CLOSED_AFTER.as_millis() {
+        outcome.message = format!(
+            "{}; the pod is removed if this lasts {} s",
+            outcome.message,
+            FAIL_CLOSED_AFTER.as_secs()
+        );
+        return outcome;
+    }
+    match children::delete_pod(&ctx.client, sandbox, &pod.uid, Grace::None).await {
+        Ok(()) => {
             outcome.message = format!(
-                "{}; the pod is removed if this lasts {} s",
+                "{}; the pod was removed after {} s (fail closed) and is recreated once the NetworkPolicy can be applied",
                 outcome.message,
                 FAIL_CLOSED_AFTER.as_secs()
             );
+            outcome.phase = SandboxPhase::Starting;
+            outcome.has_pod = false;
+            outcome.pod_ip = None;
         }
+        Err(e) => tracing::warn!(error = %e, "could not remove the pod to fail closed"),
     }
     outcome
+}
+
+/// Whether the sandbox's live NetworkPolicy and Cilium policy (as cached) may allow more than
+/// the planned ones.
+fn isolation_may_widen(ctx: &Ctx, sandbox: &AgentSandbox, decision: &Decision) -> bool {
+    let plan = match &decision.step {
+        Step::Run(plan, _) | Step::Pause(plan) => plan,
+        _ => return false,
+    };
+    let ns = sandbox.namespace().unwrap_or_default();
+    let np_name = isolation_name(&sandbox.name_any());
+    let live_np = ctx
+        .caches
+        .network_policies
+        .get(&ObjectRef::new(&np_name).within(&ns))
+        .and_then(|np| serde_json::to_value(&*np).ok());
+    let desired_np = serde_json::to_value(&plan.network_policy).unwrap_or_default();
+    if may_widen(live_np.as_ref(), &desired_np) {
+        return true;
+    }
+    let Some(desired_cnp) = &plan.fqdn_policy else {
+        // A Cilium policy that left the plan is removed first; while that fails it may widen.
+        return ctx.facts().cilium;
+    };
+    match ctx.caches.cilium_policies.get() {
+        Some(store) => {
+            let name = desired_cnp["metadata"]["name"].as_str().unwrap_or_default();
+            let live = store
+                .get(&ObjectRef::new_with(name, super::act::cilium_resource()).within(&ns))
+                .and_then(|o| serde_json::to_value(&*o).ok());
+            may_widen(live.as_ref(), desired_cnp)
+        }
+        None => true,
+    }
 }
 
 /// Errors requeue with exponential backoff and jitter per sandbox; the metrics say what failed.

@@ -181,16 +181,20 @@ pub fn seccomp(
                     "syscalls.profile Generated needs the Security Profiles Operator the operator can use: the SeccompProfile CRD is not installed, or the operator may not create those objects",
                 ));
             }
-            let profile_name = format!("{name}-seccomp");
+            let spec = json!({
+                "baseProfileName": "runtime/default",
+                "defaultAction": "SCMP_ACT_ERRNO",
+                "syscalls": [{"action": "SCMP_ACT_ERRNO", "names": policy.block}],
+            });
+            // The content's hash is in the name, so a changed profile is a new file on the
+            // node: a container cannot start on the old one while the operator of the
+            // profiles is still writing the new one.
+            let profile_name = format!("{name}-seccomp-{}", &super::hash::short_hash(&spec)[..8]);
             let object = json!({
                 "apiVersion": "security-profiles-operator.x-k8s.io/v1beta1",
                 "kind": "SeccompProfile",
                 "metadata": object_meta(sandbox, profile_name.clone()),
-                "spec": {
-                    "baseProfileName": "runtime/default",
-                    "defaultAction": "SCMP_ACT_ERRNO",
-                    "syscalls": [{"action": "SCMP_ACT_ERRNO", "names": policy.block}],
-                },
+                "spec": spec,
             });
             let path = format!("operator/{namespace}/{profile_name}.json");
             (

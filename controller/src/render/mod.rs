@@ -255,7 +255,6 @@ pub fn compile_checked(
         runtime_class_name: runtime_class_name.clone(),
         resources: &resources,
         seccomp: &seccomp.pod_profile,
-        seccomp_object: seccomp.object.as_ref(),
         proxy_env: net.proxy_env.clone(),
         active_deadline_seconds: deadline,
     };

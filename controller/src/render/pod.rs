@@ -33,8 +33,6 @@ pub struct PodInput<'a> {
     pub runtime_class_name: Option<String>,
     pub resources: &'a CompiledResources,
     pub seccomp: &'a SeccompProfile,
-    /// The generated SeccompProfile, whose content the pod's filter is built from at start.
-    pub seccomp_object: Option<&'a serde_json::Value>,
     pub proxy_env: Vec<EnvVar>,
     pub active_deadline_seconds: Option<i64>,
 }
@@ -308,12 +306,9 @@ pub fn build_pod(input: &PodInput) -> Result<(Pod, String), Blocked> {
     labels.extend(child_labels(&name));
     let annotations: BTreeMap<String, String> = sandbox.spec.pod_annotations.clone();
     // The deadline shrinks as the sandbox runs and is mutable in place, and the scheduling gate
-    // is removed once the pod's NetworkPolicy is confirmed: both stay out of the hash. A
-    // generated seccomp profile is read when the container starts, so its content is in it.
-    let pod_hash = match input.seccomp_object {
-        None => short_hash(&(&labels, &annotations, &spec)),
-        Some(profile) => short_hash(&(&labels, &annotations, &spec, &profile["spec"])),
-    };
+    // is removed once the pod's NetworkPolicy is confirmed: both stay out of the hash. (A
+    // generated seccomp profile's content is in its name, and so in the spec.)
+    let pod_hash = short_hash(&(&labels, &annotations, &spec));
 
     let mut meta = object_meta(sandbox, name);
     let mut annotations = annotations;

@@ -54,6 +54,8 @@ pub fn caches(c: Cached) -> Caches {
         service_accounts: ready_store(c.service_accounts),
         services: ready_store(c.services),
         claims: ready_store(c.claims),
+        cilium_policies: Default::default(),
+        seccomp_profiles: Default::default(),
         gates: Arc::new(vec![Gate::opened()]),
     }
 }
@@ -74,5 +76,6 @@ pub fn context(client: kube::Client, c: Cached, crds: OptionalCrds) -> Arc<Conte
         recorder,
         metrics: Metrics::new(),
         backoff: Default::default(),
+        stop: Default::default(),
     })
 }
