@@ -322,10 +322,21 @@ fn a_new_syscall_filter_needs_a_new_pod() {
     };
     let (ptrace, pod_a) = hash(&["ptrace"]);
     let (ptrace_mount, pod_b) = hash(&["ptrace", "mount"]);
-    assert_eq!(
-        pod_a.spec.as_ref().and_then(|s| s.security_context.clone()),
-        pod_b.spec.as_ref().and_then(|s| s.security_context.clone()),
-        "same profile path in both pods"
+    let path = |pod: &k8s_openapi::api::core::v1::Pod| {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref())
+            .and_then(|c| c.seccomp_profile.as_ref())
+            .and_then(|p| p.localhost_profile.clone())
+            .expect("a localhost profile")
+    };
+    // The profile's content is in its name: a new filter is a new file, so no container can
+    // start on the old one while the new one is being written to the node.
+    assert_ne!(path(&pod_a), path(&pod_b));
+    assert!(
+        path(&pod_a).starts_with("operator/team/agent-seccomp-"),
+        "{}",
+        path(&pod_a)
     );
     assert_ne!(ptrace, ptrace_mount);
     assert_eq!(hash(&["ptrace"]).0, ptrace, "the hash is stable");
