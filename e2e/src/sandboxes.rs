@@ -116,3 +116,40 @@ pub async fn set_pod_phase(
     .await
     .expect("pod status");
 }
+
+/// Sets the pod's phase (as [`set_pod_phase`]) until `done` holds, setting it again whenever
+/// the simulated kubelet (kwok), busy with an earlier update, put the pod back to Running.
+pub async fn set_pod_phase_until<F, Fut>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    phase: &str,
+    reason: Option<&str>,
+    what: &str,
+    mut done: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if done().await {
+            return;
+        }
+        let current = pods
+            .get_opt(name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|p| p.status?.phase);
+        if current.as_deref() == Some("Running") {
+            set_pod_phase(client, ns, name, phase, reason).await;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

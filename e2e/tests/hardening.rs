@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use palisade::api::{AgentSandbox, NETWORK_POLICY_UID_ANNOTATION, SandboxPhase};
 use palisade_e2e::sandboxes::{
-    WAIT, apply_policy, apply_sandbox, basic_sandbox, condition, live_pod_uid, set_pod_phase,
+    WAIT, apply_policy, apply_sandbox, basic_sandbox, condition, live_pod_uid, set_pod_phase_until,
     setup, wait_phase,
 };
 use palisade_e2e::{apply_cluster, unique, wait_for};
@@ -365,7 +365,20 @@ async fn a_finished_agent_does_not_run_again_and_an_evicted_one_does() {
     running_pod_uid(&client, ns, "once").await;
     let evicted = running_pod_uid(&client, ns, "service").await;
 
-    set_pod_phase(&client, ns, "once", "Succeeded", None).await;
+    let sandboxes: Api<AgentSandbox> = Api::namespaced(client.clone(), ns);
+    set_pod_phase_until(
+        &client,
+        ns,
+        "once",
+        "Succeeded",
+        None,
+        "sandbox once Succeeded",
+        || async {
+            let s = sandboxes.get("once").await.ok();
+            s.and_then(|s| s.status?.phase) == Some(SandboxPhase::Succeeded)
+        },
+    )
+    .await;
     let s = wait_phase(&client, ns, "once", SandboxPhase::Succeeded).await;
     assert!(
         s.status.and_then(|st| st.finished_at).is_some(),
@@ -381,14 +394,19 @@ async fn a_finished_agent_does_not_run_again_and_an_evicted_one_does() {
     })
     .await;
 
-    set_pod_phase(&client, ns, "service", "Failed", Some("Evicted")).await;
-    wait_for("the evicted pod replaced", WAIT, || {
-        let (client, evicted) = (client.clone(), evicted.clone());
-        async move {
-            let uid = live_pod_uid(&client, ns, "service").await?;
-            (uid != evicted).then_some(())
-        }
-    })
+    set_pod_phase_until(
+        &client,
+        ns,
+        "service",
+        "Failed",
+        Some("Evicted"),
+        "the evicted pod replaced",
+        || async {
+            live_pod_uid(&client, ns, "service")
+                .await
+                .is_some_and(|uid| uid != evicted)
+        },
+    )
     .await;
     wait_phase(&client, ns, "service", SandboxPhase::Running).await;
 
@@ -456,7 +474,20 @@ async fn paused_time_is_not_run_time_and_a_timeout_is_expired() {
 
     // The kubelet ends a pod at its activeDeadlineSeconds: the sandbox is Expired, for good.
     running_pod_uid(&client, ns, "deadline").await;
-    set_pod_phase(&client, ns, "deadline", "Failed", Some("DeadlineExceeded")).await;
+    let api: Api<AgentSandbox> = Api::namespaced(client.clone(), ns);
+    set_pod_phase_until(
+        &client,
+        ns,
+        "deadline",
+        "Failed",
+        Some("DeadlineExceeded"),
+        "sandbox deadline Expired",
+        || async {
+            let s = api.get("deadline").await.ok();
+            s.and_then(|s| s.status?.phase) == Some(SandboxPhase::Expired)
+        },
+    )
+    .await;
     let s = wait_phase(&client, ns, "deadline", SandboxPhase::Expired).await;
     assert_eq!(
         condition(&s, "Stalled"),
@@ -470,7 +501,6 @@ async fn paused_time_is_not_run_time_and_a_timeout_is_expired() {
         })
         .await;
     }
-    let api: Api<AgentSandbox> = Api::namespaced(client.clone(), ns);
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         for name in ["agent", "deadline"] {

@@ -375,7 +375,7 @@ fn patch_params() -> PatchParams {
 
 /// Removes the isolation gate at `index` from pod `uid`, so it can be scheduled. The patch
 /// tests the pod's UID and the gate first: it never applies to another pod. A gate already
-/// gone (an earlier pass removed it) is fine.
+/// gone (an earlier pass removed it), or a pod already gone, is fine.
 pub async fn ungate(
     client: &Client,
     sandbox: &AgentSandbox,
@@ -395,6 +395,8 @@ pub async fn ungate(
         .await
     {
         Ok(_) => Ok(()),
+        // Gone meanwhile (its NetworkPolicy was deleted, say): the next pass starts again.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 422 => {
             let pod = api.get_opt(&name).await?;
             let gone = pod.as_ref().is_none_or(|p| {
