@@ -116,8 +116,12 @@ fn optional_children(
                             if matches!(event, watcher::Event::InitDone) {
                                 cache.set(Some(reader.clone()));
                             }
+                            // Listed objects trigger their sandboxes too: what was decided
+                            // without this cache (pruning) is done once it is complete.
                             let obj = match &event {
-                                watcher::Event::Apply(o) | watcher::Event::Delete(o) => Some(o),
+                                watcher::Event::Apply(o)
+                                | watcher::Event::Delete(o)
+                                | watcher::Event::InitApply(o) => Some(o),
                                 _ => None,
                             };
                             if let Some(obj) = obj
