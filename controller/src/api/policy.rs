@@ -261,9 +261,10 @@ pub struct EgressPolicy {
     ]))]
     pub deny: Vec<EgressRule>,
 
-    /// Allow link-local addresses (169.254.0.0/16, fe80::/10) and the cloud metadata addresses
-    /// (fd00:ec2::254, 100.100.100.200). Default false: they are removed from every allow rule,
-    /// even with `default: allow`.
+    /// Allow link-local addresses (169.254.0.0/16, fe80::/10) and the cloud metadata and host
+    /// agent addresses (AWS fd00:ec2::254 and fd00:ec2::23, Alibaba 100.100.100.200, Azure
+    /// WireServer 168.63.129.16, Oracle fd00:c1::a9fe:a9fe, Google fd20:ce::254). Default false:
+    /// they are removed from every allow rule, even with `default: allow`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_metadata_access: Option<bool>,
 }

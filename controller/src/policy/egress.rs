@@ -16,13 +16,24 @@ use super::net::{AddrSet, Cidr, Family};
 use super::peers::{ip_block_peers, np_ports};
 use super::services::Services;
 
-/// Link-local ranges and cloud metadata addresses, removed from every allow unless
-/// `allowMetadataAccess` is set.
+/// Link-local ranges and cloud metadata and host-agent addresses, removed from every allow
+/// unless `allowMetadataAccess` is set. IPv4 link-local covers every provider's
+/// 169.254.169.254 and the EKS Pod Identity agent's 169.254.170.23.
 pub const METADATA_CIDRS: &[&str] = &[
     "169.254.0.0/16",
-    "100.100.100.200/32",
     "fe80::/10",
+    // Alibaba Cloud instance metadata.
+    "100.100.100.200/32",
+    // Azure WireServer (host agent; VM extension configuration, which can carry secrets).
+    "168.63.129.16/32",
+    // AWS instance metadata (IMDS) over IPv6.
     "fd00:ec2::254/128",
+    // AWS EKS Pod Identity agent over IPv6 (it hands out IAM credentials).
+    "fd00:ec2::23/128",
+    // Oracle Cloud instance metadata over IPv6.
+    "fd00:c1::a9fe:a9fe/128",
+    // Google Compute Engine metadata over IPv6 (IPv6-only instances).
+    "fd20:ce::254/128",
 ];
 
 /// Where cluster addresses are assumed to lie when the cluster's CIDRs are not known: the
@@ -173,7 +184,7 @@ pub fn compile_egress(
     if !allowed_addrs.intersect(&metadata).is_empty() {
         report.narrowed(
             "network.egress",
-            "link-local and cloud metadata addresses (169.254.0.0/16, 100.100.100.200, fe80::/10, fd00:ec2::254) are removed from every allow; set allowMetadataAccess to reach them",
+            "link-local ranges and cloud metadata addresses (169.254.0.0/16, fe80::/10, 100.100.100.200, 168.63.129.16, fd00:ec2::254, fd00:ec2::23, fd00:c1::a9fe:a9fe, fd20:ce::254) are removed from every allow; set allowMetadataAccess to reach them",
         );
     }
     if !allowed_addrs.intersect(&cluster).is_empty() {
