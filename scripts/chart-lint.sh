@@ -19,6 +19,7 @@ all_features=(
   --set runtimeClasses.gvisor.seccompApplied=true
   --set "cluster.cidrs={10.244.0.0/16,10.96.0.0/12}"
   --set "networkPolicy.apiServer.cidrs={192.0.2.10/32}"
+  --set "cluster.apiAudiences={https://oidc.example.com/id/ABC}"
 )
 "$helm" lint --strict "$chart"
 "$helm" lint --strict "$chart" "${all_features[@]}"

@@ -374,6 +374,38 @@ fn every_pod_starts_behind_the_isolation_gate_outside_its_hash() {
     );
 }
 
+#[test]
+fn a_token_for_the_api_server_is_refused_as_a_projected_audience() {
+    let with_audience = |a: &str| AgentPolicySpec {
+        identity: Some(palisade::api::policy::IdentityPolicy {
+            token_audience: Some(a.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    for api in [
+        "https://kubernetes.default.svc",
+        "https://kubernetes.default.svc.cluster.local",
+    ] {
+        assert_eq!(
+            blocked(with_audience(api), sandbox("p"), &ClusterFacts::default()),
+            BlockReason::TokenAudienceRefused,
+            "{api}"
+        );
+    }
+    // The cluster's own issuer, from operator configuration.
+    let issuer = "https://oidc.eks.example.com/id/ABC";
+    let mut facts = ClusterFacts::default();
+    facts.api_audiences.push(issuer.into());
+    assert_eq!(
+        blocked(with_audience(issuer), sandbox("p"), &facts),
+        BlockReason::TokenAudienceRefused
+    );
+    let plan = compile(&policy(with_audience("vault")), &sandbox("p"), &facts, 0)
+        .expect("another audience compiles");
+    assert_hardened_pod_only(&plan);
+}
+
 fn assert_hardened_pod_only(plan: &Plan) {
     assert!(restricted_violations(&plan.pod).is_empty());
 }

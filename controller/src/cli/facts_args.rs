@@ -26,6 +26,15 @@ pub struct FactsArgs {
     /// A pod or service CIDR of the cluster, removed from every CIDR allow. Repeatable.
     #[arg(long = "cluster-cidr", env = "PALISADE_CLUSTER_CIDR", value_delimiter = ',', value_name = "CIDR", value_parser = parse_cidr)]
     pub cluster_cidr: Vec<Cidr>,
+    /// An audience of the API server (its --api-audiences / service account issuer), which
+    /// identity.tokenAudience may not name; added to the common in-cluster ones. Repeatable.
+    #[arg(
+        long = "api-audience",
+        env = "PALISADE_API_AUDIENCE",
+        value_delimiter = ',',
+        value_name = "AUDIENCE"
+    )]
+    pub api_audience: Vec<String>,
     /// The nodes of this runtime apply the pod's seccomp profile (e.g. runsc --oci-seccomp).
     #[arg(long = "seccomp-applied", env = "PALISADE_SECCOMP_APPLIED", value_delimiter = ',', value_name = "RUNTIME", value_parser = parse_runtime)]
     pub seccomp_applied: Vec<Runtime>,
@@ -70,6 +79,9 @@ impl FactsArgs {
             facts.dns = DnsEndpoints::Ips(self.dns_ip.clone());
         }
         facts.cluster_cidrs = self.cluster_cidr.clone();
+        facts
+            .api_audiences
+            .extend(self.api_audience.iter().filter(|a| !a.is_empty()).cloned());
         facts
             .seccomp_applied
             .extend(self.seccomp_applied.iter().copied());

@@ -59,7 +59,21 @@ pub struct ClusterFacts {
     pub cilium: bool,
     /// Cluster DNS domain for Service names.
     pub cluster_domain: String,
+    /// Audiences the API server accepts tokens for: `identity.tokenAudience` may name none of
+    /// them (such a token would be an API token by another name).
+    pub api_audiences: Vec<String>,
 }
+
+/// Audiences of the API server in common clusters (its `--api-audiences`, which default to the
+/// service account issuer); operator configuration adds the cluster's own.
+pub const DEFAULT_API_AUDIENCES: &[&str] = &[
+    "https://kubernetes.default.svc",
+    "https://kubernetes.default.svc.cluster.local",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+    "kubernetes",
+    "api",
+];
 
 impl Default for ClusterFacts {
     fn default() -> Self {
@@ -81,6 +95,10 @@ impl Default for ClusterFacts {
             seccomp_profile_crd: false,
             cilium: false,
             cluster_domain: "cluster.local".into(),
+            api_audiences: DEFAULT_API_AUDIENCES
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
         }
     }
 }

@@ -38,6 +38,7 @@ pub enum BlockReason {
     SeccompProfileCrdMissing,
     SeccompNotEnforced,
     ProxyUnreachable,
+    TokenAudienceRefused,
     Expired,
 }
 
@@ -55,6 +56,7 @@ impl BlockReason {
             BlockReason::SeccompProfileCrdMissing => "SeccompProfileCrdMissing",
             BlockReason::SeccompNotEnforced => "SeccompNotEnforced",
             BlockReason::ProxyUnreachable => "ProxyUnreachable",
+            BlockReason::TokenAudienceRefused => "TokenAudienceRefused",
             BlockReason::Expired => "Expired",
         }
     }
@@ -231,6 +233,19 @@ pub fn compile_checked(
         }
     }
 
+    if let Some(audience) = spec
+        .identity
+        .as_ref()
+        .and_then(|i| i.token_audience.as_deref())
+        .filter(|a| facts.api_audiences.iter().any(|api| api == a))
+    {
+        return Err(Blocked::new(
+            BlockReason::TokenAudienceRefused,
+            format!(
+                "identity.tokenAudience {audience} is an audience of the Kubernetes API server: the projected token would be an API token; use automountToken if the agent must reach the API server"
+            ),
+        ));
+    }
     let runtime_class_name = runtime_class(checked, facts)?;
     let deadline = match spec.timeout_ms {
         Some(t) => {
