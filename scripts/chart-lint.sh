@@ -18,6 +18,7 @@ all_features=(
   --set runtimeClasses.kata.create=true
   --set runtimeClasses.gvisor.seccompApplied=true
   --set "cluster.cidrs={10.244.0.0/16,10.96.0.0/12}"
+  --set "cluster.nodeCidrs={192.168.0.0/24}"
   --set "networkPolicy.apiServer.cidrs={192.0.2.10/32}"
   --set "cluster.apiAudiences={https://oidc.example.com/id/ABC}"
 )

@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             palisade::policy::egress::compile_egress(
                 black_box(&checked.network.egress),
-                &[],
+                Default::default(),
                 &mut report,
             )
             .expect("egress")

@@ -28,7 +28,7 @@ use palisade::api::policy::{
     DefaultAction, EgressPeer, EgressPolicy, EgressRule, PortRule, Protocol,
 };
 use palisade::api::report::EnforcementReport;
-use palisade::policy::egress::{CompiledEgress, compile_egress};
+use palisade::policy::egress::{ClusterRanges, CompiledEgress, compile_egress};
 use palisade::policy::net::Cidr;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -979,13 +979,22 @@ fn emitted_ports(rules: &[NpRule]) -> Vec<u16> {
 }
 
 fn compile(case: &Case) -> Result<Compiled, TestCaseError> {
-    let cluster: Vec<Cidr> = case
-        .cluster
-        .iter()
-        .map(|n| Cidr::parse(&n.text()).expect("cluster CIDR is canonical"))
-        .collect();
+    // Every other generated range is given as a node range: both must be removed alike.
+    let (mut cluster, mut nodes) = (Vec::new(), Vec::new());
+    for (i, n) in case.cluster.iter().enumerate() {
+        let cidr = Cidr::parse(&n.text()).expect("cluster CIDR is canonical");
+        if i % 2 == 0 {
+            cluster.push(cidr);
+        } else {
+            nodes.push(cidr);
+        }
+    }
     let mut report = EnforcementReport::default();
-    let out = compile_egress(&case.policy, &cluster, &mut report).map_err(|e| {
+    let ranges = ClusterRanges {
+        pods_and_services: &cluster,
+        nodes: &nodes,
+    };
+    let out = compile_egress(&case.policy, ranges, &mut report).map_err(|e| {
         TestCaseError::fail(format!(
             "valid policy refused: {e}\npolicy: {}",
             show_policy(&case.policy)
@@ -1168,7 +1177,11 @@ fn port(protocol: Protocol, port: Option<i32>) -> PortRule {
 fn run(e: &EgressPolicy, cluster: &[&str]) -> (CompiledEgress, Vec<NpRule>, EnforcementReport) {
     let cluster: Vec<Cidr> = cluster.iter().map(|c| Cidr::parse(c).unwrap()).collect();
     let mut report = EnforcementReport::default();
-    let out = compile_egress(e, &cluster, &mut report).unwrap();
+    let ranges = ClusterRanges {
+        pods_and_services: &cluster,
+        nodes: &[],
+    };
+    let out = compile_egress(e, ranges, &mut report).unwrap();
     let rules = parse_np(&out.rules).unwrap();
     (out, rules, report)
 }
@@ -1318,6 +1331,59 @@ fn default_allow_removes_metadata_unless_allowed() {
     assert!(report.narrowed.is_empty(), "{:?}", report.narrowed);
     assert_eq!(out.rules.len(), 1);
     assert!(out.rules[0].ports.is_none());
+}
+
+#[test]
+fn node_cidrs_are_removed_from_allows_and_unknown_nodes_are_reported() {
+    let e = EgressPolicy {
+        default: Some(DefaultAction::Allow),
+        ..Default::default()
+    };
+    let cluster = [Cidr::parse("10.96.0.0/12").unwrap()];
+    let nodes = [
+        Cidr::parse("192.168.10.0/24").unwrap(),
+        Cidr::parse("2001:db8:1::/64").unwrap(),
+    ];
+    let mut report = EnforcementReport::default();
+    let ranges = ClusterRanges {
+        pods_and_services: &cluster,
+        nodes: &nodes,
+    };
+    let rules = parse_np(&compile_egress(&e, ranges, &mut report).unwrap().rules).unwrap();
+    for dst in ["192.168.10.1", "192.168.10.255", "2001:db8:1::10"] {
+        for proto in [Proto::Tcp, Proto::Udp, Proto::Other] {
+            assert!(!np_admits(&rules, &pkt(dst, proto, 10250)), "{dst} {proto:?}");
+        }
+    }
+    for dst in ["192.168.11.1", "8.8.8.8", "2001:db8:2::1"] {
+        assert!(np_admits(&rules, &pkt(dst, Proto::Tcp, 10250)), "{dst}");
+    }
+    assert!(
+        report.narrowed.iter().any(|n| n.message.contains("nodes")),
+        "{:?}",
+        report.narrowed
+    );
+    assert!(report.not_enforced.is_empty(), "{:?}", report.not_enforced);
+
+    // Unknown node ranges: reported when an allow covers private ranges, not otherwise.
+    let (_, _, report) = run(&e, &["10.96.0.0/12"]);
+    assert!(
+        report.not_enforced.iter().any(|n| n.message.contains("--node-cidr")),
+        "{:?}",
+        report.not_enforced
+    );
+    let public = EgressPolicy {
+        allow: vec![EgressRule {
+            to: Some(vec![EgressPeer {
+                cidr: Some("203.0.113.0/24".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let (_, _, report) = run(&public, &[]);
+    assert!(report.not_enforced.is_empty(), "{:?}", report.not_enforced);
 }
 
 #[test]

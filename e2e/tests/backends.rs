@@ -129,6 +129,14 @@ async fn domain_name_egress_and_generated_seccomp_run_once_their_backends_exist(
         "{:?}",
         cnp.data
     );
+    // The name may not resolve into the metadata floor, and DNS answers only that name.
+    let floor = cnp.data["spec"]["egressDeny"][0]["toCIDRSet"].to_string();
+    assert!(floor.contains("169.254.0.0/16"), "{floor}");
+    let dns = cnp.data["spec"]["egress"][1]["toPorts"][0]["rules"]["dns"].to_string();
+    assert!(
+        dns.contains("\"api.example.com\"") && !dns.contains("\"*\""),
+        "{dns}"
+    );
     let profiles = dynamic(
         &client,
         ns,

@@ -230,12 +230,14 @@ pub struct LegacyProxy {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DnsMode {
-    /// Cluster DNS is allowed only when the policy allows some egress.
+    /// Cluster DNS is allowed only when the policy allows some egress. With Cilium, egress to
+    /// domain names alone allows DNS questions for those names only.
     #[default]
     Auto,
-    /// Cluster DNS is always allowed.
+    /// Cluster DNS is always allowed, for any name.
     Cluster,
-    /// Cluster DNS is never allowed.
+    /// Cluster DNS is never allowed. Egress to domain names through Cilium needs DNS, so a
+    /// policy with both is refused.
     None,
 }
 

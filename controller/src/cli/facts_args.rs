@@ -26,6 +26,10 @@ pub struct FactsArgs {
     /// A pod or service CIDR of the cluster, removed from every CIDR allow. Repeatable.
     #[arg(long = "cluster-cidr", env = "PALISADE_CLUSTER_CIDR", value_delimiter = ',', value_name = "CIDR", value_parser = parse_cidr)]
     pub cluster_cidr: Vec<Cidr>,
+    /// A range holding the nodes' addresses, removed from every CIDR allow so that sandboxes do
+    /// not reach the kubelet or other node services. Repeatable.
+    #[arg(long = "node-cidr", env = "PALISADE_NODE_CIDR", value_delimiter = ',', value_name = "CIDR", value_parser = parse_cidr)]
+    pub node_cidr: Vec<Cidr>,
     /// An audience of the API server (its --api-audiences / service account issuer), which
     /// identity.tokenAudience may not name; added to the common in-cluster ones. Repeatable.
     #[arg(
@@ -79,6 +83,7 @@ impl FactsArgs {
             facts.dns = DnsEndpoints::Ips(self.dns_ip.clone());
         }
         facts.cluster_cidrs = self.cluster_cidr.clone();
+        facts.node_cidrs = self.node_cidr.clone();
         facts
             .api_audiences
             .extend(self.api_audience.iter().filter(|a| !a.is_empty()).cloned());

@@ -58,6 +58,9 @@ pub struct CompiledEgress {
     /// Services that deny rules may remove from in-cluster destinations: removed from every
     /// selector allow, DNS included.
     pub in_cluster_denied: Services,
+    /// Addresses no allow reaches whatever it says (metadata unless allowed, the cluster's and
+    /// the nodes' ranges): what names must not resolve to either (Cilium `egressDeny`).
+    pub floor: AddrSet,
 }
 
 /// Domain names reachable on a set of ports.
@@ -136,14 +139,31 @@ fn cidr_set(list: &[&str]) -> AddrSet {
 static METADATA: LazyLock<AddrSet> = LazyLock::new(|| cidr_set(METADATA_CIDRS));
 static ASSUMED_CLUSTER: LazyLock<AddrSet> = LazyLock::new(|| cidr_set(ASSUMED_CLUSTER_CIDRS));
 
-/// Compiles `egress` (directional form). `cluster_cidrs` are the pod and service ranges; when
-/// empty they are unknown, and in-cluster addresses are assumed to lie in the private ranges
-/// ([`ASSUMED_CLUSTER_CIDRS`]) for deciding which deny rules reach selector destinations.
+/// The cluster's own address ranges, which no CIDR allow reaches.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterRanges<'a> {
+    /// Pod and service CIDRs; when empty they are unknown, and in-cluster addresses are assumed
+    /// to lie in the private ranges ([`ASSUMED_CLUSTER_CIDRS`]) for deciding which deny rules
+    /// reach selector destinations.
+    pub pods_and_services: &'a [Cidr],
+    /// The nodes' addresses (the kubelet listens on 10250 there); empty when unknown.
+    pub nodes: &'a [Cidr],
+}
+
+fn union_of(cidrs: &[Cidr]) -> AddrSet {
+    cidrs
+        .iter()
+        .fold(AddrSet::default(), |a, c| a.union(&AddrSet::from_cidr(c)))
+}
+
+/// Compiles `egress` (directional form): the metadata floor and `ranges` are removed from every
+/// CIDR allow.
 pub fn compile_egress(
     egress: &EgressPolicy,
-    cluster_cidrs: &[Cidr],
+    ranges: ClusterRanges<'_>,
     report: &mut EnforcementReport,
 ) -> Result<CompiledEgress, PolicyError> {
+    let cluster_cidrs = ranges.pods_and_services;
     let allow: Vec<Resolved> = egress
         .allow
         .iter()
@@ -175,9 +195,8 @@ pub fn compile_egress(
     } else {
         METADATA.clone()
     };
-    let cluster = cluster_cidrs
-        .iter()
-        .fold(AddrSet::default(), |a, c| a.union(&AddrSet::from_cidr(c)));
+    let cluster = union_of(cluster_cidrs);
+    let nodes = union_of(ranges.nodes);
     let allowed_addrs = allow_boxes
         .iter()
         .fold(AddrSet::default(), |a, (s, _)| a.union(s));
@@ -193,7 +212,24 @@ pub fn compile_egress(
             "the cluster's pod and service CIDRs are removed from CIDR allows; reach in-cluster destinations with a podSelector/namespaceSelector rule",
         );
     }
-    let removed = metadata.union(&cluster);
+    if !allowed_addrs.intersect(&nodes).is_empty() {
+        report.narrowed(
+            "network.egress",
+            "the nodes' addresses are removed from CIDR allows (the kubelet and other node services listen there)",
+        );
+    }
+    let removed = metadata.union(&cluster).union(&nodes);
+    if ranges.nodes.is_empty()
+        && !allowed_addrs
+            .subtract(&removed)
+            .intersect(&ASSUMED_CLUSTER)
+            .is_empty()
+    {
+        report.not_enforced(
+            "network.egress",
+            "the nodes' addresses are unknown, so CIDR allows over private ranges may reach node services such as the kubelet (10250); give them to the operator (--node-cidr)",
+        );
+    }
 
     let mut out = CompiledEgress::default();
     let mut icmp_dropped: BTreeSet<usize> = BTreeSet::new();
@@ -318,6 +354,7 @@ pub fn compile_egress(
     }
     out.deny = deny_boxes;
     out.in_cluster_denied = in_cluster_denied;
+    out.floor = removed;
     Ok(out)
 }
 

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::api::policy::Runtime;
+use crate::policy::egress::ClusterRanges;
 use crate::policy::net::Cidr;
 
 /// Where cluster DNS answers.
@@ -53,6 +54,8 @@ pub struct ClusterFacts {
     pub dns: DnsEndpoints,
     /// The cluster's pod and service CIDRs; empty when unknown.
     pub cluster_cidrs: Vec<Cidr>,
+    /// The nodes' address ranges; empty when unknown.
+    pub node_cidrs: Vec<Cidr>,
     /// Security Profiles Operator's `SeccompProfile` CRD is installed.
     pub seccomp_profile_crd: bool,
     /// Cilium's `CiliumNetworkPolicy` CRD is installed (FQDN egress).
@@ -92,6 +95,7 @@ impl Default for ClusterFacts {
             seccomp_applied: BTreeSet::from([Runtime::Runc]),
             dns: DnsEndpoints::default(),
             cluster_cidrs: Vec::new(),
+            node_cidrs: Vec::new(),
             seccomp_profile_crd: false,
             cilium: false,
             cluster_domain: "cluster.local".into(),
@@ -104,6 +108,14 @@ impl Default for ClusterFacts {
 }
 
 impl ClusterFacts {
+    /// The cluster's own ranges, removed from every CIDR allow.
+    pub fn ranges(&self) -> ClusterRanges<'_> {
+        ClusterRanges {
+            pods_and_services: &self.cluster_cidrs,
+            nodes: &self.node_cidrs,
+        }
+    }
+
     /// The handler of `class`, if it exists; offline, the expected one for mapped classes.
     pub fn handler_of(&self, class: &str, runtime: Runtime) -> Option<String> {
         match &self.runtime_classes {

@@ -81,7 +81,7 @@ pub fn compile_network(
 ) -> Result<CompiledNetwork, Blocked> {
     let name = sandbox.metadata.name.clone().unwrap_or_default();
     let net = &checked.network;
-    let egress = compile_egress(&net.egress, &facts.cluster_cidrs, report)
+    let egress = compile_egress(&net.egress, facts.ranges(), report)
         .map_err(|e| Blocked::new(BlockReason::PolicyInvalid, e.to_string()))?;
     let mut egress_rules = egress.rules.clone();
     let mut proxy_env = Vec::new();
@@ -158,9 +158,11 @@ pub fn compile_network(
         None => {}
     }
 
-    let some_egress = !egress_rules.is_empty() || !egress.fqdn.is_empty();
+    // With FQDN egress, Cilium's policy carries DNS for the allowed names only (see
+    // `cilium_policy`); the NetworkPolicy allows DNS for any name only when asked for, or when
+    // other egress may need names.
     let want_dns = match net.dns {
-        DnsMode::Auto => some_egress,
+        DnsMode::Auto => !egress_rules.is_empty(),
         DnsMode::Cluster => true,
         DnsMode::None => false,
     };
@@ -240,7 +242,7 @@ pub fn compile_network(
             ),
         ));
     } else {
-        Some(cilium_policy(&name, sandbox, &egress, facts))
+        Some(cilium_policy(&name, sandbox, &egress, facts, net.dns, report)?)
     };
 
     let ingress_rules = compile_ingress(net.ingress.as_ref(), report);
@@ -288,23 +290,42 @@ fn cilium_ports(services: &Services) -> Option<Value> {
     Some(json!([{ "ports": ports }]))
 }
 
+/// Names the pod's resolver may ask for when it looks `name` up: the name itself and, since
+/// Kubernetes gives pods `ndots:5`, the name under each cluster search domain first.
+fn lookups(name: &str, namespace: &str, domain: &str) -> Vec<String> {
+    vec![
+        name.to_string(),
+        format!("{name}.{namespace}.svc.{domain}"),
+        format!("{name}.svc.{domain}"),
+        format!("{name}.{domain}"),
+    ]
+}
+
+fn dns_match(name: &str) -> Value {
+    if name.contains('*') {
+        json!({"matchPattern": name})
+    } else {
+        json!({"matchName": name})
+    }
+}
+
 fn cilium_policy(
     name: &str,
     sandbox: &AgentSandbox,
     egress: &CompiledEgress,
     facts: &ClusterFacts,
-) -> Value {
+    dns: DnsMode,
+    report: &mut EnforcementReport,
+) -> Result<Value, Blocked> {
     let mut rules = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
     for allow in &egress.fqdn {
         let fqdns: Vec<Value> = allow
             .names
             .iter()
             .map(|n| {
-                if n.starts_with("*.") {
-                    json!({"matchPattern": n})
-                } else {
-                    json!({"matchName": n})
-                }
+                names.push(n);
+                dns_match(n)
             })
             .collect();
         let mut rule = json!({"toFQDNs": fqdns});
@@ -313,27 +334,119 @@ fn cilium_policy(
         }
         rules.push(rule);
     }
-    // Cilium learns the addresses of names from the DNS answers it sees: DNS must go through its proxy.
-    if let DnsEndpoints::Selector {
-        pod_labels,
-        namespace_labels,
-    } = &facts.dns
-    {
-        let mut labels = serde_json::Map::new();
-        for (k, v) in pod_labels {
-            labels.insert(k.clone(), json!(v));
-        }
-        if let Some(ns) = namespace_labels.get("kubernetes.io/metadata.name") {
-            labels.insert("k8s:io.kubernetes.pod.namespace".into(), json!(ns));
-        }
-        rules.push(json!({
-            "toEndpoints": [{"matchLabels": labels}],
-            "toPorts": [{"ports": [{"port": "53", "protocol": "ANY"}], "rules": {"dns": [{"matchPattern": "*"}]}}]
-        }));
+    names.sort_unstable();
+    names.dedup();
+
+    // Cilium learns the addresses of names from the DNS answers its proxy sees: without DNS,
+    // FQDN egress never works. The proxy answers only for the allowed names (and their
+    // search-domain forms), so DNS carries no other question out of the sandbox.
+    if dns == DnsMode::None {
+        return Err(Blocked::new(
+            BlockReason::PolicyInvalid,
+            format!(
+                "egress to domain names ({}) needs DNS: Cilium learns their addresses from the answers its DNS proxy sees. Set network.dns to auto (DNS for these names only) or cluster",
+                names.join(", ")
+            ),
+        ));
     }
-    let deny: Vec<Value> = egress
-        .deny
+    let namespace = sandbox.metadata.namespace.as_deref().unwrap_or("default");
+    let questions: Vec<Value> = names
         .iter()
+        .flat_map(|n| lookups(n, namespace, &facts.cluster_domain))
+        .map(|q| dns_match(&q))
+        .collect();
+    let asked = dns_services();
+    let (peer, services) = match &facts.dns {
+        DnsEndpoints::Selector {
+            pod_labels,
+            namespace_labels,
+        } => {
+            let mut labels = serde_json::Map::new();
+            for (k, v) in pod_labels {
+                labels.insert(k.clone(), json!(v));
+            }
+            if let Some(ns) = namespace_labels.get("kubernetes.io/metadata.name") {
+                labels.insert("k8s:io.kubernetes.pod.namespace".into(), json!(ns));
+            }
+            (
+                json!({"toEndpoints": [{"matchLabels": labels}]}),
+                asked.subtract(&egress.in_cluster_denied),
+            )
+        }
+        DnsEndpoints::Ips(ips) => {
+            let cidrs: Vec<Cidr> = ips.iter().map(|ip| ip_cidr(*ip)).collect();
+            let denied = cidrs
+                .iter()
+                .fold(Services::none(), |acc, c| acc.union(&denied_at(egress, c)));
+            (
+                json!({"toCIDR": cidrs.iter().map(ToString::to_string).collect::<Vec<_>>()}),
+                asked.subtract(&denied),
+            )
+        }
+    };
+    if services.is_empty() {
+        return Err(Blocked::new(
+            BlockReason::PolicyInvalid,
+            "deny rules cover the cluster DNS service on port 53, which egress to domain names needs",
+        ));
+    }
+    let mut dns_rule = peer;
+    let mut ports = Vec::new();
+    for p in [L4::Udp, L4::Tcp] {
+        if !services.l4(p).is_empty() {
+            ports.push(json!({"port": "53", "protocol": p.as_k8s()}));
+        }
+    }
+    dns_rule["toPorts"] = json!([{"ports": ports, "rules": {"dns": questions}}]);
+    rules.push(dns_rule);
+    report.added(
+        "network.dns",
+        format!(
+            "DNS through Cilium's DNS proxy for the allowed names only ({}), and their cluster search-domain forms",
+            names.join(", ")
+        ),
+    );
+    if services != asked {
+        report.narrowed("network.dns", "deny rules cover the cluster DNS service on some of port 53's protocols: those are not allowed");
+    }
+
+    // What names may never resolve to: the floor (metadata, cluster and node ranges) and the
+    // deny rules, as `egressDeny`, which wins over every allow. The DNS servers themselves stay
+    // reachable on port 53.
+    let dns_hosts = match &facts.dns {
+        DnsEndpoints::Ips(ips) => ips
+            .iter()
+            .fold(AddrSet::default(), |a, ip| a.union(&AddrSet::from_cidr(&ip_cidr(*ip)))),
+        DnsEndpoints::Selector { .. } => AddrSet::default(),
+    };
+    // Each entry: addresses and the services denied there (`None`: everything).
+    let mut deny_boxes: Vec<(AddrSet, Option<Services>)> = Vec::new();
+    let floor_only = egress.floor.subtract(&dns_hosts);
+    if !floor_only.is_empty() {
+        deny_boxes.push((floor_only, None));
+    }
+    let floor_dns = egress.floor.intersect(&dns_hosts);
+    if !floor_dns.is_empty() {
+        let others = Services::all().subtract(&services).expressible();
+        deny_boxes.push((floor_dns, Some(others)));
+    }
+    for (i, (addrs, denied)) in egress.deny.iter().enumerate() {
+        if denied.is_all() {
+            deny_boxes.push((addrs.clone(), None));
+        } else if denied.icmp || denied.other {
+            // egressDeny cannot pair ports with ICMP or other protocols: deny everything there.
+            report.narrowed(
+                format!("network.egress.deny[{i}]"),
+                "for domain-name egress (Cilium), this rule denies every protocol and port at its addresses: ICMP and other protocols cannot be denied beside ports",
+            );
+            deny_boxes.push((addrs.clone(), None));
+        } else {
+            deny_boxes.push((addrs.clone(), Some(denied.clone())));
+        }
+    }
+    let deny: Vec<Value> = deny_boxes
+        .iter()
+        .filter(|(_, services)| services.as_ref().is_none_or(|s| !s.is_empty()))
         .map(|(addrs, services)| {
             let set: Vec<Value> = to_blocks(addrs)
                 .iter()
@@ -347,7 +460,7 @@ fn cilium_policy(
                 })
                 .collect();
             let mut rule = json!({"toCIDRSet": set});
-            if let Some(p) = cilium_ports(&services.expressible()) {
+            if let Some(p) = services.as_ref().and_then(cilium_ports) {
                 rule["toPorts"] = p;
             }
             rule
@@ -360,10 +473,10 @@ fn cilium_policy(
     if !deny.is_empty() {
         spec["egressDeny"] = json!(deny);
     }
-    json!({
+    Ok(json!({
         "apiVersion": "cilium.io/v2",
         "kind": "CiliumNetworkPolicy",
         "metadata": object_meta(sandbox, format!("{name}-fqdn")),
         "spec": spec,
-    })
+    }))
 }
