@@ -39,12 +39,20 @@ const NAMES: &[&str] = &[
 ];
 const CLUSTER: &[&str] = &["10.244.0.0/16", "10.96.0.0/12", "fd00:10::/64"];
 const NODES: &[&str] = &["192.168.10.0/24", "172.18.0.0/16", "2001:db8:1::/64"];
-const DENIES: &[&str] = &["203.0.113.0/24", "198.51.100.7/32", "8.8.0.0/16", "2001:db8:9::/48"];
+const DENIES: &[&str] = &[
+    "203.0.113.0/24",
+    "198.51.100.7/32",
+    "8.8.0.0/16",
+    "2001:db8:9::/48",
+];
 const DNS_IPS: &[&str] = &["169.254.20.10", "10.96.0.10", "192.0.2.53"];
+
+/// An address and prefix length.
+type Net = (IpAddr, u8);
 
 /// A parsed `egressDeny` entry: CIDR with excepts, and ports (empty: every protocol and port).
 struct Deny {
-    blocks: Vec<(IpAddr, u8, Vec<(IpAddr, u8)>)>,
+    blocks: Vec<(IpAddr, u8, Vec<Net>)>,
     ports: Vec<(String, u16, u16)>,
 }
 
@@ -119,11 +127,14 @@ fn parse_denies(cnp: &Value) -> Vec<Deny> {
 
 fn denied(denies: &[Deny], a: IpAddr, proto: &str, port: u16) -> bool {
     denies.iter().any(|d| {
-        let addr = d.blocks.iter().any(|(n, p, except)| {
-            in_net(a, (*n, *p)) && !except.iter().any(|e| in_net(a, *e))
-        });
+        let addr = d
+            .blocks
+            .iter()
+            .any(|(n, p, except)| in_net(a, (*n, *p)) && !except.iter().any(|e| in_net(a, *e)));
         addr && (d.ports.is_empty()
-            || d.ports.iter().any(|(pr, lo, hi)| pr == proto && (*lo..=*hi).contains(&port)))
+            || d.ports
+                .iter()
+                .any(|(pr, lo, hi)| pr == proto && (*lo..=*hi).contains(&port)))
     })
 }
 
@@ -132,7 +143,11 @@ fn probes(net: &str) -> Vec<IpAddr> {
     let (a, p) = parse_net(net);
     let (base, w) = bits(a);
     let host = w - p as u32;
-    let size: u128 = if host >= 128 { u128::MAX } else { (1u128 << host) - 1 };
+    let size: u128 = if host >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << host) - 1
+    };
     [0, 1.min(size), size / 2, size]
         .iter()
         .map(|off| {
@@ -161,27 +176,35 @@ struct Case {
 fn arb_case() -> impl Strategy<Value = Case> {
     (
         prop::sample::subsequence(NAMES, 1..=NAMES.len()),
-        prop::option::of(prop::collection::vec(prop::sample::select(&[53u16, 80, 443, 8443][..]), 1..3)),
+        prop::option::of(prop::collection::vec(
+            prop::sample::select(&[53u16, 80, 443, 8443][..]),
+            1..3,
+        )),
         any::<bool>(),
         prop::sample::subsequence(CLUSTER, 0..=CLUSTER.len()),
         prop::sample::subsequence(NODES, 0..=NODES.len()),
         prop::collection::vec(
-            (prop::sample::select(DENIES), prop::option::of(prop::sample::select(&[443u16, 80][..]))),
+            (
+                prop::sample::select(DENIES),
+                prop::option::of(prop::sample::select(&[443u16, 80][..])),
+            ),
             0..3,
         ),
         prop::sample::subsequence(DNS_IPS, 0..=2),
         prop::sample::select(&[DnsMode::Auto, DnsMode::Cluster][..]),
     )
-        .prop_map(|(names, fqdn_ports, metadata_allowed, cluster, nodes, denies, dns_ips, dns)| Case {
-            names,
-            fqdn_ports,
-            metadata_allowed,
-            cluster,
-            nodes,
-            denies,
-            dns_ips,
-            dns,
-        })
+        .prop_map(
+            |(names, fqdn_ports, metadata_allowed, cluster, nodes, denies, dns_ips, dns)| Case {
+                names,
+                fqdn_ports,
+                metadata_allowed,
+                cluster,
+                nodes,
+                denies,
+                dns_ips,
+                dns,
+            },
+        )
 }
 
 fn spec(case: &Case) -> AgentPolicySpec {
@@ -239,7 +262,11 @@ fn spec(case: &Case) -> AgentPolicySpec {
 fn facts(case: &Case) -> ClusterFacts {
     let mut f = ClusterFacts {
         cilium: true,
-        cluster_cidrs: case.cluster.iter().map(|c| Cidr::parse(c).unwrap()).collect(),
+        cluster_cidrs: case
+            .cluster
+            .iter()
+            .map(|c| Cidr::parse(c).unwrap())
+            .collect(),
         node_cidrs: case.nodes.iter().map(|c| Cidr::parse(c).unwrap()).collect(),
         ..Default::default()
     };
@@ -390,7 +417,11 @@ fn domain_names_without_dns_are_refused() {
     let blocked = compile(&policy(spec(&case)), &sandbox(), &facts(&case), 0)
         .expect_err("domain names need DNS");
     assert_eq!(blocked.reason, BlockReason::PolicyInvalid);
-    assert!(blocked.message.contains("network.dns"), "{}", blocked.message);
+    assert!(
+        blocked.message.contains("network.dns"),
+        "{}",
+        blocked.message
+    );
 }
 
 #[test]
@@ -409,7 +440,12 @@ fn a_rebinding_wildcard_under_auto_dns_gets_the_floor_and_named_dns_only() {
     let plan = compile(&policy(spec(&case)), &sandbox(), &facts(&case), 0).expect("compiles");
     let cnp = plan.fqdn_policy.expect("cilium");
     let denies = parse_denies(&cnp);
-    assert!(denied(&denies, "169.254.169.254".parse().unwrap(), "TCP", 80));
+    assert!(denied(
+        &denies,
+        "169.254.169.254".parse().unwrap(),
+        "TCP",
+        80
+    ));
     assert!(denied(&denies, "fd00:ec2::254".parse().unwrap(), "TCP", 80));
     let questions = dns_questions(&cnp);
     assert!(!questions.iter().any(|q| q == "*"), "{questions:?}");

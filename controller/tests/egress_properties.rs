@@ -1352,7 +1352,10 @@ fn node_cidrs_are_removed_from_allows_and_unknown_nodes_are_reported() {
     let rules = parse_np(&compile_egress(&e, ranges, &mut report).unwrap().rules).unwrap();
     for dst in ["192.168.10.1", "192.168.10.255", "2001:db8:1::10"] {
         for proto in [Proto::Tcp, Proto::Udp, Proto::Other] {
-            assert!(!np_admits(&rules, &pkt(dst, proto, 10250)), "{dst} {proto:?}");
+            assert!(
+                !np_admits(&rules, &pkt(dst, proto, 10250)),
+                "{dst} {proto:?}"
+            );
         }
     }
     for dst in ["192.168.11.1", "8.8.8.8", "2001:db8:2::1"] {
@@ -1368,7 +1371,10 @@ fn node_cidrs_are_removed_from_allows_and_unknown_nodes_are_reported() {
     // Unknown node ranges: reported when an allow covers private ranges, not otherwise.
     let (_, _, report) = run(&e, &["10.96.0.0/12"]);
     assert!(
-        report.not_enforced.iter().any(|n| n.message.contains("--node-cidr")),
+        report
+            .not_enforced
+            .iter()
+            .any(|n| n.message.contains("--node-cidr")),
         "{:?}",
         report.not_enforced
     );

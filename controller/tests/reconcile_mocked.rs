@@ -36,7 +36,7 @@ const POLICY: &str = "p";
 const NP_UID: &str = "np-uid-1";
 const POD_UID: &str = "pod-uid-1";
 
-const SA_PATH: &str = "/api/v1/namespaces/ns/serviceaccounts/agent";
+const SA_PATH: &str = "/api/v1/namespaces/ns/serviceaccounts/palisade-agent";
 const NP_PATH: &str = "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/agent-isolation";
 const NPS_PATH: &str = "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies";
 const POD_PATH: &str = "/api/v1/namespaces/ns/pods/agent";
@@ -1068,7 +1068,7 @@ async fn harness_rejects_unexpected_requests() {
 /// The harness itself: a request out of order fails the test.
 #[tokio::test]
 #[should_panic(
-    expected = "step 1/1: unexpected request GET /api/v1/namespaces/ns/serviceaccounts/agent"
+    expected = "step 1/1: unexpected request GET /api/v1/namespaces/ns/serviceaccounts/palisade-agent"
 )]
 async fn harness_rejects_requests_out_of_order() {
     let _ = run_with(
@@ -1377,4 +1377,35 @@ async fn a_runtime_class_missing_from_the_cache_but_on_the_server_removes_no_pod
     let (result, seen, _) = run_with(sandbox(), cache, OptionalCrds::default(), steps).await;
     result.expect("ok");
     assert!(!deleted(&seen, POD_PATH));
+}
+
+#[tokio::test]
+async fn a_service_account_of_the_reserved_name_that_is_not_ours_is_not_adopted() {
+    // Someone created palisade-agent first: the pod must not run under an account Palisade
+    // does not control (it may carry role bindings).
+    let s = sandbox();
+    let plan = plan_of(&s, &policy());
+    let mut foreign = serde_json::to_value(&plan.service_account).unwrap();
+    foreign["metadata"]["ownerReferences"] = json!([]);
+    foreign["metadata"]["uid"] = json!("sa-foreign");
+    let steps = vec![
+        Step::get(SA_PATH).respond(200, foreign),
+        event_post("NameConflict"),
+        status_apply().check(|s| {
+            let st = &s.body["status"];
+            assert_eq!(st["phase"], "Blocked", "{st}");
+            assert!(
+                st["message"].as_str().unwrap().contains("palisade-agent"),
+                "{st}"
+            );
+        }),
+    ];
+    let (result, seen, _) = run_with(s, base_cache(), OptionalCrds::default(), steps).await;
+    result.expect("a name conflict is a status, not an error");
+    assert!(!seen.iter().any(is_pod_write), "{seen:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.path == SA_PATH && s.method != Method::GET)
+    );
 }

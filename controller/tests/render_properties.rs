@@ -591,3 +591,62 @@ proptest! {
         assert_hardened(&plan);
     }
 }
+
+#[test]
+fn a_secret_the_policy_does_not_grant_blocks_the_sandbox() {
+    use palisade::api::sandbox::{EnvVar, EnvVarSource, KeyRef};
+    let mut sb = sandbox("p");
+    sb.spec.env = vec![EnvVar {
+        name: "TOKEN".into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(KeyRef {
+                name: "db".into(),
+                key: "password".into(),
+                optional: None,
+            }),
+            config_map_key_ref: None,
+        }),
+    }];
+    // Default: no Secret at all.
+    assert_eq!(
+        blocked(
+            AgentPolicySpec::default(),
+            sb.clone(),
+            &ClusterFacts::default()
+        ),
+        BlockReason::SecretRefused
+    );
+    // Another key of the granted Secret.
+    let only_user = AgentPolicySpec {
+        secrets: vec![SecretGrant {
+            name: "db".into(),
+            keys: Some(vec!["user".into()]),
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        blocked(only_user, sb.clone(), &ClusterFacts::default()),
+        BlockReason::SecretRefused
+    );
+    let granted = AgentPolicySpec {
+        secrets: vec![SecretGrant {
+            name: "db".into(),
+            keys: Some(vec!["password".into()]),
+        }],
+        ..Default::default()
+    };
+    let plan = compile(&policy(granted), &sb, &ClusterFacts::default(), 0).expect("granted");
+    let env = plan.pod.spec.unwrap().containers[0].env.clone().unwrap();
+    assert_eq!(
+        env[0]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "db"
+    );
+}

@@ -330,58 +330,69 @@ async fn the_api_server_denies_the_operator_what_it_must_not_do() {
     }
 }
 
-/// A client that acts as the chart's ServiceAccount (the admin impersonates it).
-async fn as_operator(ns: &str, release: &str) -> Client {
-    let mut config = kube::Config::infer().await.expect("kubeconfig");
-    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{release}"));
-    config.auth_info.impersonate_groups = Some(vec![
-        "system:serviceaccounts".into(),
-        format!("system:serviceaccounts:{ns}"),
-        "system:authenticated".into(),
-    ]);
-    Client::try_from(config).expect("impersonating client")
+/// A client holding a token of the chart's ServiceAccount (e2e/run.sh writes its kubeconfig).
+async fn as_operator() -> Client {
+    let path = std::env::var("E2E_OPERATOR_KUBECONFIG").expect(
+        "E2E_OPERATOR_KUBECONFIG is not set: run the suite through e2e/run.sh, which writes it",
+    );
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("operator kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("operator config");
+    Client::try_from(config).expect("operator client")
 }
 
-/// A pod as the operator would create it, then changed by `edit`.
+/// A pod as the operator creates one for sandbox `name`, then changed by `edit`.
 fn pod(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> k8s_openapi::api::core::v1::Pod {
     let mut v = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "palisade"}},
-        "spec": {"serviceAccountName": name, "containers": [{
-            "name": "agent", "image": "ghcr.io/palisade-dev/examples/agent:0.1.0",
-            "securityContext": {"allowPrivilegeEscalation": false, "runAsNonRoot": true,
-                                "capabilities": {"drop": ["ALL"]}}}]}
+        "spec": {
+            "serviceAccountName": format!("palisade-{name}"),
+            "automountServiceAccountToken": false,
+            "runtimeClassName": "gvisor",
+            "schedulingGates": [{"name": "palisade.dev/isolation"}],
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "volumes": [{"name": "tmp", "emptyDir": {}},
+                        {"name": "workspace", "persistentVolumeClaim": {"claimName": format!("{name}-workspace")}}],
+            "containers": [{
+                "name": "agent", "image": "ghcr.io/palisade-dev/examples/agent:0.1.0",
+                "securityContext": {"allowPrivilegeEscalation": false, "runAsNonRoot": true,
+                                    "capabilities": {"drop": ["ALL"]}}}]}
     });
     edit(&mut v);
     serde_json::from_value(v).expect("pod")
 }
 
-#[tokio::test]
-async fn the_admission_policy_lets_the_operator_create_only_sandbox_like_pods() {
-    use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
-    let admin = client().await;
-    let (release_ns, release) = release();
-    let operator = as_operator(&release_ns, &release).await;
-    // A namespace without Pod Security enforcement: only the admission policy stands in the way.
-    let ns = &palisade_e2e::unique("vap");
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    namespaces
+async fn namespace(admin: &Client, name: &str, labels: serde_json::Value) {
+    use k8s_openapi::api::core::v1::Namespace;
+    Api::<Namespace>::all(admin.clone())
         .create(
             &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns"),
+            &serde_json::from_value(
+                serde_json::json!({"metadata": {"name": name, "labels": labels}}),
+            )
+            .expect("ns"),
         )
         .await
         .expect("create namespace");
+}
+
+/// Creates ServiceAccount `name` in `ns` unless it exists (ServiceAccount admission, which runs
+/// before the policy, refuses a pod whose account is missing).
+async fn account(admin: &Client, ns: &str, name: &str) {
+    use k8s_openapi::api::core::v1::ServiceAccount;
     let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
-    // Every pod below names an existing ServiceAccount: ServiceAccount admission runs first.
-    for name in [
-        "fine",
-        "other",
-        "privileged",
-        "fine2",
-        "hostnet",
-        "hostpath",
-    ] {
+    if accounts
+        .get_opt(name)
+        .await
+        .expect("get ServiceAccount")
+        .is_none()
+    {
         accounts
             .create(
                 &PostParams::default(),
@@ -391,19 +402,139 @@ async fn the_admission_policy_lets_the_operator_create_only_sandbox_like_pods() 
             .await
             .expect("create ServiceAccount");
     }
-    let pods: Api<Pod> = Api::namespaced(operator, ns);
+}
 
-    // The sandbox-like pod is admitted (so the refusals below are the policy's doing).
-    pods.create(&PostParams::default(), &pod("fine", |_| {}))
-        .await
-        .expect("the operator may create a sandbox-like pod");
+const DRY: PostParams = PostParams {
+    dry_run: true,
+    field_manager: None,
+};
 
-    let refused: Vec<(&str, Pod, &str)> = vec![
+#[tokio::test]
+async fn the_admission_policy_lets_the_operator_create_only_sandbox_like_pods() {
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use serde_json::json;
+    let admin = client().await;
+    let (release_ns, _) = release();
+    let operator = as_operator().await;
+    palisade_e2e::operator::gvisor_runtime_class(&admin).await;
+    // Namespaces without Pod Security enforcement: only the admission policy stands in the way.
+    // The second one is labelled by an admin for Secrets in env and runc.
+    let ns = &palisade_e2e::unique("vap");
+    let trusted = &palisade_e2e::unique("vap-trusted");
+    namespace(&admin, ns, json!({})).await;
+    namespace(
+        &admin,
+        trusted,
+        json!({"palisade.dev/allow-secret-env": "true", "palisade.dev/allow-runc": "true"}),
+    )
+    .await;
+    for (in_ns, sa) in [
+        (ns.as_str(), "palisade-fine"),
+        (ns.as_str(), "generic-garbage-collector"),
+        (trusted.as_str(), "palisade-fine"),
+        ("kube-system", "generic-garbage-collector"),
+        ("kube-system", "palisade-fine"),
+        (release_ns.as_str(), "palisade-fine"),
+    ] {
+        account(&admin, in_ns, sa).await;
+    }
+    let pods = |in_ns: &str| -> Api<Pod> { Api::namespaced(operator.clone(), in_ns) };
+
+    // The policy takes effect a moment after it is installed: wait until it refuses (dry run).
+    // Only the policy refuses this one (another ServiceAccount): the API server's own
+    // validation would refuse an invalid pod at once.
+    let borrower = pod("fine", |v| {
+        v["spec"]["serviceAccountName"] = "generic-garbage-collector".into();
+    });
+    palisade_e2e::wait_for(
+        "the admission policy to refuse a borrowed ServiceAccount",
+        std::time::Duration::from_secs(30),
+        || async { pods(ns).create(&DRY, &borrower).await.err().map(|_| ()) },
+    )
+    .await;
+
+    // Sandbox-like pods are admitted (so the refusals below are the policy's doing): plain, with
+    // the API token ServiceAccount admission projects, and, where an admin allowed them,
+    // Secrets in env and runc.
+    let admitted: Vec<(&str, &str, Pod)> = vec![
+        ("sandbox-like", ns, pod("fine", |_| {})),
+        (
+            "with a projected API token",
+            ns,
+            pod("fine", |v| {
+                v["spec"]["automountServiceAccountToken"] = true.into()
+            }),
+        ),
+        (
+            "with a projected token for an audience",
+            ns,
+            pod("fine", |v| {
+                v["spec"]["volumes"][1] = json!({"name": "token", "projected": {"sources": [
+                    {"serviceAccountToken": {"audience": "vault", "path": "token"}}]}});
+            }),
+        ),
+        (
+            "Secret in env, allowed namespace",
+            trusted,
+            pod("fine", |v| {
+                v["spec"]["containers"][0]["env"] = json!([{"name": "T", "valueFrom":
+                    {"secretKeyRef": {"name": "s", "key": "k"}}}]);
+            }),
+        ),
+        (
+            "runc, allowed namespace",
+            trusted,
+            pod("fine", |v| {
+                v["spec"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("runtimeClassName");
+            }),
+        ),
+    ];
+    for (what, in_ns, p) in admitted {
+        if let Err(e) = pods(in_ns).create(&DRY, &p).await {
+            panic!("{what}: refused: {e}");
+        }
+    }
+
+    let refused: Vec<(&str, &str, Pod, &str)> = vec![
+        (
+            "a controller's pod in kube-system",
+            "kube-system",
+            pod("generic-garbage-collector", |v| {
+                v["spec"]["serviceAccountName"] = "generic-garbage-collector".into();
+            }),
+            "no pod in kube-system",
+        ),
+        (
+            "a sandbox-like pod in kube-system",
+            "kube-system",
+            pod("fine", |_| {}),
+            "no pod in kube-system",
+        ),
+        (
+            "a sandbox-like pod in the operator's namespace",
+            &release_ns,
+            pod("fine", |_| {}),
+            "its own namespace",
+        ),
+        (
+            "another account",
+            ns,
+            borrower.clone(),
+            "palisade-<pod name>",
+        ),
+        (
+            "unlabelled",
+            ns,
+            pod("fine", |v| v["metadata"]["labels"] = json!({})),
+            "only create sandbox pods",
+        ),
         (
             "privileged",
+            ns,
             pod("fine", |v| {
-                v["metadata"]["name"] = "privileged".into();
-                v["spec"]["serviceAccountName"] = "privileged".into();
                 let sc = &mut v["spec"]["containers"][0]["securityContext"];
                 sc["privileged"] = true.into();
                 sc["allowPrivilegeEscalation"] = true.into();
@@ -411,57 +542,138 @@ async fn the_admission_policy_lets_the_operator_create_only_sandbox_like_pods() 
             "unprivileged",
         ),
         (
-            "another account",
+            "a capability",
+            ns,
             pod("fine", |v| {
-                v["metadata"]["name"] = "borrower".into();
-                v["spec"]["serviceAccountName"] = "other".into();
+                v["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] =
+                    json!(["SYS_ADMIN"]);
             }),
-            "own ServiceAccount",
-        ),
-        (
-            "unlabelled",
-            pod("fine", |v| {
-                v["metadata"]["name"] = "fine2".into();
-                v["spec"]["serviceAccountName"] = "fine2".into();
-                v["metadata"]["labels"] = serde_json::json!({});
-            }),
-            "only create sandbox pods",
+            "unprivileged",
         ),
         (
             "host network",
-            pod("fine", |v| {
-                v["metadata"]["name"] = "hostnet".into();
-                v["spec"]["serviceAccountName"] = "hostnet".into();
-                v["spec"]["hostNetwork"] = true.into();
-            }),
+            ns,
+            pod("fine", |v| v["spec"]["hostNetwork"] = true.into()),
             "no host namespace",
         ),
         (
             "host path",
+            ns,
             pod("fine", |v| {
-                v["metadata"]["name"] = "hostpath".into();
-                v["spec"]["serviceAccountName"] = "hostpath".into();
-                v["spec"]["volumes"] =
-                    serde_json::json!([{"name": "root", "hostPath": {"path": "/"}}]);
+                v["spec"]["volumes"] = json!([{"name": "root", "hostPath": {"path": "/"}}]);
             }),
             "no host path",
         ),
+        (
+            "a Secret volume",
+            ns,
+            pod("fine", |v| {
+                v["spec"]["volumes"][0] = json!({"name": "s", "secret": {"secretName": "s"}});
+            }),
+            "mounts only",
+        ),
+        (
+            "another claim",
+            ns,
+            pod("fine", |v| {
+                v["spec"]["volumes"][1]["persistentVolumeClaim"]["claimName"] = "data".into();
+            }),
+            "mounts only",
+        ),
+        (
+            "a projected ConfigMap",
+            ns,
+            pod("fine", |v| {
+                v["spec"]["volumes"][1] = json!({"name": "c", "projected": {"sources": [
+                    {"configMap": {"name": "app-config"}}]}});
+            }),
+            "mounts only",
+        ),
+        (
+            "a projected Secret",
+            ns,
+            pod("fine", |v| {
+                v["spec"]["volumes"][1] = json!({"name": "c", "projected": {"sources": [
+                    {"secret": {"name": "s"}}]}});
+            }),
+            "mounts only",
+        ),
+        (
+            "a Secret in env",
+            ns,
+            pod("fine", |v| {
+                v["spec"]["containers"][0]["env"] = json!([{"name": "T", "valueFrom":
+                    {"secretKeyRef": {"name": "s", "key": "k"}}}]);
+            }),
+            "reads no Secret",
+        ),
+        (
+            "a Secret as envFrom",
+            ns,
+            pod("fine", |v| {
+                v["spec"]["containers"][0]["envFrom"] = json!([{"secretRef": {"name": "s"}}]);
+            }),
+            "reads no Secret",
+        ),
+        (
+            "no RuntimeClass",
+            ns,
+            pod("fine", |v| {
+                v["spec"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("runtimeClassName");
+            }),
+            "without a RuntimeClass",
+        ),
+        (
+            "no isolation gate",
+            ns,
+            pod("fine", |v| {
+                v["spec"].as_object_mut().unwrap().remove("schedulingGates");
+            }),
+            "scheduling gate",
+        ),
+        (
+            "root allowed",
+            ns,
+            pod("fine", |v| {
+                v["spec"]["securityContext"]["runAsNonRoot"] = false.into();
+                v["spec"]["containers"][0]["securityContext"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("runAsNonRoot");
+            }),
+            "non-root",
+        ),
+        (
+            "user 0",
+            ns,
+            pod("fine", |v| {
+                v["spec"]["containers"][0]["securityContext"]["runAsUser"] = 0.into();
+            }),
+            "non-root",
+        ),
+        (
+            "a host port",
+            ns,
+            pod("fine", |v| {
+                v["spec"]["containers"][0]["ports"] =
+                    json!([{"containerPort": 8080, "hostPort": 8080}]);
+            }),
+            "no host port",
+        ),
+        (
+            "seccomp unconfined",
+            ns,
+            pod("fine", |v| {
+                v["spec"]["securityContext"]["seccompProfile"]["type"] = "Unconfined".into();
+            }),
+            "without seccomp",
+        ),
     ];
-    // The policy takes effect a moment after it is installed: wait until it refuses (dry run).
-    let dry = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    palisade_e2e::wait_for(
-        "the admission policy to refuse a privileged pod",
-        std::time::Duration::from_secs(30),
-        // Only the policy refuses this one (another ServiceAccount): the API server's own
-        // validation would refuse an invalid pod at once.
-        || async { pods.create(&dry, &refused[1].1).await.err().map(|_| ()) },
-    )
-    .await;
-    for (what, pod, expected) in refused {
-        match pods.create(&PostParams::default(), &pod).await {
+    for (what, in_ns, p, expected) in refused {
+        match pods(in_ns).create(&DRY, &p).await {
             Ok(_) => panic!("{what}: the admission policy admitted it"),
             Err(kube::Error::Api(status)) => assert!(
                 status.message.contains(expected),
@@ -471,8 +683,10 @@ async fn the_admission_policy_lets_the_operator_create_only_sandbox_like_pods() 
             Err(e) => panic!("{what}: {e}"),
         }
     }
-    namespaces
-        .delete(ns, &Default::default())
-        .await
-        .expect("delete namespace");
+    for n in [ns, trusted] {
+        Api::<Namespace>::all(admin.clone())
+            .delete(n, &Default::default())
+            .await
+            .expect("delete namespace");
+    }
 }

@@ -28,3 +28,7 @@ pub const NETWORK_POLICY_UID_ANNOTATION: &str = "palisade.dev/network-policy-uid
 /// Scheduling gate every sandbox pod is created with; the operator removes it only after it
 /// has read back the pod's NetworkPolicy.
 pub const ISOLATION_GATE: &str = "palisade.dev/isolation";
+/// Every sandbox's ServiceAccount is named with this prefix (`palisade-<sandbox>`): the chart's
+/// admission policy lets the operator's pods run under such accounts only, so stolen operator
+/// credentials cannot start a pod under some other controller's account.
+pub const SERVICE_ACCOUNT_PREFIX: &str = "palisade-";

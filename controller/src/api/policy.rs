@@ -97,6 +97,28 @@ pub struct AgentPolicySpec {
     /// Kubernetes extension: which container images sandboxes under this policy may run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<ImagePolicy>,
+
+    /// Kubernetes extension: the Secrets (of the sandbox's namespace), and their keys, that a
+    /// sandbox under this policy may read into `env` (`valueFrom.secretKeyRef`). Default: none.
+    /// A sandbox that references any other Secret is blocked (`SecretRefused`): whoever may
+    /// create a sandbox must not read every Secret of the namespace through it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub secrets: Vec<SecretGrant>,
+}
+
+/// A Secret sandboxes may reference.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretGrant {
+    /// Name of the Secret, in the sandbox's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// The keys of the Secret that may be referenced. Absent: every key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub keys: Option<Vec<String>>,
 }
 
 /// An absolute POSIX path inside the sandbox (`/workspace`). `.` and `..` segments are refused.

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::api::policy::{AgentPolicySpec, Runtime, SeccompKind};
 use crate::api::report::EnforcementReport;
-use crate::api::{AgentSandbox, MANAGED_BY_LABEL, MANAGER, SANDBOX_LABEL};
+use crate::api::{AgentSandbox, MANAGED_BY_LABEL, MANAGER, SANDBOX_LABEL, SERVICE_ACCOUNT_PREFIX};
 
 use super::facts::ClusterFacts;
 use super::{BlockReason, Blocked, CheckedPolicy, runtime_name};
@@ -50,9 +50,14 @@ fn sandbox_name(sandbox: &AgentSandbox) -> String {
     sandbox.metadata.name.clone().unwrap_or_default()
 }
 
+/// The sandbox's own ServiceAccount: `palisade-<sandbox>`.
+pub fn service_account_name(sandbox: &str) -> String {
+    format!("{SERVICE_ACCOUNT_PREFIX}{sandbox}")
+}
+
 pub fn service_account(spec: &AgentPolicySpec, sandbox: &AgentSandbox) -> ServiceAccount {
     let identity = spec.identity.clone().unwrap_or_default();
-    let mut meta = object_meta(sandbox, sandbox_name(sandbox));
+    let mut meta = object_meta(sandbox, service_account_name(&sandbox_name(sandbox)));
     if !identity.service_account_annotations.is_empty() {
         meta.annotations = Some(identity.service_account_annotations.clone());
     }

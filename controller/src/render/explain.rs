@@ -254,5 +254,24 @@ fn mappings(c: &CheckedPolicy) -> Vec<Mapping> {
             ),
         );
     }
+    line(
+        &mut out,
+        "secrets",
+        if s.secrets.is_empty() {
+            "env may reference no Secret (a sandbox that does is blocked: SecretRefused)".into()
+        } else {
+            format!(
+                "env may reference only {}",
+                s.secrets
+                    .iter()
+                    .map(|g| match &g.keys {
+                        Some(keys) => format!("{} (keys {})", g.name, keys.join(", ")),
+                        None => format!("{} (every key)", g.name),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+    );
     out
 }

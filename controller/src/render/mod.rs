@@ -8,6 +8,7 @@ pub mod hash;
 pub mod network;
 pub mod pod;
 pub mod resources;
+pub mod secrets;
 
 use std::fmt;
 
@@ -39,6 +40,7 @@ pub enum BlockReason {
     SeccompNotEnforced,
     ProxyUnreachable,
     TokenAudienceRefused,
+    SecretRefused,
     Expired,
 }
 
@@ -57,6 +59,7 @@ impl BlockReason {
             BlockReason::SeccompNotEnforced => "SeccompNotEnforced",
             BlockReason::ProxyUnreachable => "ProxyUnreachable",
             BlockReason::TokenAudienceRefused => "TokenAudienceRefused",
+            BlockReason::SecretRefused => "SecretRefused",
             BlockReason::Expired => "Expired",
         }
     }
@@ -246,6 +249,7 @@ pub fn compile_checked(
             ),
         ));
     }
+    secrets::check(&spec.secrets, &sandbox.spec)?;
     let runtime_class_name = runtime_class(checked, facts)?;
     let deadline = match spec.timeout_ms {
         Some(t) => {

@@ -242,7 +242,9 @@ pub fn compile_network(
             ),
         ));
     } else {
-        Some(cilium_policy(&name, sandbox, &egress, facts, net.dns, report)?)
+        Some(cilium_policy(
+            &name, sandbox, &egress, facts, net.dns, report,
+        )?)
     };
 
     let ingress_rules = compile_ingress(net.ingress.as_ref(), report);
@@ -414,9 +416,9 @@ fn cilium_policy(
     // deny rules, as `egressDeny`, which wins over every allow. The DNS servers themselves stay
     // reachable on port 53.
     let dns_hosts = match &facts.dns {
-        DnsEndpoints::Ips(ips) => ips
-            .iter()
-            .fold(AddrSet::default(), |a, ip| a.union(&AddrSet::from_cidr(&ip_cidr(*ip)))),
+        DnsEndpoints::Ips(ips) => ips.iter().fold(AddrSet::default(), |a, ip| {
+            a.union(&AddrSet::from_cidr(&ip_cidr(*ip)))
+        }),
         DnsEndpoints::Selector { .. } => AddrSet::default(),
     };
     // Each entry: addresses and the services denied there (`None`: everything).

@@ -16,7 +16,9 @@ use crate::api::{AgentSandbox, ISOLATION_GATE, POLICY_HASH_ANNOTATION};
 use crate::policy::paths::under;
 use crate::policy::quantity;
 
-use super::children::{DEFAULT_WORKSPACE_SIZE, child_labels, object_meta, workspace_claim_name};
+use super::children::{
+    DEFAULT_WORKSPACE_SIZE, child_labels, object_meta, service_account_name, workspace_claim_name,
+};
 use super::resources::CompiledResources;
 use super::{BlockReason, Blocked, hash::short_hash};
 
@@ -276,7 +278,7 @@ pub fn build_pod(input: &PodInput) -> Result<(Pod, String), Blocked> {
     let spec = PodSpec {
         containers: vec![container],
         volumes: Some(volumes).filter(|v| !v.is_empty()),
-        service_account_name: Some(name.clone()),
+        service_account_name: Some(service_account_name(&name)),
         automount_service_account_token: Some(identity.automount_token == Some(true)),
         enable_service_links: Some(false),
         host_network: Some(false),
