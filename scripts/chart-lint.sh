@@ -19,6 +19,8 @@ all_features=(
   --set runtimeClasses.gvisor.seccompApplied=true
   --set "cluster.cidrs={10.244.0.0/16,10.96.0.0/12}"
   --set "cluster.nodeCidrs={192.168.0.0/24}"
+  --set "sandboxPods.labelAllow={team,example.com/*}"
+  --set "sandboxPods.annotationAllow={example.com/owner}"
   --set "networkPolicy.apiServer.cidrs={192.0.2.10/32}"
   --set "cluster.apiAudiences={https://oidc.example.com/id/ABC}"
 )
@@ -37,6 +39,8 @@ refused=(
   "replicas=2,leaderElection.enabled=false"
   "metrics.prometheusRule.enabled=true"
   "podLabels.app\\.kubernetes\\.io/name=other"
+  "sandboxPods.annotationAllow={k8s.v1.cni.cncf.io/networks}"
+  "sandboxPods.labelAllow={app.kubernetes.io/*}"
   "fullnameOverride=a-name-that-is-far-too-long-for-a-service-with-the-metrics-suffix"
 )
 for values in "${refused[@]}"; do

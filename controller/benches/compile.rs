@@ -29,7 +29,7 @@ fn busy_policy() -> AgentPolicy {
     );
     serde_json::from_value(serde_json::json!({
         "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": "busy", "namespace": "default"},
-        "spec": {"network": {"egress": {"allow": allow, "deny": deny}}, "filesystem": {"readwritePaths": ["/tmp", "/workspace", "/home/agent"]}}
+        "spec": {"network": {"egress": {"allow": allow, "deny": deny}}, "filesystem": {"readwritePaths": ["/tmp", "/workspace", "/home/agent"]}, "secrets": [{"name": "coder-credentials"}]}
     }))
     .expect("busy policy")
 }

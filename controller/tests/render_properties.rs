@@ -453,6 +453,45 @@ fn timeout_counts_run_time_and_expires() {
 }
 
 #[test]
+fn pod_labels_and_annotations_are_an_allowlist() {
+    use palisade::policy::pod_keys::parse_pattern;
+    // The review's reproduction: Multus and Calico annotations were accepted and ran.
+    let mut sb = sandbox("p");
+    sb.spec
+        .pod_annotations
+        .insert("k8s.v1.cni.cncf.io/networks".into(), "macvlan-conf".into());
+    sb.spec.pod_annotations.insert(
+        "cni.projectcalico.org/ipAddrs".into(),
+        "[\"10.0.0.5\"]".into(),
+    );
+    assert_eq!(
+        blocked(AgentPolicySpec::default(), sb, &ClusterFacts::default()),
+        BlockReason::SandboxInvalid
+    );
+    // A key nobody configured: blocked by the operator, with what is allowed.
+    let mut sb = sandbox("p");
+    sb.spec.pod_labels.insert("team".into(), "ml".into());
+    sb.spec
+        .pod_annotations
+        .insert("prometheus.io/scrape".into(), "true".into());
+    let err = compile(
+        &policy(AgentPolicySpec::default()),
+        &sb,
+        &ClusterFacts::default(),
+        0,
+    )
+    .expect_err("team is not allowed by default");
+    assert_eq!(err.reason, BlockReason::PodMetadataRefused);
+    assert!(err.message.contains("--pod-label-allow"), "{}", err.message);
+    let mut facts = ClusterFacts::default();
+    facts.pod_keys.labels.push(parse_pattern("team").unwrap());
+    let plan = compile(&policy(AgentPolicySpec::default()), &sb, &facts, 0).expect("allowed");
+    let meta = plan.pod.metadata;
+    assert_eq!(meta.labels.unwrap()["team"], "ml");
+    assert_eq!(meta.annotations.unwrap()["prometheus.io/scrape"], "true");
+}
+
+#[test]
 fn reserved_pod_annotation_is_refused() {
     let mut sb = sandbox("p");
     sb.spec.pod_annotations.insert(

@@ -221,14 +221,35 @@ fn invalid_documents() -> Vec<(&'static str, Value, &'static str)> {
             sandbox(
                 json!({"policyRef": {"name": "p"}, "image": "a:1", "podLabels": {"palisade.dev/sandbox": "other"}}),
             ),
-            "pod labels under palisade.dev/",
+            "pod labels of Kubernetes, Palisade",
+        ),
+        (
+            "a Calico address annotation",
+            sandbox(
+                json!({"policyRef": {"name": "p"}, "image": "a:1", "podAnnotations": {"cni.projectcalico.org/ipAddrs": "[\"10.0.0.5\"]"}}),
+            ),
+            "pod annotations of Kubernetes, Palisade, network plugins",
+        ),
+        (
+            "a Multus network annotation",
+            sandbox(
+                json!({"policyRef": {"name": "p"}, "image": "a:1", "podAnnotations": {"k8s.v1.cni.cncf.io/networks": "macvlan"}}),
+            ),
+            "pod annotations of Kubernetes, Palisade, network plugins",
+        ),
+        (
+            "a Kubernetes label",
+            sandbox(
+                json!({"policyRef": {"name": "p"}, "image": "a:1", "podLabels": {"app.kubernetes.io/name": "db"}}),
+            ),
+            "pod labels of Kubernetes, Palisade",
         ),
         (
             "runtime annotation",
             sandbox(
                 json!({"policyRef": {"name": "p"}, "image": "a:1", "podAnnotations": {"dev.gvisor.internal.nvproxy": "true"}}),
             ),
-            "annotations that configure runtimes or security are reserved",
+            "pod annotations of Kubernetes, Palisade, network plugins",
         ),
         (
             "missing policyRef",

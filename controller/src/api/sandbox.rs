@@ -1,5 +1,5 @@
 //! `AgentSandbox`: an agent workload bound to an `AgentPolicy`. Nothing in it can loosen the
-//! policy: there is no free-form pod spec, and reserved labels and annotations are refused.
+//! policy: there is no free-form pod spec, and pod labels and annotations are an allowlist.
 
 // kube's printcolumn attributes repeat `type_ = "string"`, which clippy takes for duplicates.
 #![allow(clippy::duplicated_attributes)]
@@ -12,18 +12,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-
-/// Label and annotation key prefixes a sandbox may not set on its pod: they belong to Palisade
-/// or configure the runtime's security.
-pub const RESERVED_ANNOTATION_PREFIXES: &[&str] = &[
-    "palisade.dev/",
-    "io.katacontainers.",
-    "dev.gvisor.",
-    "container.apparmor.security.beta.kubernetes.io/",
-    "seccomp.security.alpha.kubernetes.io/",
-    "container.seccomp.security.alpha.kubernetes.io/",
-    "io.kubernetes.cri-o.",
-];
 
 /// An agent workload (image, command, environment) run under an AgentPolicy.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -120,24 +108,29 @@ pub struct AgentSandboxSpec {
     #[schemars(length(max = 32))]
     pub tolerations: Vec<Toleration>,
 
-    /// Extra labels on the pod. Keys under `palisade.dev/` and `app.kubernetes.io/managed-by`
-    /// are refused.
+    /// Extra labels on the pod: only keys the operator allows (none by default; its
+    /// `--pod-label-allow` adds keys), since a label can make the pod a Service's endpoint or a
+    /// peer another policy trusts. Keys of Kubernetes (`kubernetes.io`, `k8s.io`), Palisade,
+    /// network plugins, meshes and runtimes are always refused. A sandbox with another key is
+    /// blocked (`PodMetadataRefused`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
     #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "self.all(k, !k.startsWith('palisade.dev/') && !k.contains('.palisade.dev/') && k != 'app.kubernetes.io/managed-by')",
-         "message": "pod labels under palisade.dev/ and app.kubernetes.io/managed-by are reserved"}
+        {"rule": r"self.all(k, !k.matches('^([^/]*\\.)?(kubernetes\\.io|k8s\\.io|palisade\\.dev|cni\\.cncf\\.io|multus-cni\\.io|projectcalico\\.org|cilium\\.io|antrea\\.io|ovn\\.org|weave\\.works|istio\\.io|linkerd\\.io|kuma\\.io|openshift\\.io|katacontainers\\.io|gvisor\\.dev)/') && !k.lowerAscii().matches('^(io\\.katacontainers\\.|dev\\.gvisor\\.|io\\.kubernetes\\.|io\\.containerd\\.|io\\.cri-containerd\\.|io\\.podman\\.|run\\.oci\\.)'))",
+         "message": "pod labels of Kubernetes, Palisade, network plugins, meshes and runtimes are refused"}
     ]))]
     pub pod_labels: BTreeMap<String, String>,
 
-    /// Extra annotations on the pod. Keys under `palisade.dev/` and annotations that configure
-    /// runtimes or security (`io.katacontainers.`, `dev.gvisor.`, AppArmor, seccomp,
-    /// `io.kubernetes.cri-o.`) are refused.
+    /// Extra annotations on the pod: only keys the operator allows (by default `prometheus.io/*`
+    /// and `cluster-autoscaler.kubernetes.io/safe-to-evict`; its `--pod-annotation-allow` adds
+    /// keys). Keys of Kubernetes, Palisade, network plugins (Multus, Calico, Cilium, ...),
+    /// meshes and runtimes (Kata, gVisor, CRI-O, containerd), AppArmor and seccomp are always
+    /// refused. A sandbox with another key is blocked (`PodMetadataRefused`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
     #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "self.all(k, !k.startsWith('palisade.dev/') && !k.contains('.palisade.dev/') && !k.startsWith('io.katacontainers.') && !k.startsWith('dev.gvisor.') && !k.startsWith('container.apparmor.security.beta.kubernetes.io/') && !k.startsWith('seccomp.security.alpha.kubernetes.io/') && !k.startsWith('container.seccomp.security.alpha.kubernetes.io/') && !k.startsWith('io.kubernetes.cri-o.'))",
-         "message": "pod annotations under palisade.dev/ and annotations that configure runtimes or security are reserved"}
+        {"rule": r"self.all(k, k == 'cluster-autoscaler.kubernetes.io/safe-to-evict' || (!k.matches('^([^/]*\\.)?(kubernetes\\.io|k8s\\.io|palisade\\.dev|cni\\.cncf\\.io|multus-cni\\.io|projectcalico\\.org|cilium\\.io|antrea\\.io|ovn\\.org|weave\\.works|istio\\.io|linkerd\\.io|kuma\\.io|openshift\\.io|katacontainers\\.io|gvisor\\.dev)/') && !k.lowerAscii().matches('^(io\\.katacontainers\\.|dev\\.gvisor\\.|io\\.kubernetes\\.|io\\.containerd\\.|io\\.cri-containerd\\.|io\\.podman\\.|run\\.oci\\.)')))",
+         "message": "pod annotations of Kubernetes, Palisade, network plugins, meshes, runtimes, AppArmor and seccomp are refused"}
     ]))]
     pub pod_annotations: BTreeMap<String, String>,
 }

@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::api::policy::Runtime;
 use crate::policy::net::Cidr;
+use crate::policy::pod_keys::{KeyPattern, parse_pattern};
 use crate::render::facts::{ClusterFacts, DnsEndpoints, RuntimeClasses};
 
 #[derive(Args, Debug, Clone, Default)]
@@ -39,6 +40,15 @@ pub struct FactsArgs {
         value_name = "AUDIENCE"
     )]
     pub api_audience: Vec<String>,
+    /// A pod label key sandboxes may set (`team`, `example.com/owner`, or `example.com/*`),
+    /// besides the defaults (none). Keys of Kubernetes, Palisade, network plugins, meshes and
+    /// runtimes are refused. Repeatable.
+    #[arg(long = "pod-label-allow", env = "PALISADE_POD_LABEL_ALLOW", value_delimiter = ',', value_name = "KEY", value_parser = parse_pattern)]
+    pub pod_label_allow: Vec<KeyPattern>,
+    /// A pod annotation key sandboxes may set, besides prometheus.io/* and
+    /// cluster-autoscaler.kubernetes.io/safe-to-evict (same forms and refusals). Repeatable.
+    #[arg(long = "pod-annotation-allow", env = "PALISADE_POD_ANNOTATION_ALLOW", value_delimiter = ',', value_name = "KEY", value_parser = parse_pattern)]
+    pub pod_annotation_allow: Vec<KeyPattern>,
     /// The nodes of this runtime apply the pod's seccomp profile (e.g. runsc --oci-seccomp).
     #[arg(long = "seccomp-applied", env = "PALISADE_SECCOMP_APPLIED", value_delimiter = ',', value_name = "RUNTIME", value_parser = parse_runtime)]
     pub seccomp_applied: Vec<Runtime>,
@@ -84,6 +94,14 @@ impl FactsArgs {
         }
         facts.cluster_cidrs = self.cluster_cidr.clone();
         facts.node_cidrs = self.node_cidr.clone();
+        facts
+            .pod_keys
+            .labels
+            .extend(self.pod_label_allow.iter().cloned());
+        facts
+            .pod_keys
+            .annotations
+            .extend(self.pod_annotation_allow.iter().cloned());
         facts
             .api_audiences
             .extend(self.api_audience.iter().filter(|a| !a.is_empty()).cloned());

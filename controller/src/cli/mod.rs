@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Print the Kubernetes objects that would be created for the given policies and sandboxes.
-    Render(render_cmd::RenderArgs),
+    Render(Box<render_cmd::RenderArgs>),
     /// Check or import policies (AgentPolicy, MXC SandboxPolicy or MXC ContainerConfig).
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
@@ -33,7 +33,7 @@ pub enum Command {
 /// Runs the command; the error is the message for standard error.
 pub fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Render(args) => render_cmd::run(args),
+        Command::Render(args) => render_cmd::run(*args),
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Run(args) => {
             let runtime = tokio::runtime::Runtime::new()

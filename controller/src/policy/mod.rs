@@ -9,6 +9,7 @@ pub mod legacy;
 pub mod net;
 pub mod paths;
 pub mod peers;
+pub mod pod_keys;
 pub mod quantity;
 pub mod services;
 pub mod validate;

@@ -9,7 +9,9 @@ use crate::api::policy::{
     AgentPolicySpec, EgressPeer, EgressRule, IngressPeer, PortRule, Protocol, Runtime, SandboxPath,
     SeccompKind,
 };
-use crate::api::sandbox::{AgentSandboxSpec, RESERVED_ANNOTATION_PREFIXES};
+use crate::api::sandbox::AgentSandboxSpec;
+
+use super::pod_keys::always_refused;
 
 use super::net::Cidr;
 use super::paths::under;
@@ -562,13 +564,6 @@ fn is_label_key(k: &str) -> bool {
         && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
-fn reserved(key: &str) -> bool {
-    key.contains(".palisade.dev/")
-        || RESERVED_ANNOTATION_PREFIXES
-            .iter()
-            .any(|p| key.starts_with(p))
-}
-
 /// Validates a sandbox spec on its own (its fit with the policy is checked when compiling).
 pub fn validate_sandbox(spec: &AgentSandboxSpec) -> Result<(), Invalid> {
     let mut e = Errors::default();
@@ -667,9 +662,9 @@ pub fn validate_sandbox(spec: &AgentSandboxSpec) -> Result<(), Invalid> {
             format!("`{k}` is not a valid label key"),
         );
         e.check(
-            !reserved(k) && k != "app.kubernetes.io/managed-by",
+            !always_refused(k),
             &f,
-            format!("label `{k}` is reserved for Palisade"),
+            format!("label `{k}` is refused: Kubernetes, Palisade, network plugins, meshes or runtimes act on it"),
         );
     }
     for (k, v) in &spec.pod_labels {
@@ -689,7 +684,11 @@ pub fn validate_sandbox(spec: &AgentSandboxSpec) -> Result<(), Invalid> {
             &f,
             format!("`{k}` is not a valid annotation key"),
         );
-        e.check(!reserved(k), &f, format!("annotation `{k}` is reserved: it belongs to Palisade or configures the runtime's security"));
+        e.check(
+            !always_refused(k),
+            &f,
+            format!("annotation `{k}` is refused: Kubernetes, Palisade, network plugins, meshes or runtimes act on it"),
+        );
     }
     for k in spec.node_selector.keys() {
         e.check(

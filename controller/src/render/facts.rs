@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use crate::api::policy::Runtime;
 use crate::policy::egress::ClusterRanges;
 use crate::policy::net::Cidr;
+use crate::policy::pod_keys::PodKeyAllowlist;
 
 /// Where cluster DNS answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +66,8 @@ pub struct ClusterFacts {
     /// Audiences the API server accepts tokens for: `identity.tokenAudience` may name none of
     /// them (such a token would be an API token by another name).
     pub api_audiences: Vec<String>,
+    /// The pod labels and annotations sandboxes may set.
+    pub pod_keys: PodKeyAllowlist,
 }
 
 /// Audiences of the API server in common clusters (its `--api-audiences`, which default to the
@@ -103,6 +106,7 @@ impl Default for ClusterFacts {
                 .iter()
                 .map(|a| a.to_string())
                 .collect(),
+            pod_keys: PodKeyAllowlist::default(),
         }
     }
 }

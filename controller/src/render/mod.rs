@@ -41,6 +41,7 @@ pub enum BlockReason {
     ProxyUnreachable,
     TokenAudienceRefused,
     SecretRefused,
+    PodMetadataRefused,
     Expired,
 }
 
@@ -60,6 +61,7 @@ impl BlockReason {
             BlockReason::ProxyUnreachable => "ProxyUnreachable",
             BlockReason::TokenAudienceRefused => "TokenAudienceRefused",
             BlockReason::SecretRefused => "SecretRefused",
+            BlockReason::PodMetadataRefused => "PodMetadataRefused",
             BlockReason::Expired => "Expired",
         }
     }
@@ -250,6 +252,12 @@ pub fn compile_checked(
         ));
     }
     secrets::check(&spec.secrets, &sandbox.spec)?;
+    if let Some(message) = facts.pod_keys.check(
+        sandbox.spec.pod_labels.keys(),
+        sandbox.spec.pod_annotations.keys(),
+    ) {
+        return Err(Blocked::new(BlockReason::PodMetadataRefused, message));
+    }
     let runtime_class_name = runtime_class(checked, facts)?;
     let deadline = match spec.timeout_ms {
         Some(t) => {
