@@ -410,6 +410,10 @@ async fn a_converged_sandbox_costs_no_request() {
             assert_eq!(st["phase"], "Running", "{st}");
             assert_eq!(st["podIP"], "10.1.2.3");
             assert!(st["startedAt"].is_string());
+            // The sandbox's own report, with this cluster's facts: gVisor does not apply the
+            // pod's seccomp profile here (review finding 7: it never reached the cluster).
+            let not_enforced = st["enforcement"]["notEnforced"].to_string();
+            assert!(not_enforced.contains("syscalls"), "{st}");
         })],
     )
     .await;

@@ -81,10 +81,61 @@ impl EnforcementReport {
         self.not_enforced.extend(other.not_enforced);
     }
 
+    /// The report cut to at most `per_list` entries per list and `chars` characters per
+    /// message (a last entry says how many were left out), for a status that must stay small.
+    pub fn bounded(mut self, per_list: usize, chars: usize) -> Self {
+        for list in [
+            &mut self.added,
+            &mut self.narrowed,
+            &mut self.not_applicable,
+            &mut self.not_enforced,
+        ] {
+            if list.len() > per_list {
+                let left = list.len() - (per_list - 1);
+                list.truncate(per_list - 1);
+                list.push(ReportEntry::new(
+                    "(more)",
+                    format!(
+                        "{left} more entries; `palisade render` of this sandbox lists them all"
+                    ),
+                ));
+            }
+            for e in list.iter_mut() {
+                if e.message.chars().count() > chars {
+                    e.message = e.message.chars().take(chars - 1).collect::<String>() + "…";
+                }
+                if e.field.chars().count() > chars {
+                    e.field = e.field.chars().take(chars - 1).collect::<String>() + "…";
+                }
+            }
+        }
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.added.is_empty()
             && self.narrowed.is_empty()
             && self.not_applicable.is_empty()
             && self.not_enforced.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bounded_report_keeps_its_size_and_says_what_it_left_out() {
+        let mut r = EnforcementReport::default();
+        for i in 0..40 {
+            r.narrowed(format!("f{i}"), "x".repeat(1000));
+        }
+        r.added("network.dns", "short");
+        let b = r.bounded(16, 100);
+        assert_eq!(b.narrowed.len(), 16);
+        assert_eq!(b.narrowed[15].field, "(more)");
+        assert!(b.narrowed[15].message.starts_with("25 more"));
+        assert!(b.narrowed.iter().all(|e| e.message.chars().count() <= 100));
+        assert_eq!(b.added, vec![ReportEntry::new("network.dns", "short")]);
     }
 }

@@ -367,6 +367,13 @@ pub struct AgentSandboxStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy_pending_since: Option<Time>,
 
+    /// This sandbox's enforcement report, computed with the cluster's live facts: allowances
+    /// the platform added (`added`), what is enforced more strictly than written (`narrowed`),
+    /// what has no meaning in a pod (`notApplicable`) and what the platform cannot guarantee
+    /// here (`notEnforced`, e.g. the syscall filter under gVisor). At most 16 entries per list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcement: Option<crate::api::report::EnforcementReport>,
+
     /// A sentence for people: why the sandbox is in this phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -26,7 +26,7 @@ use crate::render::{
 use super::lifetime::Lifetime;
 use super::live::{Guard, LiveIsolation, LivePod, PodPhase};
 use super::record::PodRecord;
-use super::status::{Outcome, PlanFacts, Standing};
+use super::status::{Outcome, PlanFacts, REPORT_CHARS, REPORT_ENTRIES, Standing};
 
 /// The sandbox's policy as found.
 #[derive(Clone, Copy, Debug)]
@@ -136,6 +136,7 @@ fn plan_facts_of(status: &AgentSandboxStatus) -> Option<PlanFacts> {
         pod_hash,
         runtime_class_name: status.runtime_class_name.clone(),
         service: status.service_fqdn.is_some(),
+        enforcement: status.enforcement.clone(),
     })
 }
 
@@ -239,6 +240,8 @@ pub fn decide(o: &Observed) -> Decision {
         pod_hash: plan.pod_hash.clone(),
         runtime_class_name: plan.runtime_class_name.clone(),
         service: plan.service.is_some(),
+        enforcement: Some(plan.report.clone().bounded(REPORT_ENTRIES, REPORT_CHARS))
+            .filter(|r| !r.is_empty()),
     };
 
     let ingress_open = checked

@@ -13,7 +13,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::{AgentPolicy, AgentPolicyStatus, AgentSandbox, MANAGER};
-use crate::render::explain::explain;
+use crate::render::explain::explain_with;
 
 use super::conditions::{Want, merge};
 use super::{Ctx, Error, RESYNC};
@@ -58,7 +58,7 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Ctx) -> Result<Action, Err
     let count = sandboxes_of(&ctx, &ObjectRef::from_obj(&*policy)).len() as i32;
     let generation = policy.meta().generation;
     let now = Time(Timestamp::now());
-    let status = match explain(&policy.spec) {
+    let status = match explain_with(&policy.spec, &ctx.facts()) {
         Ok((_, report)) => AgentPolicyStatus {
             conditions: merge(
                 &previous.conditions,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::api::report::EnforcementReport;
 use crate::api::{AgentSandboxStatus, SandboxPhase};
 
 use super::conditions::{Want, merge};
@@ -44,7 +45,13 @@ pub struct PlanFacts {
     pub pod_hash: String,
     pub runtime_class_name: Option<String>,
     pub service: bool,
+    /// The plan's enforcement report, bounded.
+    pub enforcement: Option<EnforcementReport>,
 }
+
+/// Bounds of `status.enforcement`: entries per list, characters per message.
+pub const REPORT_ENTRIES: usize = 16;
+pub const REPORT_CHARS: usize = 512;
 
 /// What one pass found, before it becomes a status.
 #[derive(Clone, Debug, PartialEq)]
@@ -235,6 +242,7 @@ pub fn status(
         }),
         runtime_class_name: plan.and_then(|p| p.runtime_class_name.clone()),
         policy_hash: plan.map(|p| p.pod_hash.clone()),
+        enforcement: plan.and_then(|p| p.enforcement.clone()),
         expires_at: outcome.expires_at.map(Time),
         message: Some(outcome.message.clone()),
         ..Default::default()

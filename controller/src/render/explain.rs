@@ -22,27 +22,52 @@ fn line(out: &mut Vec<Mapping>, field: impl Into<String>, becomes: impl Into<Str
     });
 }
 
-/// The policy's field mapping and its enforcement report (as it would be for any sandbox;
-/// domain names are assumed to have a backend, which is said in the mapping).
+/// The policy's field mapping and its enforcement report offline (as it would be for any
+/// sandbox; domain names are assumed to have a backend and the Security Profiles Operator to be
+/// installed, which is said in the mapping).
 pub fn explain(
     spec: &crate::api::AgentPolicySpec,
 ) -> Result<(Vec<Mapping>, EnforcementReport), Invalid> {
+    let facts = ClusterFacts {
+        cilium: true,
+        seccomp_profile_crd: true,
+        ..ClusterFacts::default()
+    };
+    explain_with(spec, &facts)
+}
+
+/// The policy's field mapping and its enforcement report on a cluster with `facts` (what the
+/// operator reports in the policy's status). What would block every sandbox under the policy
+/// there is reported under `notEnforced`.
+pub fn explain_with(
+    spec: &crate::api::AgentPolicySpec,
+    facts: &ClusterFacts,
+) -> Result<(Vec<Mapping>, EnforcementReport), Invalid> {
     let checked = check_policy(spec)?;
     let mut report = checked.report.clone();
-    let sandbox = AgentSandbox::new(
+    let mut sandbox = AgentSandbox::new(
         "sandbox",
         AgentSandboxSpec {
             image: "agent".into(),
             ..Default::default()
         },
     );
-    let facts = ClusterFacts {
-        cilium: true,
-        seccomp_profile_crd: true,
-        ..ClusterFacts::default()
-    };
-    // Only the report matters here; a network that compiles for a sandbox compiles for all.
-    let _ = network::compile_network(&checked, &sandbox, &facts, &mut report);
+    sandbox.metadata.namespace = Some("default".into());
+    // Only the report matters here; what compiles for one sandbox compiles for all.
+    let blocked = [
+        network::compile_network(&checked, &sandbox, facts, &mut report).err(),
+        super::children::seccomp(&checked, &sandbox, facts, &mut report).err(),
+    ];
+    for b in blocked.into_iter().flatten() {
+        report.not_enforced(
+            "(sandboxes)",
+            format!(
+                "sandboxes under this policy are blocked here ({}): {}",
+                b.reason.as_str(),
+                b.message
+            ),
+        );
+    }
     Ok((mappings(&checked), report))
 }
 
@@ -274,4 +299,53 @@ fn mappings(c: &CheckedPolicy) -> Vec<Mapping> {
         },
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::AgentPolicySpec;
+
+    fn spec(v: serde_json::Value) -> AgentPolicySpec {
+        serde_json::from_value(v).expect("spec")
+    }
+
+    #[test]
+    fn the_report_follows_the_cluster_it_is_computed_for() {
+        let p = spec(serde_json::json!({
+            "network": {"egress": {"allow": [{"to": [{"fqdn": "api.example.com"}]}]}},
+            "isolation": {"runtime": "gvisor"}
+        }));
+        // Offline: a backend for names is assumed; gVisor's seccomp is not applied.
+        let (_, offline) = explain(&p).expect("valid");
+        assert!(offline.not_enforced.iter().any(|e| e.field == "syscalls"));
+        assert!(
+            !offline
+                .not_enforced
+                .iter()
+                .any(|e| e.field == "(sandboxes)")
+        );
+        // A cluster without Cilium: every sandbox under it is blocked, and the report says so.
+        let (_, live) = explain_with(&p, &ClusterFacts::default()).expect("valid");
+        let blocked: Vec<_> = live
+            .not_enforced
+            .iter()
+            .filter(|e| e.field == "(sandboxes)")
+            .collect();
+        assert_eq!(blocked.len(), 1, "{live:?}");
+        assert!(blocked[0].message.contains("FqdnBackendMissing"));
+        // A cluster whose gVisor nodes apply pod seccomp: nothing to report there.
+        let mut facts = ClusterFacts {
+            cilium: true,
+            ..ClusterFacts::default()
+        };
+        facts
+            .seccomp_applied
+            .insert(crate::api::policy::Runtime::Gvisor);
+        let (_, applied) = explain_with(&p, &facts).expect("valid");
+        assert!(
+            !applied.not_enforced.iter().any(|e| e.field == "syscalls"),
+            "{applied:?}"
+        );
+    }
 }
