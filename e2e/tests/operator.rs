@@ -234,6 +234,17 @@ async fn network_policy_drift_is_put_back() {
 async fn another_network_policy_selecting_the_pod_blocks_the_sandbox() {
     let ns = &unique("op-extra-np");
     let client = setup(ns).await;
+    // A namespace baseline that denies everything (no rules) narrows nothing: it must not
+    // block sandboxes (review finding 6).
+    let baseline: NetworkPolicy = serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "default-deny-all"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    }))
+    .expect("np");
+    Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &baseline)
+        .await
+        .expect("create the baseline");
     apply_policy(&client, ns, "p", json!({"network": {"dns": "none"}})).await;
     apply_sandbox(&client, ns, "agent", basic_sandbox("p")).await;
     wait_phase(&client, ns, "agent", SandboxPhase::Running).await;

@@ -25,6 +25,7 @@ use crate::render::{
 
 use super::lifetime::Lifetime;
 use super::live::{Guard, LiveIsolation, LivePod, PodPhase};
+use super::ownership::controlled_by;
 use super::record::PodRecord;
 use super::status::{Outcome, PlanFacts, REPORT_CHARS, REPORT_ENTRIES, Standing};
 
@@ -630,13 +631,19 @@ pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
     by_labels && by_expressions
 }
 
-/// Another NetworkPolicy selecting the pod can only widen what it may do (they add up).
+/// Another NetworkPolicy with allow rules that select the pod can only widen what it may do
+/// (NetworkPolicies add up). Ours is known by its owner (the sandbox's UID), not by its name or
+/// labels, which anyone may copy; a policy without allow rules (a namespace's default deny)
+/// narrows nothing and widens nothing. The pod's labels are the live pod's, with the plan's.
 fn widening_network_policy(o: &Observed, plan: &Plan, ingress_open: bool) -> Option<String> {
     let ns = o.sandbox.namespace()?;
-    let ours = isolation_name(&o.sandbox.name_any());
-    let labels = plan.pod.metadata.labels.clone().unwrap_or_default();
+    let uid = o.sandbox.uid().unwrap_or_default();
+    let mut labels = plan.pod.metadata.labels.clone().unwrap_or_default();
+    if let Some(pod) = o.pod.filter(|p| p.ours) {
+        labels.extend(pod.labels.clone());
+    }
     o.network_policies.iter().find_map(|np| {
-        if np.namespace().as_deref() != Some(ns.as_str()) || np.name_any() == ours {
+        if np.namespace().as_deref() != Some(ns.as_str()) || controlled_by(&np.metadata, &uid) {
             return None;
         }
         let spec = np.spec.as_ref()?;
@@ -655,9 +662,10 @@ fn widening_network_policy(o: &Observed, plan: &Plan, ingress_open: bool) -> Opt
             }
             t
         });
-        let widens = types.iter().any(|t| t == "Egress")
-            || (types.iter().any(|t| t == "Ingress") && !ingress_open);
-        widens.then(|| np.name_any())
+        let has = |t: &str| types.iter().any(|x| x == t);
+        let egress_allows = has("Egress") && spec.egress.as_ref().is_some_and(|r| !r.is_empty());
+        let ingress_allows = has("Ingress") && spec.ingress.as_ref().is_some_and(|r| !r.is_empty());
+        (egress_allows || (ingress_allows && !ingress_open)).then(|| np.name_any())
     })
 }
 
@@ -754,6 +762,108 @@ mod tests {
         let d = decide_with(&s, PolicyState::Missing, None, None);
         assert_eq!(d.step, Step::Leave);
         assert_eq!(d.outcome.phase, SandboxPhase::Succeeded);
+    }
+
+    fn other_np(
+        name: &str,
+        owner_uid: Option<&str>,
+        spec: serde_json::Value,
+    ) -> Arc<NetworkPolicy> {
+        let mut v = serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": "ns",
+                         "labels": {"app.kubernetes.io/managed-by": "palisade", "palisade.dev/sandbox": "a"}},
+            "spec": spec
+        });
+        if let Some(uid) = owner_uid {
+            v["metadata"]["ownerReferences"] = serde_json::json!([{"apiVersion": "palisade.dev/v1alpha1",
+                "kind": "AgentSandbox", "name": "a", "uid": uid, "controller": true}]);
+        }
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn widened_by(nps: &[Arc<NetworkPolicy>], pod: Option<&LivePod>) -> Option<String> {
+        let s = sandbox(None, false);
+        let p = policy();
+        let facts = facts();
+        let d = decide(&Observed {
+            sandbox: &s,
+            policy: PolicyState::Found(&p),
+            facts: &facts,
+            network_policies: nps,
+            isolation: None,
+            pod,
+            now: t(1000),
+        });
+        (d.outcome.reason == "AdditionalNetworkPolicy").then(|| d.outcome.message.clone())
+    }
+
+    #[test]
+    fn only_a_network_policy_with_allow_rules_for_the_pod_widens_it() {
+        // A namespace baseline: deny everything, both ways (no rules). It must keep working.
+        let deny_all = other_np(
+            "default-deny-all",
+            None,
+            serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+        );
+        assert_eq!(widened_by(&[deny_all.clone()], None), None);
+        let empty_lists = other_np(
+            "deny-lists",
+            None,
+            serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": [], "egress": []}),
+        );
+        assert_eq!(widened_by(&[empty_lists], None), None);
+        // Allow rules selecting the pod widen it.
+        let allow_all = other_np(
+            "allow-all",
+            None,
+            serde_json::json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}),
+        );
+        assert!(widened_by(&[deny_all, allow_all], None).is_some());
+        // Palisade's labels (and a name like another sandbox's) prove nothing: only the owner's
+        // UID does.
+        let forged = other_np(
+            "b-isolation",
+            None,
+            serde_json::json!({"podSelector": {"matchLabels": {"palisade.dev/sandbox": "a"}},
+                               "policyTypes": ["Egress"], "egress": [{}]}),
+        );
+        assert!(widened_by(&[forged], None).is_some());
+        let ours = other_np(
+            "a-isolation",
+            Some("sb"),
+            serde_json::json!({"podSelector": {"matchLabels": {"palisade.dev/sandbox": "a"}},
+                               "policyTypes": ["Egress"], "egress": [{}]}),
+        );
+        assert_eq!(widened_by(&[ours], None), None);
+    }
+
+    fn running() -> LivePod {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "namespace": "ns", "uid": "pod",
+                         "labels": {"palisade.dev/sandbox": "a"},
+                         "ownerReferences": [{"apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox",
+                                              "name": "a", "uid": "sb", "controller": true}]},
+            "spec": {"containers": [{"name": "agent", "image": "ghcr.io/acme/agent:1"}]},
+            "status": {"phase": "Running"}
+        }))
+        .unwrap();
+        LivePod::read(&pod, "sb")
+    }
+
+    #[test]
+    fn the_live_pods_labels_decide_what_selects_it() {
+        // Someone added a label to the running pod that a permissive policy selects.
+        let by_label = other_np(
+            "team-egress",
+            None,
+            serde_json::json!({"podSelector": {"matchLabels": {"team": "ml"}},
+                               "policyTypes": ["Egress"], "egress": [{}]}),
+        );
+        assert_eq!(widened_by(&[by_label.clone()], None), None);
+        let mut pod = running();
+        pod.labels.insert("team".into(), "ml".into());
+        assert!(widened_by(&[by_label], Some(&pod)).is_some());
     }
 
     #[test]

@@ -479,6 +479,9 @@ pub fn retry_delay(backoff: &Backoff, key: &str) -> Duration {
 /// been blocking (it may no longer select them).
 pub fn affected_by_network_policy(ctx: &Ctx, np: &NetworkPolicy) -> Vec<ObjectRef<AgentSandbox>> {
     let ns = np.namespace();
+    let mut out = Vec::new();
+    // Its owner (a sandbox's isolation policy), and every sandbox it selects: an owner
+    // reference or Palisade's labels on it prove nothing about what else it selects.
     if let Some(owner) = controlling_sandbox(&np.metadata) {
         let owned = ctx
             .caches
@@ -486,7 +489,7 @@ pub fn affected_by_network_policy(ctx: &Ctx, np: &NetworkPolicy) -> Vec<ObjectRe
             .get(&ObjectRef::new(&owner.name).within(ns.as_deref().unwrap_or_default()))
             .filter(|s| s.uid().as_deref() == Some(owner.uid.as_str()));
         if let Some(s) = owned {
-            return vec![ObjectRef::from_obj(&*s)];
+            out.push(ObjectRef::from_obj(&*s));
         }
     }
     let selector = np
@@ -494,21 +497,32 @@ pub fn affected_by_network_policy(ctx: &Ctx, np: &NetworkPolicy) -> Vec<ObjectRe
         .as_ref()
         .and_then(|s| s.pod_selector.clone())
         .unwrap_or_default();
-    ctx.caches
+    for s in ctx
+        .caches
         .sandboxes
         .state()
         .iter()
         .filter(|s| s.namespace() == ns)
-        .filter(|s| {
-            let mut labels = s.spec.pod_labels.clone();
-            labels.extend(crate::render::children::child_labels(&s.name_any()));
-            let blocked_by_one = s.status.as_ref().is_some_and(|st| {
-                st.conditions
-                    .iter()
-                    .any(|c| c.type_ == "NetworkIsolated" && c.reason == "AdditionalNetworkPolicy")
-            });
-            blocked_by_one || selects(&selector, &labels)
-        })
-        .map(|s| ObjectRef::from_obj(&**s))
-        .collect()
+    {
+        let name = s.name_any();
+        let mut labels = s.spec.pod_labels.clone();
+        labels.extend(crate::render::children::child_labels(&name));
+        if let Some(pod) = ctx
+            .caches
+            .pods
+            .get(&ObjectRef::new(&name).within(ns.as_deref().unwrap_or_default()))
+        {
+            labels.extend(pod.labels().clone());
+        }
+        let blocked_by_one = s.status.as_ref().is_some_and(|st| {
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == "NetworkIsolated" && c.reason == "AdditionalNetworkPolicy")
+        });
+        let r = ObjectRef::from_obj(&**s);
+        if (blocked_by_one || selects(&selector, &labels)) && !out.contains(&r) {
+            out.push(r);
+        }
+    }
+    out
 }
