@@ -806,7 +806,7 @@ mod tests {
             None,
             serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
         );
-        assert_eq!(widened_by(&[deny_all.clone()], None), None);
+        assert_eq!(widened_by(std::slice::from_ref(&deny_all), None), None);
         let empty_lists = other_np(
             "deny-lists",
             None,
@@ -860,7 +860,7 @@ mod tests {
             serde_json::json!({"podSelector": {"matchLabels": {"team": "ml"}},
                                "policyTypes": ["Egress"], "egress": [{}]}),
         );
-        assert_eq!(widened_by(&[by_label.clone()], None), None);
+        assert_eq!(widened_by(std::slice::from_ref(&by_label), None), None);
         let mut pod = running();
         pod.labels.insert("team".into(), "ml".into());
         assert!(widened_by(&[by_label], Some(&pod)).is_some());
