@@ -689,3 +689,40 @@ fn a_secret_the_policy_does_not_grant_blocks_the_sandbox() {
         "db"
     );
 }
+
+#[test]
+fn no_api_token_unless_the_policy_asks() {
+    let plan = compile(
+        &policy(AgentPolicySpec::default()),
+        &sandbox("p"),
+        &ClusterFacts::default(),
+        0,
+    )
+    .expect("compiles");
+    let spec = plan.pod.spec.expect("spec");
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    assert_eq!(
+        plan.service_account.automount_service_account_token,
+        Some(false)
+    );
+    assert!(
+        spec.volumes
+            .iter()
+            .flatten()
+            .all(|v| v.projected.is_none() && v.secret.is_none()),
+        "no token volume"
+    );
+    let asks = AgentPolicySpec {
+        identity: Some(IdentityPolicy {
+            automount_token: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let plan =
+        compile(&policy(asks), &sandbox("p"), &ClusterFacts::default(), 0).expect("compiles");
+    assert_eq!(
+        plan.pod.spec.expect("spec").automount_service_account_token,
+        Some(true)
+    );
+}
