@@ -58,8 +58,9 @@ if [[ -n "${E2E_KUBECONFIG:-}" ]]; then
   kubectl delete --ignore-not-found -f config/default/palisade.yaml >/dev/null
 fi
 echo "e2e: helm install $release charts/palisade -n $release_ns"
+# The suite's sandboxes use RuntimeClasses of unique names (gvisor-late-..., gvisor-tolerating-...).
 helm upgrade --install "$release" charts/palisade --namespace "$release_ns" --create-namespace \
-  --wait --timeout 3m
+  --set "admissionPolicy.runtimeClassNames={gvisor-*,kata-*}" --wait --timeout 3m
 kubectl wait --for=condition=Established --timeout=60s crd/agentpolicies.palisade.dev crd/agentsandboxes.palisade.dev
 
 # Credentials of the chart's ServiceAccount, for every operator the suite runs.

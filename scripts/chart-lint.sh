@@ -21,6 +21,7 @@ all_features=(
   --set "cluster.nodeCidrs={192.168.0.0/24}"
   --set "sandboxPods.labelAllow={team,example.com/*}"
   --set "sandboxPods.annotationAllow={example.com/owner}"
+  --set "admissionPolicy.runtimeClassNames={gvisor-custom,kata-*}"
   --set "networkPolicy.apiServer.cidrs={192.0.2.10/32}"
   --set "cluster.apiAudiences={https://oidc.example.com/id/ABC}"
 )
@@ -41,6 +42,7 @@ refused=(
   "podLabels.app\\.kubernetes\\.io/name=other"
   "sandboxPods.annotationAllow={k8s.v1.cni.cncf.io/networks}"
   "sandboxPods.labelAllow={app.kubernetes.io/*}"
+  "admissionPolicy.runtimeClassNames={gvisor')||true||('}"
   "fullnameOverride=a-name-that-is-far-too-long-for-a-service-with-the-metrics-suffix"
 )
 for values in "${refused[@]}"; do

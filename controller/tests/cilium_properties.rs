@@ -456,3 +456,42 @@ fn a_rebinding_wildcard_under_auto_dns_gets_the_floor_and_named_dns_only() {
         plan.report
     );
 }
+
+#[test]
+fn other_egress_opens_dns_for_any_name_and_the_report_says_so() {
+    let case = Case {
+        names: vec!["api.example.com"],
+        fqdn_ports: None,
+        metadata_allowed: false,
+        cluster: vec![],
+        nodes: vec![],
+        denies: vec![],
+        dns_ips: vec![],
+        dns: DnsMode::Auto,
+    };
+    let mut spec = spec(&case);
+    let egress = spec.network.as_mut().unwrap().egress.as_mut().unwrap();
+    egress.allow.push(EgressRule {
+        to: Some(vec![EgressPeer {
+            cidr: Some("203.0.113.0/24".into()),
+            ..Default::default()
+        }]),
+        ports: None,
+    });
+    let plan = compile(&policy(spec), &sandbox(), &facts(&case), 0).expect("compiles");
+    let dns: Vec<_> = plan
+        .report
+        .added
+        .iter()
+        .filter(|e| e.field == "network.dns")
+        .map(|e| e.message.as_str())
+        .collect();
+    assert!(
+        dns.iter().any(|m| m.contains("any name")),
+        "the NetworkPolicy's port-53 allow lets every question through Cilium: {dns:?}"
+    );
+    assert!(
+        !dns.iter().any(|m| m.contains("allowed names only (")),
+        "{dns:?}"
+    );
+}

@@ -480,7 +480,7 @@ async fn kill_mid_way_then_restart_converges_without_duplicates() {
         .map(|p| p.metadata)
         .filter(|m| m.name.as_deref() != Some("default"))
         .collect::<Vec<_>>();
-    assert_one_each("ServiceAccount", &sas, &uids, |s| s.to_string());
+    assert_one_each("ServiceAccount", &sas, &uids, |s| format!("palisade-{s}"));
 
     second.kill();
     first.assert_no_panic();

@@ -41,7 +41,7 @@ async fn a_sandbox_runs_with_its_children_and_they_are_collected_on_delete() {
         Some("palisade-gvisor")
     );
     Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .get("agent")
+        .get("palisade-agent")
         .await
         .expect("service account");
     Api::<NetworkPolicy>::namespaced(client.clone(), ns)
@@ -57,7 +57,7 @@ async fn a_sandbox_runs_with_its_children_and_they_are_collected_on_delete() {
             .expect("np")
             .resource_version();
         let sa = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-            .get("agent")
+            .get("palisade-agent")
             .await
             .expect("sa")
             .resource_version();
@@ -89,7 +89,7 @@ async fn a_sandbox_runs_with_its_children_and_they_are_collected_on_delete() {
                 .await
                 .ok()?;
             let sa = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-                .get_opt("agent")
+                .get_opt("palisade-agent")
                 .await
                 .ok()?;
             let pod = Api::<Pod>::namespaced(client.clone(), ns)

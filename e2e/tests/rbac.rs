@@ -671,6 +671,58 @@ async fn the_admission_policy_lets_the_operator_create_only_sandbox_like_pods() 
             }),
             "without seccomp",
         ),
+        (
+            "no seccomp profile at all",
+            ns,
+            pod("fine", |v| {
+                v["spec"]["securityContext"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("seccompProfile");
+            }),
+            "without seccomp",
+        ),
+        (
+            "AppArmor unconfined",
+            ns,
+            pod("fine", |v| {
+                v["spec"]["securityContext"]["appArmorProfile"] = json!({"type": "Unconfined"});
+            }),
+            "without AppArmor",
+        ),
+        (
+            "SELinux options",
+            ns,
+            pod("fine", |v| {
+                v["spec"]["containers"][0]["securityContext"]["seLinuxOptions"] =
+                    json!({"type": "spc_t"});
+            }),
+            "SELinux",
+        ),
+        (
+            "a privileged init container",
+            ns,
+            pod("fine", |v| {
+                v["spec"]["initContainers"] = json!([{"name": "init", "image": "busybox",
+                    "securityContext": {"privileged": true, "allowPrivilegeEscalation": true,
+                                        "capabilities": {"drop": ["ALL"]}}}]);
+            }),
+            "unprivileged",
+        ),
+        (
+            "a Multus network",
+            ns,
+            pod("fine", |v| {
+                v["metadata"]["annotations"] = json!({"k8s.v1.cni.cncf.io/networks": "macvlan"});
+            }),
+            "no annotation that network plugins or runtimes act on",
+        ),
+        (
+            "a runc-backed RuntimeClass the chart does not name",
+            ns,
+            pod("fine", |v| v["spec"]["runtimeClassName"] = "nvidia".into()),
+            "RuntimeClasses the chart names",
+        ),
     ];
     for (what, in_ns, p, expected) in refused {
         match pods(in_ns).create(&DRY, &p).await {
@@ -683,10 +735,211 @@ async fn the_admission_policy_lets_the_operator_create_only_sandbox_like_pods() 
             Err(e) => panic!("{what}: {e}"),
         }
     }
+    // UPDATE: an admitted pod may not be given what CREATE refuses (a Multus annotation).
+    let created = pods(ns)
+        .create(&PostParams::default(), &pod("fine", |_| {}))
+        .await
+        .expect("the operator creates a sandbox-like pod");
+    let patch = json!({"metadata": {"annotations": {"k8s.v1.cni.cncf.io/networks": "macvlan"}}});
+    let dry_patch = kube::api::PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    match pods(ns)
+        .patch(
+            created.metadata.name.as_deref().unwrap_or("fine"),
+            &dry_patch,
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => panic!("the admission policy admitted a Multus annotation on update"),
+        Err(kube::Error::Api(status)) => assert!(
+            status
+                .message
+                .contains("no annotation that network plugins"),
+            "refused for another reason: {}",
+            status.message
+        ),
+        Err(e) => panic!("update: {e}"),
+    }
     for n in [ns, trusted] {
         Api::<Namespace>::all(admin.clone())
             .delete(n, &Default::default())
             .await
             .expect("delete namespace");
     }
+}
+
+/// `kind` object `name` labelled as sandbox `sandbox`'s child, with `spec`.
+fn child(kind: &str, name: &str, sandbox: &str, spec: serde_json::Value) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "palisade",
+                                              "palisade.dev/sandbox": sandbox}},
+    });
+    if kind != "ServiceAccount" {
+        v["spec"] = spec;
+    }
+    v
+}
+
+/// Creates `obj` (dry run) with the operator's token; `Ok` or the refusal's message.
+async fn try_create<K>(client: &Client, ns: &str, obj: serde_json::Value) -> Result<(), String>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    let obj: K = serde_json::from_value(obj).expect("object");
+    match Api::<K>::namespaced(client.clone(), ns)
+        .create(&DRY, &obj)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) => Err(status.message),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn the_admission_policy_lets_the_operator_create_only_sandbox_children() {
+    use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use serde_json::json;
+    let admin = client().await;
+    let (release_ns, _) = release();
+    let operator = as_operator().await;
+    let ns = &palisade_e2e::unique("vap-children");
+    namespace(&admin, ns, json!({})).await;
+
+    let headless = json!({"clusterIP": "None", "selector": {"palisade.dev/sandbox": "a"},
+                          "ports": [{"port": 8080}]});
+    let claim =
+        json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}});
+    let isolation = json!({"podSelector": {"matchLabels": {"palisade.dev/sandbox": "a"}},
+                           "policyTypes": ["Ingress", "Egress"]});
+    // The policy takes effect a moment after it is installed.
+    palisade_e2e::wait_for(
+        "the children admission policy to refuse a load balancer",
+        std::time::Duration::from_secs(30),
+        || async {
+            let lb = child(
+                "Service",
+                "a",
+                "a",
+                json!({"type": "LoadBalancer",
+                "selector": {"palisade.dev/sandbox": "a"}, "ports": [{"port": 80}]}),
+            );
+            try_create::<Service>(&operator, ns, lb)
+                .await
+                .err()
+                .map(|_| ())
+        },
+    )
+    .await;
+
+    // What the operator creates is admitted.
+    try_create::<Service>(&operator, ns, child("Service", "a", "a", headless.clone()))
+        .await
+        .expect("a headless sandbox Service");
+    try_create::<PersistentVolumeClaim>(
+        &operator,
+        ns,
+        child("PersistentVolumeClaim", "a-workspace", "a", claim.clone()),
+    )
+    .await
+    .expect("a workspace claim");
+    try_create::<ServiceAccount>(
+        &operator,
+        ns,
+        child("ServiceAccount", "palisade-a", "a", json!({})),
+    )
+    .await
+    .expect("the sandbox's ServiceAccount");
+    try_create::<NetworkPolicy>(
+        &operator,
+        ns,
+        child("NetworkPolicy", "a-isolation", "a", isolation.clone()),
+    )
+    .await
+    .expect("the isolation NetworkPolicy");
+
+    let mut unlabelled_np = child("NetworkPolicy", "x", "a", isolation.clone());
+    unlabelled_np["metadata"]["labels"] = json!({});
+    let refused: Vec<(&str, Result<(), String>, &str)> = vec![
+        (
+            "a Service with external IPs",
+            try_create::<Service>(&operator, ns, child("Service", "a", "a", json!({"clusterIP": "None",
+                "externalIPs": ["203.0.113.7"], "selector": {"palisade.dev/sandbox": "a"}, "ports": [{"port": 80}]}))).await,
+            "headless",
+        ),
+        (
+            "a NodePort Service",
+            try_create::<Service>(&operator, ns, child("Service", "a", "a", json!({"type": "NodePort",
+                "selector": {"palisade.dev/sandbox": "a"}, "ports": [{"port": 80}]}))).await,
+            "headless",
+        ),
+        (
+            "a Service selecting another app's pods",
+            try_create::<Service>(&operator, ns, child("Service", "a", "a", json!({"clusterIP": "None",
+                "selector": {"app": "payments"}, "ports": [{"port": 80}]}))).await,
+            "selects only its sandbox's pod",
+        ),
+        (
+            "a claim cloned from another",
+            try_create::<PersistentVolumeClaim>(&operator, ns, child("PersistentVolumeClaim", "a-workspace", "a",
+                json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                       "dataSource": {"kind": "PersistentVolumeClaim", "name": "db-data"}}))).await,
+            "from no other data",
+        ),
+        (
+            "a claim bound to a chosen volume",
+            try_create::<PersistentVolumeClaim>(&operator, ns, child("PersistentVolumeClaim", "a-workspace", "a",
+                json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                       "volumeName": "pv-of-someone-else"}))).await,
+            "from no other data",
+        ),
+        (
+            "a ServiceAccount of another name",
+            try_create::<ServiceAccount>(&operator, ns, child("ServiceAccount", "deployer", "a", json!({}))).await,
+            "palisade-<sandbox>",
+        ),
+        (
+            "an unlabelled NetworkPolicy",
+            try_create::<NetworkPolicy>(&operator, ns, unlabelled_np).await,
+            "only its own objects",
+        ),
+        (
+            "a NetworkPolicy opening every pod",
+            try_create::<NetworkPolicy>(&operator, ns, child("NetworkPolicy", "x", "a",
+                json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}))).await,
+            "selects only its sandbox's pod",
+        ),
+        (
+            "a NetworkPolicy in kube-system",
+            try_create::<NetworkPolicy>(&operator, "kube-system", child("NetworkPolicy", "a-isolation", "a", isolation.clone())).await,
+            "nothing in kube-system",
+        ),
+        (
+            "a NetworkPolicy in the operator's namespace",
+            try_create::<NetworkPolicy>(&operator, &release_ns, child("NetworkPolicy", "a-isolation", "a", isolation.clone())).await,
+            "its own namespace",
+        ),
+    ];
+    for (what, result, expected) in refused {
+        match result {
+            Ok(()) => panic!("{what}: the admission policy admitted it"),
+            Err(message) => assert!(
+                message.contains(expected),
+                "{what}: refused for another reason: {message}"
+            ),
+        }
+    }
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+        .delete(ns, &Default::default())
+        .await
+        .expect("delete namespace");
 }

@@ -119,3 +119,21 @@ Role of watchNamespace. e2e/rbac-allowlist.yaml is their checked-in ceiling. */}
 {{- define "palisade.leaseName" -}}
 {{- include "palisade.fullname" . -}}
 {{- end -}}
+
+{{/*
+CEL: the pod's RuntimeClass is one the chart names (runtimeClasses.*.name, and
+admissionPolicy.runtimeClassNames, where a trailing * means a prefix).
+*/}}
+{{- define "palisade.runtimeClassCheck" -}}
+{{- $exact := list .Values.runtimeClasses.gvisor.name .Values.runtimeClasses.kata.name -}}
+{{- $prefixes := list -}}
+{{- range .Values.admissionPolicy.runtimeClassNames -}}
+{{- if hasSuffix "*" . -}}
+{{- $prefixes = append $prefixes (trimSuffix "*" .) -}}
+{{- else -}}
+{{- $exact = append $exact . -}}
+{{- end -}}
+{{- end -}}
+object.spec.runtimeClassName in [{{ range $i, $n := $exact }}{{ if $i }}, {{ end }}'{{ $n }}'{{ end }}]
+{{- range $prefixes }} || object.spec.runtimeClassName.startsWith('{{ . }}'){{ end }}
+{{- end -}}

@@ -116,7 +116,7 @@ pub struct AgentSandboxSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
     #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": r"self.all(k, !k.matches('^([^/]*\\.)?(kubernetes\\.io|k8s\\.io|palisade\\.dev|cni\\.cncf\\.io|multus-cni\\.io|projectcalico\\.org|cilium\\.io|antrea\\.io|ovn\\.org|weave\\.works|istio\\.io|linkerd\\.io|kuma\\.io|openshift\\.io|katacontainers\\.io|gvisor\\.dev)/') && !k.lowerAscii().matches('^(io\\.katacontainers\\.|dev\\.gvisor\\.|io\\.kubernetes\\.|io\\.containerd\\.|io\\.cri-containerd\\.|io\\.podman\\.|run\\.oci\\.)'))",
+        {"rule": r"self.all(k, !k.lowerAscii().matches('^([^/]*\\.)?(kubernetes\\.io|k8s\\.io|palisade\\.dev|cni\\.cncf\\.io|multus-cni\\.io|projectcalico\\.org|cilium\\.io|antrea\\.io|ovn\\.org|weave\\.works|istio\\.io|linkerd\\.io|kuma\\.io|openshift\\.io|katacontainers\\.io|gvisor\\.dev|crio\\.io)(/|$)') && !k.lowerAscii().matches('^(io\\.katacontainers\\.|dev\\.gvisor\\.|io\\.kubernetes\\.|io\\.containerd\\.|io\\.cri-containerd\\.|io\\.podman\\.|run\\.oci\\.)'))",
          "message": "pod labels of Kubernetes, Palisade, network plugins, meshes and runtimes are refused"}
     ]))]
     pub pod_labels: BTreeMap<String, String>,
@@ -129,7 +129,7 @@ pub struct AgentSandboxSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
     #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": r"self.all(k, k == 'cluster-autoscaler.kubernetes.io/safe-to-evict' || (!k.matches('^([^/]*\\.)?(kubernetes\\.io|k8s\\.io|palisade\\.dev|cni\\.cncf\\.io|multus-cni\\.io|projectcalico\\.org|cilium\\.io|antrea\\.io|ovn\\.org|weave\\.works|istio\\.io|linkerd\\.io|kuma\\.io|openshift\\.io|katacontainers\\.io|gvisor\\.dev)/') && !k.lowerAscii().matches('^(io\\.katacontainers\\.|dev\\.gvisor\\.|io\\.kubernetes\\.|io\\.containerd\\.|io\\.cri-containerd\\.|io\\.podman\\.|run\\.oci\\.)')))",
+        {"rule": r"self.all(k, k == 'cluster-autoscaler.kubernetes.io/safe-to-evict' || (!k.lowerAscii().matches('^([^/]*\\.)?(kubernetes\\.io|k8s\\.io|palisade\\.dev|cni\\.cncf\\.io|multus-cni\\.io|projectcalico\\.org|cilium\\.io|antrea\\.io|ovn\\.org|weave\\.works|istio\\.io|linkerd\\.io|kuma\\.io|openshift\\.io|katacontainers\\.io|gvisor\\.dev|crio\\.io)(/|$)') && !k.lowerAscii().matches('^(io\\.katacontainers\\.|dev\\.gvisor\\.|io\\.kubernetes\\.|io\\.containerd\\.|io\\.cri-containerd\\.|io\\.podman\\.|run\\.oci\\.)')))",
          "message": "pod annotations of Kubernetes, Palisade, network plugins, meshes, runtimes, AppArmor and seccomp are refused"}
     ]))]
     pub pod_annotations: BTreeMap<String, String>,
@@ -370,7 +370,8 @@ pub struct AgentSandboxStatus {
     /// This sandbox's enforcement report, computed with the cluster's live facts: allowances
     /// the platform added (`added`), what is enforced more strictly than written (`narrowed`),
     /// what has no meaning in a pod (`notApplicable`) and what the platform cannot guarantee
-    /// here (`notEnforced`, e.g. the syscall filter under gVisor). At most 16 entries per list.
+    /// here (`notEnforced`, e.g. the syscall filter under gVisor). At most 8 entries per list and
+    /// 256 characters per message; `palisade render` lists them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enforcement: Option<crate::api::report::EnforcementReport>,
 

@@ -27,6 +27,7 @@ pub const REFUSED_DOMAINS: &[&str] = &[
     "openshift.io",
     "katacontainers.io",
     "gvisor.dev",
+    "crio.io",
 ];
 
 /// Unprefixed key beginnings that runtimes read (`io.katacontainers.config.hypervisor.*`,
@@ -86,18 +87,21 @@ fn under_refused_domain(prefix: &str) -> bool {
         .any(|d| prefix == *d || prefix.ends_with(&format!(".{d}")))
 }
 
-/// Keys no configuration may allow (the built-in defaults excepted).
+/// Keys no configuration may allow: under a refused domain (`k8s.io/x`, or an unprefixed
+/// `cpu-quota.crio.io`), or beginning like a runtime's (`io.katacontainers.`).
 pub fn always_refused(key: &str) -> bool {
-    if DEFAULT_ANNOTATIONS.contains(&key) {
-        return false;
-    }
     match key.split_once('/') {
         Some((prefix, _)) => under_refused_domain(prefix),
         None => {
             let k = key.to_ascii_lowercase();
-            REFUSED_NAME_PREFIXES.iter().any(|p| k.starts_with(p))
+            under_refused_domain(&k) || REFUSED_NAME_PREFIXES.iter().any(|p| k.starts_with(p))
         }
     }
+}
+
+/// Annotations no configuration may allow: the refused keys, but for the built-in defaults.
+pub fn annotation_refused(key: &str) -> bool {
+    !DEFAULT_ANNOTATIONS.contains(&key) && always_refused(key)
 }
 
 /// Parses a configured pattern, refusing those that would allow keys of a refused domain.
@@ -152,9 +156,13 @@ impl Default for PodKeyAllowlist {
     }
 }
 
-/// The keys of `keys` the allowlist refuses.
-pub fn refused<'a>(allowed: &[KeyPattern], keys: impl Iterator<Item = &'a String>) -> Vec<String> {
-    keys.filter(|k| always_refused(k) || !allowed.iter().any(|p| p.matches(k)))
+/// The keys of `keys` the allowlist refuses, `never` deciding which no pattern can allow.
+pub fn refused<'a>(
+    allowed: &[KeyPattern],
+    keys: impl Iterator<Item = &'a String>,
+    never: fn(&str) -> bool,
+) -> Vec<String> {
+    keys.filter(|k| never(k) || !allowed.iter().any(|p| p.matches(k)))
         .cloned()
         .collect()
 }
@@ -179,7 +187,7 @@ impl PodKeyAllowlist {
         annotations: impl Iterator<Item = &'a String>,
     ) -> Option<String> {
         let mut parts = Vec::new();
-        let l = refused(&self.labels, labels);
+        let l = refused(&self.labels, labels, always_refused);
         if !l.is_empty() {
             parts.push(format!(
                 "podLabels {} (allowed: {}; the operator's --pod-label-allow adds keys)",
@@ -187,7 +195,7 @@ impl PodKeyAllowlist {
                 list(&self.labels)
             ));
         }
-        let a = refused(&self.annotations, annotations);
+        let a = refused(&self.annotations, annotations, annotation_refused);
         if !a.is_empty() {
             parts.push(format!(
                 "podAnnotations {} (allowed: {}; the operator's --pod-annotation-allow adds keys)",
@@ -233,9 +241,15 @@ mod tests {
         }
         assert!(parse_pattern("cni.projectcalico.org/*").is_err());
         assert!(parse_pattern("kubernetes.io/*").is_err());
-        assert!(!always_refused(
+        assert!(!annotation_refused(
             "cluster-autoscaler.kubernetes.io/safe-to-evict"
         ));
+        assert!(
+            always_refused("cluster-autoscaler.kubernetes.io/safe-to-evict"),
+            "not as a label"
+        );
+        assert!(always_refused("cpu-quota.crio.io"));
+        assert!(always_refused("K8S.IO/x"));
         assert!(!always_refused("example.com/owner"));
         assert!(!always_refused("team"));
         // A lookalike domain is not a subdomain.

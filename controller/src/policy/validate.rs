@@ -11,7 +11,7 @@ use crate::api::policy::{
 };
 use crate::api::sandbox::AgentSandboxSpec;
 
-use super::pod_keys::always_refused;
+use super::pod_keys::{always_refused, annotation_refused};
 
 use super::net::Cidr;
 use super::paths::under;
@@ -685,7 +685,7 @@ pub fn validate_sandbox(spec: &AgentSandboxSpec) -> Result<(), Invalid> {
             format!("`{k}` is not a valid annotation key"),
         );
         e.check(
-            !always_refused(k),
+            !annotation_refused(k),
             &f,
             format!("annotation `{k}` is refused: Kubernetes, Palisade, network plugins, meshes or runtimes act on it"),
         );

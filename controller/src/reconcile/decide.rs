@@ -632,18 +632,22 @@ pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
 }
 
 /// Another NetworkPolicy with allow rules that select the pod can only widen what it may do
-/// (NetworkPolicies add up). Ours is known by its owner (the sandbox's UID), not by its name or
-/// labels, which anyone may copy; a policy without allow rules (a namespace's default deny)
+/// (NetworkPolicies add up). Ours is the isolation policy of our name that the sandbox controls
+/// (by UID); labels and owner references alone prove nothing, as anyone may copy them; a policy without allow rules (a namespace's default deny)
 /// narrows nothing and widens nothing. The pod's labels are the live pod's, with the plan's.
 fn widening_network_policy(o: &Observed, plan: &Plan, ingress_open: bool) -> Option<String> {
     let ns = o.sandbox.namespace()?;
     let uid = o.sandbox.uid().unwrap_or_default();
+    let ours = isolation_name(&o.sandbox.name_any());
     let mut labels = plan.pod.metadata.labels.clone().unwrap_or_default();
     if let Some(pod) = o.pod.filter(|p| p.ours) {
         labels.extend(pod.labels.clone());
     }
     o.network_policies.iter().find_map(|np| {
-        if np.namespace().as_deref() != Some(ns.as_str()) || controlled_by(&np.metadata, &uid) {
+        // Ours: the one object of our isolation policy's name, and controlled by the sandbox
+        // (an owner reference alone can be copied onto any object).
+        let is_ours = np.name_any() == ours && controlled_by(&np.metadata, &uid);
+        if np.namespace().as_deref() != Some(ns.as_str()) || is_ours {
             return None;
         }
         let spec = np.spec.as_ref()?;
@@ -836,6 +840,13 @@ mod tests {
                                "policyTypes": ["Egress"], "egress": [{}]}),
         );
         assert_eq!(widened_by(&[ours], None), None);
+        // An owner reference copied onto another object does not make it ours.
+        let claims_to_be_ours = other_np(
+            "anything",
+            Some("sb"),
+            serde_json::json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}),
+        );
+        assert!(widened_by(&[claims_to_be_ours], None).is_some());
     }
 
     fn running() -> LivePod {

@@ -497,6 +497,20 @@ pub fn affected_by_network_policy(ctx: &Ctx, np: &NetworkPolicy) -> Vec<ObjectRe
         .as_ref()
         .and_then(|s| s.pod_selector.clone())
         .unwrap_or_default();
+    // The common case, each sandbox's own isolation policy: it selects only its pod, so only
+    // its owner is affected (no scan of every sandbox per event).
+    if out.len() == 1
+        && selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(Vec::is_empty)
+        && selector
+            .match_labels
+            .as_ref()
+            .is_some_and(|m| m.len() == 1 && m.get(crate::api::SANDBOX_LABEL) == Some(&out[0].name))
+    {
+        return out;
+    }
     for s in ctx
         .caches
         .sandboxes

@@ -50,8 +50,8 @@ pub struct PlanFacts {
 }
 
 /// Bounds of `status.enforcement`: entries per list, characters per message.
-pub const REPORT_ENTRIES: usize = 16;
-pub const REPORT_CHARS: usize = 512;
+pub const REPORT_ENTRIES: usize = 8;
+pub const REPORT_CHARS: usize = 256;
 
 /// What one pass found, before it becomes a status.
 #[derive(Clone, Debug, PartialEq)]

@@ -243,7 +243,7 @@ pub fn compile_network(
         ));
     } else {
         Some(cilium_policy(
-            &name, sandbox, &egress, facts, net.dns, report,
+            &name, sandbox, &egress, facts, net.dns, want_dns, report,
         )?)
     };
 
@@ -317,6 +317,7 @@ fn cilium_policy(
     egress: &CompiledEgress,
     facts: &ClusterFacts,
     dns: DnsMode,
+    dns_for_any_name: bool,
     report: &mut EnforcementReport,
 ) -> Result<Value, Blocked> {
     let mut rules = Vec::new();
@@ -401,13 +402,22 @@ fn cilium_policy(
     }
     dns_rule["toPorts"] = json!([{"ports": ports, "rules": {"dns": questions}}]);
     rules.push(dns_rule);
-    report.added(
-        "network.dns",
-        format!(
-            "DNS through Cilium's DNS proxy for the allowed names only ({}), and their cluster search-domain forms",
-            names.join(", ")
-        ),
-    );
+    if dns_for_any_name {
+        // An L4-only allow on port 53 (the NetworkPolicy's) lets every question through
+        // Cilium's proxy, whatever the L7 rule says.
+        report.added(
+            "network.dns",
+            "DNS for any name, through Cilium's DNS proxy: the policy's other egress (or dns: cluster) opens cluster DNS; with only domain-name egress and dns: auto, DNS would answer the allowed names only",
+        );
+    } else {
+        report.added(
+            "network.dns",
+            format!(
+                "DNS through Cilium's DNS proxy for the allowed names only ({}), and their cluster search-domain forms",
+                names.join(", ")
+            ),
+        );
+    }
     if services != asked {
         report.narrowed("network.dns", "deny rules cover the cluster DNS service on some of port 53's protocols: those are not allowed");
     }
