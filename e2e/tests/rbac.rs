@@ -417,6 +417,13 @@ async fn the_admission_policy_lets_the_operator_create_only_sandbox_like_pods() 
     let (release_ns, _) = release();
     let operator = as_operator().await;
     palisade_e2e::operator::gvisor_runtime_class(&admin).await;
+    // A class the chart does not name (on GPU clusters, `nvidia` is often runc underneath).
+    palisade_e2e::apply_cluster::<k8s_openapi::api::node::v1::RuntimeClass>(
+        &admin,
+        "nvidia",
+        json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "nvidia"}, "handler": "runc"}),
+    )
+    .await;
     // Namespaces without Pod Security enforcement: only the admission policy stands in the way.
     // The second one is labelled by an admin for Secrets in env and runc.
     let ns = &palisade_e2e::unique("vap");
