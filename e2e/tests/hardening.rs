@@ -343,8 +343,16 @@ async fn a_service_that_leaves_the_plan_is_removed() {
         }
     })
     .await;
-    let s = wait_phase(&client, ns, "agent", SandboxPhase::Running).await;
-    assert!(s.status.and_then(|st| st.service_fqdn).is_none());
+    // The status follows the Service's removal in the same pass, a moment later.
+    let sandboxes: Api<AgentSandbox> = Api::namespaced(client.clone(), ns);
+    wait_for("serviceFQDN gone from the status", WAIT, || {
+        let sandboxes = sandboxes.clone();
+        async move {
+            let st = sandboxes.get("agent").await.ok()?.status?;
+            (st.phase == Some(SandboxPhase::Running) && st.service_fqdn.is_none()).then_some(())
+        }
+    })
+    .await;
     assert_eq!(
         live_pod_uid(&client, ns, "agent").await.as_deref(),
         Some(pod_uid.as_str()),

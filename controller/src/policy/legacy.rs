@@ -52,13 +52,19 @@ pub fn host_peer(h: &str) -> EgressPeer {
     }
 }
 
+/// A host name as DNS compares it: case ignored, and a final dot (the root) dropped, so that
+/// `Evil.Example.COM.` is `evil.example.com`.
+fn dns_name(h: &str) -> String {
+    h.trim_end_matches('.').to_ascii_lowercase()
+}
+
 /// Whether a blocked host name may be reached through the allowed hosts: a name allow that
-/// matches it either way round (wildcards included, case ignored), or any address allow (a
-/// name can resolve to any address).
+/// matches it either way round (wildcards included, case and a final dot ignored), or any
+/// address allow (a name can resolve to any address).
 pub fn blocked_name_reachable(blocked: &str, allowed: &[String]) -> bool {
-    let b = blocked.to_ascii_lowercase();
+    let b = dns_name(blocked);
     allowed.iter().any(|a| {
-        let a = a.to_ascii_lowercase();
+        let a = dns_name(a);
         match host_peer(&a).fqdn {
             Some(_) => {
                 wildcard_matches(&a, &b)
@@ -236,6 +242,19 @@ mod tests {
             Some("api.github.com")
         );
         assert_eq!(r.narrowed.len(), 1);
+    }
+
+    #[test]
+    fn a_final_dot_or_capitals_do_not_make_a_blocked_name_another() {
+        // Found by the mxc_import fuzz target: `evil.example.com.` is the same DNS name.
+        let allowed = vec!["*.example.com".to_string()];
+        assert!(blocked_name_reachable("evil.example.com.", &allowed));
+        assert!(blocked_name_reachable("EVIL.Example.COM", &allowed));
+        assert!(blocked_name_reachable(
+            "evil.example.com",
+            &["evil.example.com.".to_string()]
+        ));
+        assert!(!blocked_name_reachable("evil.example.org.", &allowed));
     }
 
     #[test]

@@ -205,6 +205,7 @@ pub async fn run(
         ),
         metrics: metrics.clone(),
         backoff: Default::default(),
+        written: Default::default(),
         stop: stop.clone(),
     });
 

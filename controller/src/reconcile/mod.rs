@@ -20,6 +20,7 @@ pub mod policy;
 pub mod record;
 pub mod sandbox;
 pub mod status;
+pub mod written;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,6 +130,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub backoff: backoff::Backoff,
+    /// Status writes the sandbox cache has not shown yet.
+    pub written: written::Written,
     /// Cancelled when this term of the controllers ends: a reconcile still waiting for the
     /// caches gives up.
     pub stop: tokio_util::sync::CancellationToken,

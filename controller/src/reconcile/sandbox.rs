@@ -186,11 +186,20 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
         () = ctx.caches.ready() => {}
         () = ctx.stop.cancelled() => return Ok(Action::await_change()),
     }
+    let uid = sandbox.uid().ok_or(Error::Missing("uid"))?;
     if sandbox.meta().deletion_timestamp.is_some() {
+        ctx.written.forget(&uid);
         return Ok(Action::await_change());
     }
+    // Our last status write is not in the cache yet: deciding from the older status could
+    // undo what it recorded (a finished agent run again). Look again shortly.
+    if ctx
+        .written
+        .behind(&uid, sandbox.meta().resource_version.as_deref())
+    {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     let ns = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
-    let uid = sandbox.uid().ok_or(Error::Missing("uid"))?;
     let name = sandbox.name_any();
     let now = Timestamp::now();
     let previous = sandbox.status.clone().unwrap_or_default();
@@ -279,12 +288,18 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
         }
         let api: Api<AgentSandbox> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = json!({"apiVersion": crate::api::API_VERSION, "kind": "AgentSandbox", "status": new_status});
-        api.patch_status(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        let written = api
+            .patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        ctx.written.wrote(
+            &uid,
+            sandbox.meta().resource_version.as_deref(),
+            written.meta().resource_version.as_deref(),
+        );
         // Counted once: only the pass whose status write recorded startedAt.
         if previous.started_at.is_none()
             && let Some(started) = decision.lifetime.started_at

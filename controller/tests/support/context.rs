@@ -76,6 +76,7 @@ pub fn context(client: kube::Client, c: Cached, crds: OptionalCrds) -> Arc<Conte
         recorder,
         metrics: Metrics::new(),
         backoff: Default::default(),
+        written: Default::default(),
         stop: Default::default(),
     })
 }
