@@ -267,3 +267,79 @@ async fn domain_name_egress_and_generated_seccomp_run_once_their_backends_exist(
         .await
         .expect("delete namespace");
 }
+
+#[tokio::test]
+async fn another_cilium_policy_selecting_the_pod_blocks_the_sandbox() {
+    // Cilium adds up every policy that selects an endpoint: another CiliumNetworkPolicy with
+    // allow rules for the sandbox's pod could only widen it (review finding 6).
+    let client = client().await;
+    install_crds(&client).await;
+    gvisor_runtime_class(&client).await;
+    stand_in_crd(
+        &client,
+        "cilium.io",
+        "v2",
+        "CiliumNetworkPolicy",
+        "ciliumnetworkpolicies",
+    )
+    .await;
+    let ns = &unique("cilium-extra");
+    restricted_namespace(&client, ns).await;
+    apply_palisade::<AgentPolicy>(&client, ns, "p", json!({"network": {"dns": "none"}})).await;
+    apply_palisade::<AgentSandbox>(
+        &client,
+        ns,
+        "agent",
+        small_sandbox("agent", "p")["spec"].clone(),
+    )
+    .await;
+    let sandboxes: Api<AgentSandbox> = Api::namespaced(client.clone(), ns);
+    let phase = |want: SandboxPhase| {
+        let sandboxes = sandboxes.clone();
+        async move {
+            wait_for(
+                &format!("sandbox agent {want:?}"),
+                Duration::from_secs(90),
+                || async {
+                    let s = sandboxes.get("agent").await.ok()?;
+                    (s.status.as_ref()?.phase == Some(want)).then_some(s)
+                },
+            )
+            .await
+        }
+    };
+    phase(SandboxPhase::Running).await;
+    let cnps = dynamic(
+        &client,
+        ns,
+        "cilium.io",
+        "v2",
+        "CiliumNetworkPolicy",
+        "ciliumnetworkpolicies",
+    );
+    // A deny-only policy widens nothing.
+    let deny_only: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "deny-only"},
+        "spec": {"endpointSelector": {}, "egressDeny": [{"toEntities": ["world"]}]}
+    }))
+    .expect("cnp");
+    cnps.create(&PostParams::default(), &deny_only)
+        .await
+        .expect("create");
+    let open: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "open"},
+        "spec": {"endpointSelector": {"matchLabels": {"k8s:palisade.dev/sandbox": "agent"}},
+                 "egress": [{"toEntities": ["world"]}]}
+    }))
+    .expect("cnp");
+    cnps.create(&PostParams::default(), &open)
+        .await
+        .expect("create");
+    let s = phase(SandboxPhase::Blocked).await;
+    let message = s.status.and_then(|st| st.message).unwrap_or_default();
+    assert!(message.contains("CiliumNetworkPolicy open"), "{message}");
+    cnps.delete("open", &Default::default())
+        .await
+        .expect("delete");
+    phase(SandboxPhase::Running).await;
+}

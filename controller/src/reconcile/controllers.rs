@@ -14,7 +14,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -75,15 +75,18 @@ async fn first_facts(client: Client, crds: OptionalCrds, namespace: Option<Strin
     }
 }
 
-/// The operator's objects of an optional kind (`ar`, usable while `usable` says so): cached in
-/// `cache` once listed (emptied while the CRD is gone), and the sandboxes whose child of that
-/// kind changed, so they put it back (drift) or remove it (no longer planned).
+/// The objects of an optional kind (`ar`, usable while `usable` says so): cached in `cache`
+/// once listed (emptied while the CRD is gone), and the sandboxes whose child of that kind
+/// changed, so they put it back (drift) or remove it (no longer planned). With `others` the
+/// watch takes every object of the kind, not only the operator's, and one without a sandbox
+/// owner triggers every sandbox of its namespace (it may widen them).
 fn optional_children(
     client: Client,
     namespace: Option<String>,
     ar: ApiResource,
     usable: Arc<std::sync::atomic::AtomicBool>,
     cache: OptionalStore,
+    others: Option<Store<AgentSandbox>>,
     stop: CancellationToken,
 ) -> impl futures::Stream<Item = ObjectRef<AgentSandbox>> + Send + 'static {
     let (tx, rx) = futures::channel::mpsc::unbounded();
@@ -100,7 +103,10 @@ fn optional_children(
                 Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
                 None => Api::all_with(client.clone(), &ar),
             };
-            let wc = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+            let wc = match others {
+                Some(_) => watcher::Config::default(),
+                None => watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}")),
+            };
             let writer = reflector::store::Writer::new(ar.clone());
             let reader = writer.as_reader();
             let mut events = reflector::reflector(
@@ -125,9 +131,19 @@ fn optional_children(
                                 _ => None,
                             };
                             if let Some(obj) = obj
-                                && let (Some(owner), Some(ns)) = (controlling_sandbox(&obj.metadata), obj.namespace())
+                                && let Some(ns) = obj.namespace()
                             {
-                                let _ = tx.unbounded_send(ObjectRef::new(&owner.name).within(&ns));
+                                match (controlling_sandbox(&obj.metadata), &others) {
+                                    (Some(owner), _) => {
+                                        let _ = tx.unbounded_send(ObjectRef::new(&owner.name).within(&ns));
+                                    }
+                                    (None, Some(sandboxes)) => {
+                                        for s in sandboxes.state().iter().filter(|s| s.namespace().as_deref() == Some(ns.as_str())) {
+                                            let _ = tx.unbounded_send(ObjectRef::from_obj(&**s));
+                                        }
+                                    }
+                                    _ => {}
+                                }
                             }
                         }
                         Some(Err(_)) if !usable.load(Ordering::SeqCst) => break,
@@ -311,6 +327,8 @@ pub async fn run(
         super::act::cilium_resource(),
         optional_crds.cilium.clone(),
         caches.cilium_policies.clone(),
+        // Others' Cilium policies may widen a sandbox: all of them are watched.
+        Some(caches.sandboxes.clone()),
         stop.clone(),
     );
     let seccomp_triggers = optional_children(
@@ -319,6 +337,7 @@ pub async fn run(
         super::act::seccomp_resource(),
         optional_crds.seccomp_profile.clone(),
         caches.seccomp_profiles.clone(),
+        None,
         stop.clone(),
     );
 

@@ -13,11 +13,13 @@ use jiff::Timestamp;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
+use kube::api::DynamicObject;
 
 use crate::api::policy::DefaultAction;
 use crate::api::sandbox::RestartPolicy;
 use crate::api::{AgentPolicy, AgentSandbox, AgentSandboxStatus, SandboxPhase};
 use crate::policy::image;
+use crate::render::children::service_account_name;
 use crate::render::network::isolation_name;
 use crate::render::{
     BlockReason, CheckedPolicy, ClusterFacts, Plan, check_policy, compile_checked,
@@ -45,6 +47,8 @@ pub struct Observed<'a> {
     pub facts: &'a ClusterFacts,
     /// The NetworkPolicies of the sandbox's namespace.
     pub network_policies: &'a [Arc<NetworkPolicy>],
+    /// The CiliumNetworkPolicies of the sandbox's namespace (empty without Cilium).
+    pub cilium_policies: &'a [Arc<DynamicObject>],
     /// The sandbox's isolating NetworkPolicy, if it exists.
     pub isolation: Option<&'a LiveIsolation>,
     pub pod: Option<&'a LivePod>,
@@ -261,6 +265,28 @@ pub fn decide(o: &Observed) -> Decision {
         .with_plan(facts);
         return Decision::new(Step::RemovePod, outcome, lifetime, record)
             .confirm(Confirm::NetworkPolicies);
+    }
+    let endpoint = super::cilium::endpoint_labels(
+        &pod_labels(o, &plan),
+        &sandbox.namespace().unwrap_or_default(),
+        &service_account_name(&sandbox.name_any()),
+    );
+    if let Some(other) = super::cilium::widening_cilium_policy(
+        o.cilium_policies,
+        &format!("{}-fqdn", sandbox.name_any()),
+        &sandbox.uid().unwrap_or_default(),
+        &endpoint,
+        ingress_open,
+    ) {
+        let outcome = Outcome::blocked(
+            "AdditionalNetworkPolicy",
+            format!(
+                "CiliumNetworkPolicy {other} also selects the sandbox's pod with allow rules; Cilium adds policies up, so it could only widen what the sandbox may reach"
+            ),
+        )
+        .not_isolated(None)
+        .with_plan(facts);
+        return Decision::new(Step::RemovePod, outcome, lifetime, record);
     }
     if o.isolation.is_some_and(|np| !np.ours) {
         let outcome = Outcome::blocked(
@@ -631,6 +657,15 @@ pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
     by_labels && by_expressions
 }
 
+/// The pod's labels as policies select it: the live pod's, with the plan's.
+fn pod_labels(o: &Observed, plan: &Plan) -> BTreeMap<String, String> {
+    let mut labels = plan.pod.metadata.labels.clone().unwrap_or_default();
+    if let Some(pod) = o.pod.filter(|p| p.ours) {
+        labels.extend(pod.labels.clone());
+    }
+    labels
+}
+
 /// Another NetworkPolicy with allow rules that select the pod can only widen what it may do
 /// (NetworkPolicies add up). Ours is the isolation policy of our name that the sandbox controls
 /// (by UID); labels and owner references alone prove nothing, as anyone may copy them; a policy without allow rules (a namespace's default deny)
@@ -639,10 +674,7 @@ fn widening_network_policy(o: &Observed, plan: &Plan, ingress_open: bool) -> Opt
     let ns = o.sandbox.namespace()?;
     let uid = o.sandbox.uid().unwrap_or_default();
     let ours = isolation_name(&o.sandbox.name_any());
-    let mut labels = plan.pod.metadata.labels.clone().unwrap_or_default();
-    if let Some(pod) = o.pod.filter(|p| p.ours) {
-        labels.extend(pod.labels.clone());
-    }
+    let labels = pod_labels(o, plan);
     o.network_policies.iter().find_map(|np| {
         // Ours: the one object of our isolation policy's name, and controlled by the sandbox
         // (an owner reference alone can be copied onto any object).
@@ -726,6 +758,7 @@ mod tests {
             policy,
             facts: &facts,
             network_policies: &[],
+            cilium_policies: &[],
             isolation,
             pod,
             now: t(1000),
@@ -795,6 +828,7 @@ mod tests {
             policy: PolicyState::Found(&p),
             facts: &facts,
             network_policies: nps,
+            cilium_policies: &[],
             isolation: None,
             pod,
             now: t(1000),

@@ -7,6 +7,7 @@ pub mod act;
 pub mod backoff;
 pub mod caches;
 pub mod children;
+pub mod cilium;
 pub mod conditions;
 pub mod controllers;
 pub mod decide;

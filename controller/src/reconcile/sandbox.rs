@@ -38,6 +38,7 @@ struct Reading {
     unreadable: Option<String>,
     runtime_classes: Option<BTreeMap<String, String>>,
     network_policies: Vec<Arc<NetworkPolicy>>,
+    cilium_policies: Vec<Arc<DynamicObject>>,
     isolation: Option<LiveIsolation>,
     pod: Option<LivePod>,
 }
@@ -58,6 +59,7 @@ impl Reading {
             },
             facts,
             network_policies: &self.network_policies,
+            cilium_policies: &self.cilium_policies,
             isolation: self.isolation.as_ref(),
             pod: self.pod.as_ref(),
             now,
@@ -87,6 +89,17 @@ fn observe(ctx: &Ctx, sandbox: &AgentSandbox, ns: &str, uid: &str) -> Reading {
         .into_iter()
         .filter(|np| np.namespace().as_deref() == Some(ns))
         .collect();
+    let cilium_policies: Vec<Arc<DynamicObject>> = c
+        .cilium_policies
+        .get()
+        .map(|store| {
+            store
+                .state()
+                .into_iter()
+                .filter(|p| p.namespace().as_deref() == Some(ns))
+                .collect()
+        })
+        .unwrap_or_default();
     let isolation = c
         .network_policies
         .get(&ObjectRef::new(&isolation_name(&name)).within(ns))
@@ -100,6 +113,7 @@ fn observe(ctx: &Ctx, sandbox: &AgentSandbox, ns: &str, uid: &str) -> Reading {
         unreadable: None,
         runtime_classes: None,
         network_policies,
+        cilium_policies,
         isolation,
         pod,
     }
