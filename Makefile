@@ -3,7 +3,7 @@ CARGO ?= cargo
 
 KUBERNETES_VALIDATE_VERSION := 1.34.1
 
-.PHONY: test unit lint fmt validate chart scan build image e2e bench-e2e demo demo-down cluster-build cluster-up cluster-down generate crds manifests golden render bench
+.PHONY: test unit lint fmt validate chart scan build image e2e bench-e2e demo demo-down cluster-build cluster-up cluster-down generate crds manifests golden render bench fuzz
 
 ## test: formatting, lints, unit/property/golden/CLI tests, CRD validation, the chart and its
 ## generated manifests, security scans, and the e2e suite against a local control plane (built
@@ -92,3 +92,8 @@ render:
 ## bench: time to compile one sandbox (criterion)
 bench:
 	$(CARGO) bench --bench compile
+
+## fuzz: cargo fuzz targets (fuzz/) for FUZZ_SECONDS each (300), with libFuzzer; fails on any
+## crash, timeout or out-of-memory (nightly toolchain; cargo-fuzz is installed on first use)
+fuzz:
+	scripts/fuzz.sh
