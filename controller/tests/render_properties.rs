@@ -726,3 +726,30 @@ fn no_api_token_unless_the_policy_asks() {
         Some(true)
     );
 }
+
+#[test]
+fn a_proxy_on_a_node_address_is_unreachable_not_a_way_to_the_kubelet() {
+    // Found by reading the code beside the fuzz target: node ranges were not checked.
+    let spec = AgentPolicySpec {
+        runtime_config: Some(RuntimeConfig {
+            network_proxy: Some("http://192.168.10.5:3128".into()),
+        }),
+        network: Some(NetworkRules::default()),
+        ..Default::default()
+    };
+    let mut facts = ClusterFacts::default();
+    let plan = compile(&policy(spec.clone()), &sandbox("p"), &facts, 0).expect("compiles");
+    assert!(
+        plan.report
+            .added
+            .iter()
+            .any(|a| a.field == "runtimeConfig.networkProxy"),
+        "{:?}",
+        plan.report
+    );
+    facts.node_cidrs = vec![palisade::policy::net::Cidr::parse("192.168.10.0/24").unwrap()];
+    assert_eq!(
+        blocked(spec, sandbox("p"), &facts),
+        BlockReason::ProxyUnreachable
+    );
+}

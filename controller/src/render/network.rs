@@ -99,7 +99,11 @@ pub fn compile_network(
                 );
             } else {
                 let set = AddrSet::from_cidr(&cidr);
-                let in_cluster = facts.cluster_cidrs.iter().any(|c| c.contains_cidr(&cidr));
+                let in_cluster = facts
+                    .cluster_cidrs
+                    .iter()
+                    .chain(&facts.node_cidrs)
+                    .any(|c| c.contains_cidr(&cidr));
                 let metadata = crate::policy::egress::METADATA_CIDRS
                     .iter()
                     .filter_map(|c| Cidr::parse(c).ok())
@@ -108,7 +112,7 @@ pub fn compile_network(
                     return Err(Blocked::new(
                         BlockReason::ProxyUnreachable,
                         format!(
-                            "proxy {} lies in the cluster's or the metadata address ranges, which an ipBlock cannot allow; use an address outside them",
+                            "proxy {} lies in the cluster's, the nodes' or the metadata address ranges, which an ipBlock cannot allow; use an address outside them",
                             addr.url
                         ),
                     ));
