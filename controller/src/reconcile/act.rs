@@ -309,7 +309,7 @@ async fn children_of(
 
     // Widening children first: the Cilium policy adds egress to the NetworkPolicy.
     let cilium = cilium_resource();
-    let fqdn_name = format!("{name}-fqdn");
+    let fqdn_name = crate::render::network::fqdn_policy_name(&name);
     if plan.fqdn_policy.is_none() && facts.cilium {
         let kind = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy"});
         let maybe = match cached_optional(&c.cilium_policies, &cilium, &ns, &fqdn_name) {

@@ -29,8 +29,8 @@ pub struct Caches {
     pub service_accounts: Store<ServiceAccount>,
     pub services: Store<Service>,
     pub claims: Store<PersistentVolumeClaim>,
-    /// The operator's CiliumNetworkPolicies and SeccompProfiles, while those CRDs are usable and
-    /// their watch has listed.
+    /// Every CiliumNetworkPolicy (the operator's and others', which may widen a sandbox) and the
+    /// operator's SeccompProfiles, while those CRDs are usable and their watch has listed.
     pub cilium_policies: OptionalStore,
     pub seccomp_profiles: OptionalStore,
     /// One gate per store, opened when its first list is in (`synced`), and one opened once

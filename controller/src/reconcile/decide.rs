@@ -273,7 +273,7 @@ pub fn decide(o: &Observed) -> Decision {
     );
     if let Some(other) = super::cilium::widening_cilium_policy(
         o.cilium_policies,
-        &format!("{}-fqdn", sandbox.name_any()),
+        &crate::render::network::fqdn_policy_name(&sandbox.name_any()),
         &sandbox.uid().unwrap_or_default(),
         &endpoint,
         ingress_open,

@@ -37,6 +37,11 @@ pub fn isolation_name(sandbox: &str) -> String {
     format!("{sandbox}-isolation")
 }
 
+/// The sandbox's CiliumNetworkPolicy for egress to domain names.
+pub fn fqdn_policy_name(sandbox: &str) -> String {
+    format!("{sandbox}-fqdn")
+}
+
 pub fn pod_selector(sandbox: &str) -> LabelSelector {
     LabelSelector {
         match_labels: Some(BTreeMap::from([(
@@ -492,7 +497,7 @@ fn cilium_policy(
     Ok(json!({
         "apiVersion": "cilium.io/v2",
         "kind": "CiliumNetworkPolicy",
-        "metadata": object_meta(sandbox, format!("{name}-fqdn")),
+        "metadata": object_meta(sandbox, fqdn_policy_name(name)),
         "spec": spec,
     }))
 }
