@@ -1,7 +1,10 @@
 //! Optional backends (Cilium for FQDN egress, the Security Profiles Operator for generated
 //! seccomp profiles) count only when their CRD is installed and the operator may create and
 //! patch their objects: a backend it cannot use must block the sandboxes that need it, never
-//! leave them half-enforced. Checked against a scripted API server.
+//! leave them half-enforced. The cluster-scoped policies of an administrator that may allow a
+//! sandbox more (CiliumClusterwideNetworkPolicy, AdminNetworkPolicy, ClusterNetworkPolicy) are
+//! only read: installed, and readable or not (reported in each sandbox's status either way).
+//! Checked against a scripted API server.
 
 mod support;
 
@@ -15,6 +18,16 @@ const CRDS: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
 const REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
 const SPO: &str = "seccompprofiles.security-profiles-operator.x-k8s.io";
 const CILIUM: &str = "ciliumnetworkpolicies.cilium.io";
+const CCNP: &str = "ciliumclusterwidenetworkpolicies.cilium.io";
+const ANP: &str = "adminnetworkpolicies.policy.networking.k8s.io";
+const CNP: &str = "clusternetworkpolicies.policy.networking.k8s.io";
+
+/// The read-only kinds, none installed.
+fn no_admin_policies() -> Vec<Step> {
+    [CCNP, ANP, CNP]
+        .map(|c| Step::get(format!("{CRDS}/{c}")).not_found())
+        .into()
+}
 
 fn crd(name: &str) -> Step {
     let body = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
@@ -49,7 +62,7 @@ fn review(
         })
 }
 
-async fn refresh(steps: Vec<Step>, namespace: Option<&str>) -> (bool, bool, bool) {
+async fn refresh_crds(steps: Vec<Step>, namespace: Option<&str>) -> (OptionalCrds, bool) {
     let (client, handle) = mock_client();
     let verifier = tokio::spawn(serve(handle, steps));
     let crds = OptionalCrds::default();
@@ -59,6 +72,12 @@ async fn refresh(steps: Vec<Step>, namespace: Option<&str>) -> (bool, bool, bool
         .expect("refresh succeeds");
     drop(client);
     join(verifier).await;
+    (crds, changed)
+}
+
+async fn refresh(mut steps: Vec<Step>, namespace: Option<&str>) -> (bool, bool, bool) {
+    steps.extend(no_admin_policies());
+    let (crds, changed) = refresh_crds(steps, namespace).await;
     (
         crds.seccomp_profile.load(Ordering::SeqCst),
         crds.cilium.load(Ordering::SeqCst),
@@ -96,4 +115,35 @@ async fn an_installed_backend_the_operator_may_write_is_used_in_its_namespace() 
         review("ciliumnetworkpolicies", "patch", Some("agents"), true),
     ];
     assert_eq!(refresh(steps, Some("agents")).await, (false, true, true));
+}
+
+#[tokio::test]
+async fn cluster_scoped_admin_policies_are_read_when_the_operator_may_list_them() {
+    // Installed and readable (list, watch: cluster-wide, whatever namespace is watched);
+    // installed and unreadable; absent. Namespaces (their labels) are watched because one kind
+    // is readable.
+    let steps = vec![
+        Step::get(format!("{CRDS}/{SPO}")).not_found(),
+        Step::get(format!("{CRDS}/{CILIUM}")).not_found(),
+        crd(CCNP),
+        review("ciliumclusterwidenetworkpolicies", "list", None, false),
+        crd(ANP),
+        review("adminnetworkpolicies", "list", None, true),
+        review("adminnetworkpolicies", "watch", None, true),
+        Step::get(format!("{CRDS}/{CNP}")).not_found(),
+        review("namespaces", "list", None, true),
+        review("namespaces", "watch", None, true),
+    ];
+    let (crds, changed) = refresh_crds(steps, Some("agents")).await;
+    assert!(changed);
+    let state = |k: &palisade::reconcile::facts::ReadOnly| {
+        (
+            k.installed.load(Ordering::SeqCst),
+            k.readable.load(Ordering::SeqCst),
+        )
+    };
+    assert_eq!(state(&crds.cilium_clusterwide), (true, false));
+    assert_eq!(state(&crds.admin_network_policy), (true, true));
+    assert_eq!(state(&crds.cluster_network_policy), (false, false));
+    assert!(crds.namespaces.load(Ordering::SeqCst));
 }

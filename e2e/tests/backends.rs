@@ -20,12 +20,23 @@ use serde_json::json;
 /// Creates a permissive stand-in CRD unless one of that name exists, and waits until it is
 /// served.
 async fn stand_in_crd(client: &Client, group: &str, version: &str, kind: &str, plural: &str) {
+    stand_in_crd_scoped(client, group, version, kind, plural, "Namespaced").await
+}
+
+async fn stand_in_crd_scoped(
+    client: &Client,
+    group: &str,
+    version: &str,
+    kind: &str,
+    plural: &str,
+    scope: &str,
+) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let name = format!("{plural}.{group}");
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
         "metadata": {"name": name},
-        "spec": {"group": group, "scope": "Namespaced",
+        "spec": {"group": group, "scope": scope,
                  "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(), "listKind": format!("{kind}List")},
                  "versions": [{"name": version, "served": true, "storage": true,
                                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
@@ -342,4 +353,120 @@ async fn another_cilium_policy_selecting_the_pod_blocks_the_sandbox() {
         .await
         .expect("delete");
     phase(SandboxPhase::Running).await;
+}
+
+#[tokio::test]
+async fn cluster_scoped_admin_policies_that_allow_the_pod_more_are_reported() {
+    // An AdminNetworkPolicy's Allow rules are decided before NetworkPolicies, and Cilium adds a
+    // CiliumClusterwideNetworkPolicy to the sandbox's own: a cluster administrator's policies
+    // that may widen a sandbox are reported in its status, not blocked (review finding 6).
+    let client = client().await;
+    install_crds(&client).await;
+    gvisor_runtime_class(&client).await;
+    stand_in_crd_scoped(
+        &client,
+        "policy.networking.k8s.io",
+        "v1alpha1",
+        "AdminNetworkPolicy",
+        "adminnetworkpolicies",
+        "Cluster",
+    )
+    .await;
+    stand_in_crd_scoped(
+        &client,
+        "cilium.io",
+        "v2",
+        "CiliumClusterwideNetworkPolicy",
+        "ciliumclusterwidenetworkpolicies",
+        "Cluster",
+    )
+    .await;
+    let ns = &unique("admin-policies");
+    restricted_namespace(&client, ns).await;
+    apply_palisade::<AgentPolicy>(&client, ns, "p", json!({"network": {"dns": "none"}})).await;
+    apply_palisade::<AgentSandbox>(
+        &client,
+        ns,
+        "agent",
+        small_sandbox("agent", "p")["spec"].clone(),
+    )
+    .await;
+    let sandboxes: Api<AgentSandbox> = Api::namespaced(client.clone(), ns);
+    let not_enforced = |want: Vec<String>| {
+        let sandboxes = sandboxes.clone();
+        async move {
+            wait_for(
+                &format!("sandbox agent Running, reporting {want:?}"),
+                Duration::from_secs(90),
+                || async {
+                    let st = sandboxes.get("agent").await.ok()?.status?;
+                    let found: Vec<String> = st
+                        .enforcement
+                        .map(|r| r.not_enforced.into_iter().map(|e| e.message).collect())
+                        .unwrap_or_default();
+                    let matches = want.len()
+                        == found
+                            .iter()
+                            .filter(|m| m.contains("a cluster administrator's policy"))
+                            .count()
+                        && want
+                            .iter()
+                            .all(|w| found.iter().any(|m| m.starts_with(w.as_str())));
+                    (st.phase == Some(SandboxPhase::Running) && matches).then_some(())
+                },
+            )
+            .await
+        }
+    };
+    not_enforced(vec![]).await;
+    let cluster = |group: &str, version: &str, kind: &str, plural: &str| {
+        let ar =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+        Api::<DynamicObject>::all_with(client.clone(), &ar)
+    };
+    let anps = cluster(
+        "policy.networking.k8s.io",
+        "v1alpha1",
+        "AdminNetworkPolicy",
+        "adminnetworkpolicies",
+    );
+    let ccnps = cluster(
+        "cilium.io",
+        "v2",
+        "CiliumClusterwideNetworkPolicy",
+        "ciliumclusterwidenetworkpolicies",
+    );
+    let anp_name = format!("{ns}-allow-world");
+    let anp: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+        "metadata": {"name": anp_name},
+        "spec": {"priority": 10,
+                 "subject": {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": ns}}},
+                 "egress": [{"name": "world", "action": "Allow", "to": [{"networks": ["0.0.0.0/0"]}]}]}
+    }))
+    .expect("anp");
+    anps.create(&PostParams::default(), &anp)
+        .await
+        .expect("create");
+    let ccnp_name = format!("{ns}-open");
+    let ccnp: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy",
+        "metadata": {"name": ccnp_name},
+        "spec": {"endpointSelector": {"matchLabels": {"k8s:io.kubernetes.pod.namespace": ns}},
+                 "egress": [{"toEntities": ["world"]}]}
+    }))
+    .expect("ccnp");
+    ccnps
+        .create(&PostParams::default(), &ccnp)
+        .await
+        .expect("create");
+    not_enforced(vec![
+        format!("AdminNetworkPolicy {anp_name} selects this pod"),
+        format!("CiliumClusterwideNetworkPolicy {ccnp_name} selects this pod"),
+    ])
+    .await;
+    for (api, name) in [(&anps, &anp_name), (&ccnps, &ccnp_name)] {
+        api.delete(name, &Default::default()).await.expect("delete");
+    }
+    not_enforced(vec![]).await;
 }

@@ -33,6 +33,13 @@ pub struct Caches {
     /// operator's SeccompProfiles, while those CRDs are usable and their watch has listed.
     pub cilium_policies: OptionalStore,
     pub seccomp_profiles: OptionalStore,
+    /// Cluster-scoped policies of a cluster administrator that may allow a sandbox more
+    /// (reported, not blocked), and the namespaces (their labels select pods for those), while
+    /// their CRDs are installed and readable and their watch has listed.
+    pub cilium_clusterwide_policies: OptionalStore,
+    pub admin_network_policies: OptionalStore,
+    pub cluster_network_policies: OptionalStore,
+    pub namespaces: OptionalStore,
     /// One gate per store, opened when its first list is in (`synced`), and one opened once
     /// the optional CRDs were checked. (The stores' own `wait_until_ready` wakes only one
     /// waiter at a time, and the controllers already wait on it.)

@@ -41,7 +41,7 @@ fn pod_key(key: &str) -> Option<String> {
 
 /// An endpoint selector as a label selector over the pod's labels (`None`: it cannot select a
 /// pod).
-fn as_label_selector(v: &Value) -> Option<LabelSelector> {
+pub(super) fn as_label_selector(v: &Value) -> Option<LabelSelector> {
     let mut sel = LabelSelector::default();
     if let Some(m) = v.get("matchLabels").and_then(Value::as_object) {
         let mut labels = BTreeMap::new();
@@ -74,6 +74,19 @@ fn has_rules(rule: &Value, direction: &str) -> bool {
         .is_some_and(|r| !r.is_empty())
 }
 
+/// The directions in which a Cilium rule allows traffic (`None`: it allows nothing that could
+/// widen: deny-only, or ingress only while ingress is open anyway).
+pub(super) fn rule_widens(rule: &Value, ingress_open: bool) -> Option<Vec<&'static str>> {
+    let mut directions = Vec::new();
+    if has_rules(rule, "egress") {
+        directions.push("egress");
+    }
+    if has_rules(rule, "ingress") && !ingress_open {
+        directions.push("ingress");
+    }
+    (!directions.is_empty()).then_some(directions)
+}
+
 /// The first CiliumNetworkPolicy of `policies` (those of the sandbox's namespace) other than the
 /// sandbox's own `own_name` that has egress allow rules (or, unless ingress is open anyway,
 /// ingress allow rules) and selects an endpoint with `labels`.
@@ -97,8 +110,7 @@ pub fn widening_cilium_policy(
             .into_iter()
             .filter(|r| !r.is_null())
             .any(|r| {
-                let widens = has_rules(r, "egress") || (has_rules(r, "ingress") && !ingress_open);
-                widens
+                rule_widens(r, ingress_open).is_some()
                     && r.get("endpointSelector")
                         .and_then(as_label_selector)
                         .is_some_and(|sel| selects(&sel, labels))

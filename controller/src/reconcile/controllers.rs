@@ -23,7 +23,7 @@ use crate::api::{AgentPolicy, AgentSandbox, MANAGED_BY_LABEL, MANAGER, SandboxPh
 use crate::ops::metrics::Metrics;
 
 use super::caches::{Caches, Gate, OptionalStore, synced};
-use super::facts::{CILIUM_POLICY_CRD, OptionalCrds, SECCOMP_PROFILE_CRD};
+use super::facts::{OPTIONAL_CRDS, OptionalCrds};
 use super::ownership::controlling_sandbox;
 use super::{Context, OperatorConfig, isolation, lenient, policy, sandbox};
 
@@ -75,18 +75,32 @@ async fn first_facts(client: Client, crds: OptionalCrds, namespace: Option<Strin
     }
 }
 
+/// Which objects of an optional kind are watched, and which sandboxes a change triggers.
+#[derive(Clone)]
+enum Watched {
+    /// The operator's children: a change triggers the sandbox that owns it.
+    Children,
+    /// Every object of a namespaced kind: one without a sandbox owner triggers every sandbox of
+    /// its namespace (it may widen them).
+    All(Store<AgentSandbox>),
+    /// Every object of a cluster-scoped kind: a change (and the first list) triggers every
+    /// sandbox.
+    Cluster(Store<AgentSandbox>),
+    /// Namespaces: a change triggers the sandboxes in it; the first list, every sandbox.
+    Namespaces(Store<AgentSandbox>),
+}
+
 /// The objects of an optional kind (`ar`, usable while `usable` says so): cached in `cache`
-/// once listed (emptied while the CRD is gone), and the sandboxes whose child of that kind
-/// changed, so they put it back (drift) or remove it (no longer planned). With `others` the
-/// watch takes every object of the kind, not only the operator's, and one without a sandbox
-/// owner triggers every sandbox of its namespace (it may widen them).
+/// once listed (emptied while the CRD is gone), and the sandboxes a change concerns
+/// (`watched`): those whose child of that kind changed, so they put it back (drift) or remove
+/// it (no longer planned), or those another's object may widen.
 fn optional_children(
     client: Client,
     namespace: Option<String>,
     ar: ApiResource,
     usable: Arc<std::sync::atomic::AtomicBool>,
     cache: OptionalStore,
-    others: Option<Store<AgentSandbox>>,
+    watched: Watched,
     stop: CancellationToken,
 ) -> impl futures::Stream<Item = ObjectRef<AgentSandbox>> + Send + 'static {
     let (tx, rx) = futures::channel::mpsc::unbounded();
@@ -99,13 +113,21 @@ fn optional_children(
                     _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
                 }
             }
-            let api: Api<DynamicObject> = match &namespace {
-                Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-                None => Api::all_with(client.clone(), &ar),
+            let api: Api<DynamicObject> = match (&namespace, &watched) {
+                (Some(ns), Watched::Children | Watched::All(_)) => {
+                    Api::namespaced_with(client.clone(), ns, &ar)
+                }
+                _ => Api::all_with(client.clone(), &ar),
             };
-            let wc = match others {
-                Some(_) => watcher::Config::default(),
-                None => watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}")),
+            let wc = match (&watched, &namespace) {
+                (Watched::Children, _) => {
+                    watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"))
+                }
+                // Only the watched namespace's labels matter.
+                (Watched::Namespaces(_), Some(ns)) => {
+                    watcher::Config::default().fields(&format!("metadata.name={ns}"))
+                }
+                _ => watcher::Config::default(),
             };
             let writer = reflector::store::Writer::new(ar.clone());
             let reader = writer.as_reader();
@@ -121,6 +143,11 @@ fn optional_children(
                         Some(Ok(event)) => {
                             if matches!(event, watcher::Event::InitDone) {
                                 cache.set(Some(reader.clone()));
+                                if let Watched::Cluster(sandboxes) | Watched::Namespaces(sandboxes) = &watched {
+                                    for s in sandboxes.state() {
+                                        let _ = tx.unbounded_send(ObjectRef::from_obj(&*s));
+                                    }
+                                }
                             }
                             // Listed objects trigger their sandboxes too: what was decided
                             // without this cache (pruning) is done once it is complete.
@@ -130,19 +157,33 @@ fn optional_children(
                                 | watcher::Event::InitApply(o) => Some(o),
                                 _ => None,
                             };
-                            if let Some(obj) = obj
-                                && let Some(ns) = obj.namespace()
-                            {
-                                match (controlling_sandbox(&obj.metadata), &others) {
-                                    (Some(owner), _) => {
-                                        let _ = tx.unbounded_send(ObjectRef::new(&owner.name).within(&ns));
-                                    }
-                                    (None, Some(sandboxes)) => {
-                                        for s in sandboxes.state().iter().filter(|s| s.namespace().as_deref() == Some(ns.as_str())) {
-                                            let _ = tx.unbounded_send(ObjectRef::from_obj(&**s));
+                            let initial = matches!(event, watcher::Event::InitApply(_));
+                            let in_namespace = |sandboxes: &Store<AgentSandbox>, ns: &str| {
+                                for s in sandboxes.state().iter().filter(|s| s.namespace().as_deref() == Some(ns)) {
+                                    let _ = tx.unbounded_send(ObjectRef::from_obj(&**s));
+                                }
+                            };
+                            match (obj, &watched) {
+                                (None, _) => {}
+                                (Some(obj), Watched::Children | Watched::All(_)) => {
+                                    let Some(ns) = obj.namespace() else { continue };
+                                    match (controlling_sandbox(&obj.metadata), &watched) {
+                                        (Some(owner), _) => {
+                                            let _ = tx.unbounded_send(ObjectRef::new(&owner.name).within(&ns));
                                         }
+                                        (None, Watched::All(sandboxes)) => in_namespace(sandboxes, &ns),
+                                        _ => {}
                                     }
-                                    _ => {}
+                                }
+                                // The first list triggers every sandbox once, at InitDone.
+                                (Some(_), Watched::Cluster(_) | Watched::Namespaces(_)) if initial => {}
+                                (Some(_), Watched::Cluster(sandboxes)) => {
+                                    for s in sandboxes.state() {
+                                        let _ = tx.unbounded_send(ObjectRef::from_obj(&*s));
+                                    }
+                                }
+                                (Some(obj), Watched::Namespaces(sandboxes)) => {
+                                    in_namespace(sandboxes, &obj.name_any());
                                 }
                             }
                         }
@@ -195,6 +236,10 @@ pub async fn run(
         claims,
         cilium_policies: OptionalStore::default(),
         seccomp_profiles: OptionalStore::default(),
+        cilium_clusterwide_policies: OptionalStore::default(),
+        admin_network_policies: OptionalStore::default(),
+        cluster_network_policies: OptionalStore::default(),
+        namespaces: OptionalStore::default(),
         gates: Arc::new(vec![
             g_policies.clone(),
             g_sandboxes.clone(),
@@ -300,9 +345,8 @@ pub async fn run(
         .default_backoff()
         .touched_objects()
         .filter_map(|crd| async move {
-            crd.ok().filter(|c| {
-                [SECCOMP_PROFILE_CRD, CILIUM_POLICY_CRD].contains(&c.name_any().as_str())
-            })
+            crd.ok()
+                .filter(|c| OPTIONAL_CRDS.contains(&c.name_any().as_str()))
         })
         .take_until(stop.cancelled_owned())
         .for_each(move |_| {
@@ -328,16 +372,58 @@ pub async fn run(
         optional_crds.cilium.clone(),
         caches.cilium_policies.clone(),
         // Others' Cilium policies may widen a sandbox: all of them are watched.
-        Some(caches.sandboxes.clone()),
+        Watched::All(caches.sandboxes.clone()),
         stop.clone(),
     );
+    let admin_triggers = futures::stream::select_all([
+        optional_children(
+            client.clone(),
+            None,
+            super::admin::AdminKind::CiliumClusterwide.resource(),
+            optional_crds.cilium_clusterwide.readable.clone(),
+            caches.cilium_clusterwide_policies.clone(),
+            Watched::Cluster(caches.sandboxes.clone()),
+            stop.clone(),
+        )
+        .boxed(),
+        optional_children(
+            client.clone(),
+            None,
+            super::admin::AdminKind::AdminNetworkPolicy.resource(),
+            optional_crds.admin_network_policy.readable.clone(),
+            caches.admin_network_policies.clone(),
+            Watched::Cluster(caches.sandboxes.clone()),
+            stop.clone(),
+        )
+        .boxed(),
+        optional_children(
+            client.clone(),
+            None,
+            super::admin::AdminKind::ClusterNetworkPolicy.resource(),
+            optional_crds.cluster_network_policy.readable.clone(),
+            caches.cluster_network_policies.clone(),
+            Watched::Cluster(caches.sandboxes.clone()),
+            stop.clone(),
+        )
+        .boxed(),
+        optional_children(
+            client.clone(),
+            settings.namespace.clone(),
+            ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&()),
+            optional_crds.namespaces.clone(),
+            caches.namespaces.clone(),
+            Watched::Namespaces(caches.sandboxes.clone()),
+            stop.clone(),
+        )
+        .boxed(),
+    ]);
     let seccomp_triggers = optional_children(
         client.clone(),
         settings.namespace.clone(),
         super::act::seccomp_resource(),
         optional_crds.seccomp_profile.clone(),
         caches.seccomp_profiles.clone(),
-        None,
+        Watched::Children,
         stop.clone(),
     );
 
@@ -378,6 +464,7 @@ pub async fn run(
         })
         .reconcile_on(cilium_triggers)
         .reconcile_on(seccomp_triggers)
+        .reconcile_on(admin_triggers)
         .reconcile_all_on(crd_trigger_rx)
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(stop.clone().cancelled_owned())

@@ -17,7 +17,7 @@ use kube::api::DynamicObject;
 
 use crate::api::policy::DefaultAction;
 use crate::api::sandbox::RestartPolicy;
-use crate::api::{AgentPolicy, AgentSandbox, AgentSandboxStatus, SandboxPhase};
+use crate::api::{AgentPolicy, AgentSandbox, AgentSandboxStatus, EnforcementReport, SandboxPhase};
 use crate::policy::image;
 use crate::render::children::service_account_name;
 use crate::render::network::isolation_name;
@@ -25,6 +25,7 @@ use crate::render::{
     BlockReason, CheckedPolicy, ClusterFacts, Plan, check_policy, compile_checked,
 };
 
+use super::admin::{AdminPolicies, Subject};
 use super::lifetime::Lifetime;
 use super::live::{Guard, LiveIsolation, LivePod, PodPhase};
 use super::ownership::controlled_by;
@@ -49,6 +50,8 @@ pub struct Observed<'a> {
     pub network_policies: &'a [Arc<NetworkPolicy>],
     /// The CiliumNetworkPolicies of the sandbox's namespace (empty without Cilium).
     pub cilium_policies: &'a [Arc<DynamicObject>],
+    /// Cluster-scoped policies of an administrator that may allow the pod more (reported).
+    pub admin: AdminPolicies<'a>,
     /// The sandbox's isolating NetworkPolicy, if it exists.
     pub isolation: Option<&'a LiveIsolation>,
     pub pod: Option<&'a LivePod>,
@@ -241,19 +244,32 @@ pub fn decide(o: &Observed) -> Decision {
             };
         }
     };
-    let facts = PlanFacts {
-        pod_hash: plan.pod_hash.clone(),
-        runtime_class_name: plan.runtime_class_name.clone(),
-        service: plan.service.is_some(),
-        enforcement: Some(plan.report.clone().bounded(REPORT_ENTRIES, REPORT_CHARS))
-            .filter(|r| !r.is_empty()),
-    };
-
     let ingress_open = checked
         .network
         .ingress
         .as_ref()
         .is_some_and(|i| i.default == Some(DefaultAction::Allow));
+    let labels = pod_labels(o, &plan);
+    let namespace = sandbox.namespace().unwrap_or_default();
+    let service_account = service_account_name(&sandbox.name_any());
+    // An administrator's cluster-scoped allowances come first: the report is bounded.
+    let mut report = EnforcementReport {
+        not_enforced: o.admin.report(&Subject {
+            namespace: &namespace,
+            pod_labels: &labels,
+            service_account: &service_account,
+            ingress_open,
+        }),
+        ..Default::default()
+    };
+    report.extend(plan.report.clone());
+    let facts = PlanFacts {
+        pod_hash: plan.pod_hash.clone(),
+        runtime_class_name: plan.runtime_class_name.clone(),
+        service: plan.service.is_some(),
+        enforcement: Some(report.bounded(REPORT_ENTRIES, REPORT_CHARS)).filter(|r| !r.is_empty()),
+    };
+
     if let Some(other) = widening_network_policy(o, &plan, ingress_open) {
         let outcome = Outcome::blocked(
             "AdditionalNetworkPolicy",
@@ -266,11 +282,7 @@ pub fn decide(o: &Observed) -> Decision {
         return Decision::new(Step::RemovePod, outcome, lifetime, record)
             .confirm(Confirm::NetworkPolicies);
     }
-    let endpoint = super::cilium::endpoint_labels(
-        &pod_labels(o, &plan),
-        &sandbox.namespace().unwrap_or_default(),
-        &service_account_name(&sandbox.name_any()),
-    );
+    let endpoint = super::cilium::endpoint_labels(&labels, &namespace, &service_account);
     if let Some(other) = super::cilium::widening_cilium_policy(
         o.cilium_policies,
         &crate::render::network::fqdn_policy_name(&sandbox.name_any()),
@@ -759,6 +771,7 @@ mod tests {
             facts: &facts,
             network_policies: &[],
             cilium_policies: &[],
+            admin: AdminPolicies::default(),
             isolation,
             pod,
             now: t(1000),
@@ -829,6 +842,7 @@ mod tests {
             facts: &facts,
             network_policies: nps,
             cilium_policies: &[],
+            admin: AdminPolicies::default(),
             isolation: None,
             pod,
             now: t(1000),
@@ -881,6 +895,55 @@ mod tests {
             serde_json::json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}),
         );
         assert!(widened_by(&[claims_to_be_ours], None).is_some());
+    }
+
+    #[test]
+    fn an_admin_policy_allowing_the_pod_more_is_reported_and_blocks_nothing() {
+        let s = sandbox(None, false);
+        let p = policy();
+        let facts = facts();
+        let anp: Arc<DynamicObject> = Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+                "metadata": {"name": "allow-world"},
+                "spec": {"priority": 1, "subject": {"namespaces": {}},
+                         "egress": [{"action": "Allow", "to": [{"networks": ["0.0.0.0/0"]}]}]}
+            }))
+            .unwrap(),
+        );
+        let anps = [anp];
+        let ns_labels = BTreeMap::new();
+        let d = decide(&Observed {
+            sandbox: &s,
+            policy: PolicyState::Found(&p),
+            facts: &facts,
+            network_policies: &[],
+            cilium_policies: &[],
+            admin: AdminPolicies {
+                admin_network_policies: super::super::admin::Known::Listed(&anps),
+                namespace_labels: Some(&ns_labels),
+                ..Default::default()
+            },
+            isolation: None,
+            pod: None,
+            now: t(1000),
+        });
+        assert!(
+            matches!(d.step, Step::Run(_, PodStep::Create)),
+            "{:?}",
+            d.step
+        );
+        let report = d
+            .outcome
+            .plan
+            .and_then(|p| p.enforcement)
+            .expect("an enforcement report");
+        assert!(
+            report.not_enforced[0].message.starts_with(
+                "AdminNetworkPolicy allow-world selects this pod with egress allow rules"
+            ),
+            "{report:#?}"
+        );
     }
 
     fn running() -> LivePod {

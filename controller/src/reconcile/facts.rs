@@ -18,6 +18,18 @@ use super::Context;
 
 pub const SECCOMP_PROFILE_CRD: &str = "seccompprofiles.security-profiles-operator.x-k8s.io";
 pub const CILIUM_POLICY_CRD: &str = "ciliumnetworkpolicies.cilium.io";
+pub const CILIUM_CLUSTERWIDE_POLICY_CRD: &str = "ciliumclusterwidenetworkpolicies.cilium.io";
+pub const ADMIN_NETWORK_POLICY_CRD: &str = "adminnetworkpolicies.policy.networking.k8s.io";
+pub const CLUSTER_NETWORK_POLICY_CRD: &str = "clusternetworkpolicies.policy.networking.k8s.io";
+
+/// Every optional CRD whose coming or going the operator looks at.
+pub const OPTIONAL_CRDS: [&str; 5] = [
+    SECCOMP_PROFILE_CRD,
+    CILIUM_POLICY_CRD,
+    CILIUM_CLUSTERWIDE_POLICY_CRD,
+    ADMIN_NETWORK_POLICY_CRD,
+    CLUSTER_NETWORK_POLICY_CRD,
+];
 
 /// Optional CRDs, as last seen: each counts only when it is installed **and** the operator may
 /// create and patch its objects. A backend the operator cannot use is the same as no backend:
@@ -26,13 +38,47 @@ pub const CILIUM_POLICY_CRD: &str = "ciliumnetworkpolicies.cilium.io";
 pub struct OptionalCrds {
     pub seccomp_profile: Arc<AtomicBool>,
     pub cilium: Arc<AtomicBool>,
+    /// Cluster-scoped policies of others that may allow a sandbox more (read only).
+    pub cilium_clusterwide: ReadOnly,
+    pub admin_network_policy: ReadOnly,
+    pub cluster_network_policy: ReadOnly,
+    /// Namespaces are watched (their labels) while one of the read-only kinds is readable and
+    /// the operator may list and watch namespaces.
+    pub namespaces: Arc<AtomicBool>,
+}
+
+/// A kind the operator only reads: whether its CRD is installed, and whether the operator may
+/// list and watch it.
+#[derive(Clone, Debug, Default)]
+pub struct ReadOnly {
+    pub installed: Arc<AtomicBool>,
+    pub readable: Arc<AtomicBool>,
+}
+
+impl ReadOnly {
+    fn set(&self, installed: bool, readable: bool) -> bool {
+        let a = self.installed.swap(installed, Ordering::SeqCst) != installed;
+        let b = self.readable.swap(readable, Ordering::SeqCst) != readable;
+        a || b
+    }
 }
 
 impl OptionalCrds {
     /// Looks the CRDs up, and asks the API server (SelfSubjectAccessReview) whether the operator
-    /// may write their objects in `namespace` (`None`: every namespace). Returns whether anything
-    /// changed.
+    /// may write their objects in `namespace` (`None`: every namespace), or, for the kinds it
+    /// only reads, list and watch them. Returns whether anything changed.
     pub async fn refresh(
+        &self,
+        client: &Client,
+        namespace: Option<&str>,
+    ) -> Result<bool, kube::Error> {
+        let backends = self.refresh_backends(client, namespace).await?;
+        let read_only = self.refresh_read_only(client).await?;
+        Ok(backends || read_only)
+    }
+
+    /// Only the backends the operator writes (what blocks a sandbox when missing).
+    pub async fn refresh_backends(
         &self,
         client: &Client,
         namespace: Option<&str>,
@@ -52,32 +98,76 @@ impl OptionalCrds {
                 &self.cilium,
             ),
         ] {
-            let usable = usable(client, crd, group, resource, namespace).await?;
+            let usable = installed(client, crd).await?
+                && allowed(client, group, resource, &["create", "patch"], namespace).await?;
             changed |= flag.swap(usable, Ordering::SeqCst) != usable;
         }
         Ok(changed)
     }
+
+    /// Only the kinds the operator reads (reported, never blocking).
+    async fn refresh_read_only(&self, client: &Client) -> Result<bool, kube::Error> {
+        let mut changed = false;
+        for (crd, group, resource, flag) in [
+            (
+                CILIUM_CLUSTERWIDE_POLICY_CRD,
+                "cilium.io",
+                "ciliumclusterwidenetworkpolicies",
+                &self.cilium_clusterwide,
+            ),
+            (
+                ADMIN_NETWORK_POLICY_CRD,
+                "policy.networking.k8s.io",
+                "adminnetworkpolicies",
+                &self.admin_network_policy,
+            ),
+            (
+                CLUSTER_NETWORK_POLICY_CRD,
+                "policy.networking.k8s.io",
+                "clusternetworkpolicies",
+                &self.cluster_network_policy,
+            ),
+        ] {
+            let is_installed = installed(client, crd).await?;
+            let readable =
+                is_installed && allowed(client, group, resource, &["list", "watch"], None).await?;
+            changed |= flag.set(is_installed, readable);
+        }
+        let any_readable = [
+            &self.cilium_clusterwide,
+            &self.admin_network_policy,
+            &self.cluster_network_policy,
+        ]
+        .iter()
+        .any(|k| k.readable.load(Ordering::SeqCst));
+        let namespaces =
+            any_readable && allowed(client, "", "namespaces", &["list", "watch"], None).await?;
+        changed |= self.namespaces.swap(namespaces, Ordering::SeqCst) != namespaces;
+        Ok(changed)
+    }
 }
 
-async fn usable(
+async fn installed(client: &Client, crd: &str) -> Result<bool, kube::Error> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    Ok(crds.get_opt(crd).await?.is_some())
+}
+
+/// Whether the operator may do each of `verbs` on `resource` (in `namespace`, or everywhere).
+async fn allowed(
     client: &Client,
-    crd: &str,
     group: &str,
     resource: &str,
+    verbs: &[&str],
     namespace: Option<&str>,
 ) -> Result<bool, kube::Error> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    if crds.get_opt(crd).await?.is_none() {
-        return Ok(false);
-    }
     let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
-    for verb in ["create", "patch"] {
+    for verb in verbs {
         let review = SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
                 resource_attributes: Some(ResourceAttributes {
                     group: Some(group.into()),
                     resource: Some(resource.into()),
-                    verb: Some(verb.into()),
+                    verb: Some((*verb).into()),
                     namespace: namespace.map(String::from),
                     ..Default::default()
                 }),
@@ -88,9 +178,10 @@ async fn usable(
         let answer = reviews.create(&PostParams::default(), &review).await?;
         if !answer.status.is_some_and(|s| s.allowed) {
             tracing::warn!(
-                crd,
+                group,
+                resource,
                 verb,
-                "the CRD is installed but the operator may not {verb} {resource}: sandboxes that need it stay blocked (grant it, e.g. the Helm chart's rbac values)"
+                "the operator may not {verb} {resource}: sandboxes that need them stay blocked, or say in their status that what these may allow is not known (grant it, e.g. the Helm chart's rbac values)"
             );
             return Ok(false);
         }

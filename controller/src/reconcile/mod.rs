@@ -4,6 +4,7 @@
 //! in the safe order (`act.rs`) and write status (`status.rs`).
 
 pub mod act;
+pub mod admin;
 pub mod backoff;
 pub mod caches;
 pub mod children;

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
+use std::sync::atomic::Ordering;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
@@ -23,6 +25,7 @@ use crate::render::ClusterFacts;
 use crate::render::network::isolation_name;
 
 use super::act::{Acted, Failed, act};
+use super::admin::{AdminPolicies, Read};
 use super::backoff::Backoff;
 use super::children::{self, Grace, may_widen};
 use super::decide::{Confirm, Decision, Observed, PolicyState, Step, decide, selects};
@@ -39,6 +42,9 @@ struct Reading {
     runtime_classes: Option<BTreeMap<String, String>>,
     network_policies: Vec<Arc<NetworkPolicy>>,
     cilium_policies: Vec<Arc<DynamicObject>>,
+    /// Cluster-scoped policies: CiliumClusterwide, AdminNetworkPolicy, ClusterNetworkPolicy.
+    admin: [Read; 3],
+    namespace_labels: Option<BTreeMap<String, String>>,
     isolation: Option<LiveIsolation>,
     pod: Option<LivePod>,
 }
@@ -60,6 +66,12 @@ impl Reading {
             facts,
             network_policies: &self.network_policies,
             cilium_policies: &self.cilium_policies,
+            admin: AdminPolicies {
+                cilium_clusterwide: self.admin[0].known(),
+                admin_network_policies: self.admin[1].known(),
+                cluster_network_policies: self.admin[2].known(),
+                namespace_labels: self.namespace_labels.as_ref(),
+            },
             isolation: self.isolation.as_ref(),
             pod: self.pod.as_ref(),
             now,
@@ -100,6 +112,27 @@ fn observe(ctx: &Ctx, sandbox: &AgentSandbox, ns: &str, uid: &str) -> Reading {
                 .collect()
         })
         .unwrap_or_default();
+    let crds = &ctx.optional_crds;
+    let admin = [
+        (&crds.cilium_clusterwide, &c.cilium_clusterwide_policies),
+        (&crds.admin_network_policy, &c.admin_network_policies),
+        (&crds.cluster_network_policy, &c.cluster_network_policies),
+    ]
+    .map(|(kind, store)| {
+        if !kind.installed.load(Ordering::SeqCst) {
+            Read::Absent
+        } else if !kind.readable.load(Ordering::SeqCst) {
+            Read::Unreadable
+        } else {
+            store
+                .get()
+                .map_or(Read::Listing, |s| Read::Listed(s.state()))
+        }
+    });
+    let namespace_labels = c.namespaces.get().and_then(|store| {
+        let namespace = ObjectRef::new_with(ns, ApiResource::erase::<Namespace>(&()));
+        store.get(&namespace).map(|n| n.labels().clone())
+    });
     let isolation = c
         .network_policies
         .get(&ObjectRef::new(&isolation_name(&name)).within(ns))
@@ -114,6 +147,8 @@ fn observe(ctx: &Ctx, sandbox: &AgentSandbox, ns: &str, uid: &str) -> Reading {
         runtime_classes: None,
         network_policies,
         cilium_policies,
+        admin,
+        namespace_labels,
         isolation,
         pod,
     }
@@ -159,7 +194,7 @@ async fn confirm(
                     .collect(),
             );
             ctx.optional_crds
-                .refresh(&ctx.client, ctx.config.namespace.as_deref())
+                .refresh_backends(&ctx.client, ctx.config.namespace.as_deref())
                 .await?;
         }
         Confirm::NetworkPolicies => {

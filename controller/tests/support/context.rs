@@ -56,6 +56,10 @@ pub fn caches(c: Cached) -> Caches {
         claims: ready_store(c.claims),
         cilium_policies: Default::default(),
         seccomp_profiles: Default::default(),
+        cilium_clusterwide_policies: Default::default(),
+        admin_network_policies: Default::default(),
+        cluster_network_policies: Default::default(),
+        namespaces: Default::default(),
         gates: Arc::new(vec![Gate::opened()]),
     }
 }
