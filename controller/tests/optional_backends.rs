@@ -62,6 +62,24 @@ fn review(
         })
 }
 
+/// A SelfSubjectAccessReview for `verb` on the one object `name` of a cluster-scoped `resource`,
+/// answered allowed.
+fn named_review(resource: &'static str, verb: &'static str, name: &'static str) -> Step {
+    Step::post(REVIEWS)
+        .check(move |s: &Seen| {
+            let attrs = &s.body["spec"]["resourceAttributes"];
+            assert_eq!(attrs["resource"], resource, "{}", s.body);
+            assert_eq!(attrs["verb"], verb, "{}", s.body);
+            assert_eq!(attrs["name"], name, "{}", s.body);
+            assert!(attrs["namespace"].is_null(), "{}", s.body);
+        })
+        .reply_with(|s: &Seen| {
+            let mut answer: Value = s.body.clone();
+            answer["status"] = json!({"allowed": true});
+            (201, answer)
+        })
+}
+
 async fn refresh_crds(steps: Vec<Step>, namespace: Option<&str>) -> (OptionalCrds, bool) {
     let (client, handle) = mock_client();
     let verifier = tokio::spawn(serve(handle, steps));
@@ -102,8 +120,10 @@ async fn an_installed_backend_the_operator_may_not_write_counts_as_absent() {
         review("seccompprofiles", "patch", None, false),
         crd(CILIUM),
         review("ciliumnetworkpolicies", "create", None, false),
+        // Read only: others' CiliumNetworkPolicies are still looked at.
+        review("ciliumnetworkpolicies", "list", None, false),
     ];
-    assert_eq!(refresh(steps, None).await, (false, false, false));
+    assert_eq!(refresh(steps, None).await, (false, false, true));
 }
 
 #[tokio::test]
@@ -113,8 +133,22 @@ async fn an_installed_backend_the_operator_may_write_is_used_in_its_namespace() 
         crd(CILIUM),
         review("ciliumnetworkpolicies", "create", Some("agents"), true),
         review("ciliumnetworkpolicies", "patch", Some("agents"), true),
+        review("ciliumnetworkpolicies", "list", Some("agents"), true),
+        review("ciliumnetworkpolicies", "watch", Some("agents"), true),
     ];
-    assert_eq!(refresh(steps, Some("agents")).await, (false, true, true));
+    let mut namespaces = vec![
+        named_review("namespaces", "list", "agents"),
+        named_review("namespaces", "watch", "agents"),
+    ];
+    let mut steps = steps;
+    steps.extend(no_admin_policies());
+    steps.append(&mut namespaces);
+    let (crds, changed) = refresh_crds(steps, Some("agents")).await;
+    assert!(changed);
+    assert!(crds.cilium.load(Ordering::SeqCst));
+    assert!(crds.cilium_policies.readable.load(Ordering::SeqCst));
+    // Only the watched namespace's labels are read.
+    assert!(crds.namespaces.load(Ordering::SeqCst));
 }
 
 #[tokio::test]
@@ -131,8 +165,8 @@ async fn cluster_scoped_admin_policies_are_read_when_the_operator_may_list_them(
         review("adminnetworkpolicies", "list", None, true),
         review("adminnetworkpolicies", "watch", None, true),
         Step::get(format!("{CRDS}/{CNP}")).not_found(),
-        review("namespaces", "list", None, true),
-        review("namespaces", "watch", None, true),
+        named_review("namespaces", "list", "agents"),
+        named_review("namespaces", "watch", "agents"),
     ];
     let (crds, changed) = refresh_crds(steps, Some("agents")).await;
     assert!(changed);

@@ -96,7 +96,7 @@ impl EnforcementReport {
                 list.push(ReportEntry::new(
                     "(more)",
                     format!(
-                        "{left} more entries; `palisade render` of this sandbox lists them all"
+                        "{left} more entries; `palisade render` of this sandbox lists those of its policy"
                     ),
                 ));
             }

@@ -370,8 +370,10 @@ pub struct AgentSandboxStatus {
     /// This sandbox's enforcement report, computed with the cluster's live facts: allowances
     /// the platform added (`added`), what is enforced more strictly than written (`narrowed`),
     /// what has no meaning in a pod (`notApplicable`) and what the platform cannot guarantee
-    /// here (`notEnforced`, e.g. the syscall filter under gVisor). At most 8 entries per list and
-    /// 256 characters per message; `palisade render` lists them all.
+    /// here (`notEnforced`, e.g. the syscall filter under gVisor, or a cluster administrator's
+    /// CiliumClusterwideNetworkPolicies, AdminNetworkPolicies and ClusterNetworkPolicies that
+    /// allow the pod more, listed first). At most 8 entries per list and 256 characters per
+    /// message; `palisade render` lists all of the policy's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enforcement: Option<crate::api::report::EnforcementReport>,
 

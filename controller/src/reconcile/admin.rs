@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::api::ReportEntry;
 
-use super::cilium::{as_label_selector, rule_widens};
+use super::cilium::{Endpoint, Match};
 use super::decide::selects;
 
 /// Kinds of cluster-scoped policy that may widen a sandbox.
@@ -40,6 +40,14 @@ impl AdminKind {
             AdminKind::CiliumClusterwide => "CiliumClusterwideNetworkPolicy",
             AdminKind::AdminNetworkPolicy => "AdminNetworkPolicy",
             AdminKind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+        }
+    }
+
+    fn plural(self) -> &'static str {
+        match self {
+            AdminKind::CiliumClusterwide => "CiliumClusterwideNetworkPolicies",
+            AdminKind::AdminNetworkPolicy => "AdminNetworkPolicies",
+            AdminKind::ClusterNetworkPolicy => "ClusterNetworkPolicies",
         }
     }
 
@@ -136,14 +144,6 @@ pub struct Subject<'a> {
     pub ingress_open: bool,
 }
 
-/// Whether a selector selects: surely, or only possibly (it reads labels not known).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Match {
-    No,
-    Maybe,
-    Yes,
-}
-
 impl<'a> AdminPolicies<'a> {
     fn of(&self, kind: AdminKind) -> Known<'a> {
         match kind {
@@ -153,16 +153,28 @@ impl<'a> AdminPolicies<'a> {
         }
     }
 
-    /// The namespace's labels, with the one the API server always sets.
-    fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
-        let mut labels = self.namespace_labels.cloned().unwrap_or_default();
-        labels.insert("kubernetes.io/metadata.name".into(), namespace.into());
-        labels
+    /// Whether a kind is installed and readable but not listed yet.
+    pub fn listing(&self) -> bool {
+        AdminKind::ALL
+            .iter()
+            .any(|k| matches!(self.of(*k), Known::Listing))
     }
 
-    /// One `notEnforced` entry for each cluster-scoped policy that allows the pod more (or may),
-    /// and for each kind the operator cannot read.
+    /// The `notEnforced` entries: per kind, one naming the policies that allow the pod more,
+    /// one naming those that may (they read labels the operator does not know), or one saying
+    /// the kind cannot be read (yet).
     pub fn report(&self, subject: &Subject) -> Vec<ReportEntry> {
+        let endpoint = Endpoint::new(
+            subject.pod_labels,
+            subject.namespace,
+            subject.service_account,
+            self.namespace_labels,
+        );
+        let mut namespace_labels = self.namespace_labels.cloned().unwrap_or_default();
+        namespace_labels.insert(
+            "kubernetes.io/metadata.name".into(),
+            subject.namespace.into(),
+        );
         let mut out = Vec::new();
         for kind in AdminKind::ALL {
             match self.of(kind) {
@@ -170,26 +182,42 @@ impl<'a> AdminPolicies<'a> {
                 Known::Unreadable => out.push(ReportEntry::new(
                     "network",
                     format!(
-                        "{k}s are installed but the operator may not list them: one could let this pod reach more than its policy allows (grant list and watch, e.g. the chart's {v})",
-                        k = kind.kind(),
-                        v = kind.rbac_value()
+                        "the operator may not list {}: one could let this pod reach more than its policy allows (grant list and watch, e.g. the chart's {})",
+                        kind.plural(),
+                        kind.rbac_value()
                     ),
                 )),
                 Known::Listing => out.push(ReportEntry::new(
                     "network",
                     format!(
-                        "{}s are installed and not read yet: one could let this pod reach more than its policy allows",
-                        kind.kind()
+                        "{} are not read yet: one could let this pod reach more than its policy allows",
+                        kind.plural()
                     ),
                 )),
                 Known::Listed(policies) => {
-                    for p in policies.iter() {
-                        let found = match kind {
-                            AdminKind::CiliumClusterwide => self.cilium_match(p, subject),
-                            _ => self.admin_match(kind, p, subject),
-                        };
-                        if let Some((m, directions)) = found {
-                            out.push(entry(kind, &p.name_any(), m, &directions));
+                    let mut found: Vec<(Match, String, Vec<&'static str>)> = policies
+                        .iter()
+                        .filter_map(|p| {
+                            let (m, directions) = match kind {
+                                AdminKind::CiliumClusterwide => {
+                                    super::cilium::allows(p, &endpoint, subject.ingress_open)?
+                                }
+                                _ => admin_allows(
+                                    kind,
+                                    p,
+                                    subject,
+                                    &namespace_labels,
+                                    self.namespace_labels.is_some(),
+                                )?,
+                            };
+                            Some((m, p.name_any(), directions))
+                        })
+                        .collect();
+                    found.sort();
+                    for m in [Match::Yes, Match::Maybe] {
+                        let these: Vec<_> = found.iter().filter(|f| f.0 == m).collect();
+                        if !these.is_empty() {
+                            out.push(entry(kind, m, &these));
                         }
                     }
                 }
@@ -197,119 +225,68 @@ impl<'a> AdminPolicies<'a> {
         }
         out
     }
-
-    /// A CiliumClusterwideNetworkPolicy's allow rules that select the pod, if any. Cilium sees
-    /// the namespace's labels on the endpoint as `io.cilium.k8s.namespace.labels.<key>`.
-    fn cilium_match(&self, p: &DynamicObject, s: &Subject) -> Option<(Match, Vec<&'static str>)> {
-        let mut labels =
-            super::cilium::endpoint_labels(s.pod_labels, s.namespace, s.service_account);
-        let namespace_known = self.namespace_labels.is_some();
-        for (k, v) in self.namespace_labels(s.namespace) {
-            labels.insert(format!("io.cilium.k8s.namespace.labels.{k}"), v);
-        }
-        let mut rules: Vec<&Value> = vec![&p.data["spec"]];
-        if let Some(specs) = p.data["specs"].as_array() {
-            rules.extend(specs.iter());
-        }
-        let mut best = Match::No;
-        let mut directions = Vec::new();
-        for r in rules.into_iter().filter(|r| !r.is_null()) {
-            let Some(widens) = rule_widens(r, s.ingress_open) else {
-                continue;
-            };
-            let Some(sel) = r.get("endpointSelector").and_then(as_label_selector) else {
-                continue;
-            };
-            let m = if selects(&sel, &labels) {
-                Match::Yes
-            } else if !namespace_known && reads_namespace_labels(&sel) {
-                Match::Maybe
-            } else {
-                Match::No
-            };
-            if m != Match::No {
-                best = best.max_by(m);
-                for d in widens {
-                    if !directions.contains(&d) {
-                        directions.push(d);
-                    }
-                }
-            }
-        }
-        (best != Match::No).then_some((best, directions))
-    }
-
-    /// An AdminNetworkPolicy's (or Admin-tier ClusterNetworkPolicy's) allowing rules, if its
-    /// subject is the pod.
-    fn admin_match(
-        &self,
-        kind: AdminKind,
-        p: &DynamicObject,
-        s: &Subject,
-    ) -> Option<(Match, Vec<&'static str>)> {
-        let spec = &p.data["spec"];
-        if kind == AdminKind::ClusterNetworkPolicy && spec["tier"].as_str() != Some("Admin") {
-            // The Baseline tier is decided after NetworkPolicies: the sandbox's own
-            // NetworkPolicy selects the pod, so it decides first.
-            return None;
-        }
-        let allows = |direction: &str| {
-            spec[direction].as_array().is_some_and(|rules| {
-                rules
-                    .iter()
-                    .any(|r| r["action"].as_str() == Some(kind.allow_action()))
-            })
-        };
-        let mut directions = Vec::new();
-        if allows("egress") {
-            directions.push("egress");
-        }
-        if allows("ingress") && !s.ingress_open {
-            directions.push("ingress");
-        }
-        if directions.is_empty() {
-            return None;
-        }
-        let namespace_labels = self.namespace_labels(s.namespace);
-        let by_namespace = |sel: &Value| -> Match {
-            let Some(sel) = label_selector(sel) else {
-                return Match::No;
-            };
-            if selects(&sel, &namespace_labels) {
-                Match::Yes
-            } else if self.namespace_labels.is_none() {
-                Match::Maybe
-            } else {
-                Match::No
-            }
-        };
-        let subject = &spec["subject"];
-        let m = if !subject["namespaces"].is_null() {
-            by_namespace(&subject["namespaces"])
-        } else if !subject["pods"].is_null() {
-            let pods = &subject["pods"];
-            let by_pod =
-                label_selector(&pods["podSelector"]).is_some_and(|sel| selects(&sel, s.pod_labels));
-            if by_pod {
-                by_namespace(&pods["namespaceSelector"])
-            } else {
-                Match::No
-            }
-        } else {
-            Match::No
-        };
-        (m != Match::No).then_some((m, directions))
-    }
 }
 
-impl Match {
-    fn max_by(self, other: Match) -> Match {
-        match (self, other) {
-            (Match::Yes, _) | (_, Match::Yes) => Match::Yes,
-            (Match::Maybe, _) | (_, Match::Maybe) => Match::Maybe,
-            _ => Match::No,
-        }
+/// An AdminNetworkPolicy's (or Admin-tier ClusterNetworkPolicy's) allowing rules, if its
+/// subject is the pod.
+fn admin_allows(
+    kind: AdminKind,
+    p: &DynamicObject,
+    s: &Subject,
+    namespace_labels: &BTreeMap<String, String>,
+    namespace_known: bool,
+) -> Option<(Match, Vec<&'static str>)> {
+    let spec = &p.data["spec"];
+    if kind == AdminKind::ClusterNetworkPolicy && spec["tier"].as_str() != Some("Admin") {
+        // The Baseline tier is decided after NetworkPolicies: the sandbox's own NetworkPolicy
+        // selects the pod, so it decides first.
+        return None;
     }
+    let allows = |direction: &str| {
+        spec[direction].as_array().is_some_and(|rules| {
+            rules
+                .iter()
+                .any(|r| r["action"].as_str() == Some(kind.allow_action()))
+        })
+    };
+    let mut directions = Vec::new();
+    if allows("egress") {
+        directions.push("egress");
+    }
+    if allows("ingress") && !s.ingress_open {
+        directions.push("ingress");
+    }
+    if directions.is_empty() {
+        return None;
+    }
+    let by_namespace = |sel: &Value| -> Match {
+        let Some(sel) = label_selector(sel) else {
+            return Match::No;
+        };
+        if selects(&sel, namespace_labels) {
+            Match::Yes
+        } else if namespace_known {
+            Match::No
+        } else {
+            Match::Maybe
+        }
+    };
+    let subject = &spec["subject"];
+    let m = if !subject["namespaces"].is_null() {
+        by_namespace(&subject["namespaces"])
+    } else if !subject["pods"].is_null() {
+        let pods = &subject["pods"];
+        let by_pod =
+            label_selector(&pods["podSelector"]).is_some_and(|sel| selects(&sel, s.pod_labels));
+        if by_pod {
+            by_namespace(&pods["namespaceSelector"])
+        } else {
+            Match::No
+        }
+    } else {
+        Match::No
+    };
+    (m != Match::No).then_some((m, directions))
 }
 
 /// A Kubernetes label selector; a missing one selects nothing (the API requires it).
@@ -320,36 +297,32 @@ fn label_selector(v: &Value) -> Option<LabelSelector> {
     serde_json::from_value(v.clone()).ok()
 }
 
-/// Whether a Cilium endpoint selector reads namespace labels.
-fn reads_namespace_labels(sel: &LabelSelector) -> bool {
-    let keys = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, _)| k)
-        .chain(sel.match_expressions.iter().flatten().map(|e| &e.key));
-    keys.into_iter()
-        .any(|k| k.starts_with("io.cilium.k8s.namespace.labels."))
-}
-
-fn entry(kind: AdminKind, name: &str, m: Match, directions: &[&str]) -> ReportEntry {
+/// One entry for the policies of a kind that select the pod (`m`): their names (the first
+/// three), and what they allow.
+fn entry(kind: AdminKind, m: Match, found: &[&(Match, String, Vec<&'static str>)]) -> ReportEntry {
+    let mut directions: Vec<&str> = found.iter().flat_map(|f| f.2.iter().copied()).collect();
+    directions.sort();
+    directions.dedup();
+    let names: Vec<&str> = found.iter().take(3).map(|f| f.1.as_str()).collect();
+    let mut names = names.join(", ");
+    if found.len() > 3 {
+        names.push_str(&format!(" (+{} more)", found.len() - 3));
+    }
     let how = match m {
-        Match::Yes => "selects this pod",
-        _ => "may select this pod (the operator cannot read its namespace's labels)",
+        Match::Yes => "allow",
+        _ => "may allow (by labels the operator cannot read)",
     };
-    let rules = directions.join(" and ");
     let precedence = match kind {
-        AdminKind::CiliumClusterwide => "Cilium adds it to the sandbox's own policies",
-        _ => "it is decided before the sandbox's NetworkPolicy",
+        AdminKind::CiliumClusterwide => "Cilium adds them to the sandbox's policies",
+        _ => "decided before its NetworkPolicy",
     };
     ReportEntry::new(
+        format!("network.{}", directions.join("+")),
         format!(
-            "network.{}",
-            directions.first().copied().unwrap_or("egress")
-        ),
-        format!(
-            "{} {name} {how} with {rules} allow rules; {precedence}, so the sandbox may reach more than its policy allows (a cluster administrator's policy: reported, not blocked)",
-            kind.kind()
+            "{} {}: {how} this pod more {} ({precedence}; an administrator's: reported, not blocked)",
+            kind.plural(),
+            names,
+            directions.join(" and "),
         ),
     )
 }
@@ -381,9 +354,17 @@ mod tests {
         }
     }
 
+    /// The report's entries as (field, message).
+    fn lines(view: &AdminPolicies, ingress_open: bool) -> Vec<(String, String)> {
+        let labels = pod();
+        view.report(&subject(&labels, ingress_open))
+            .into_iter()
+            .map(|e| (e.field, e.message))
+            .collect()
+    }
+
     #[test]
     fn admin_network_policy_allow_rules_for_the_pod_are_reported() {
-        let labels = pod();
         let ns = BTreeMap::from([("tenant".to_string(), "blue".to_string())]);
         let anps = vec![
             obj(
@@ -400,7 +381,7 @@ mod tests {
                        "egress": [{"action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]},
                                   {"action": "Pass", "to": [{"networks": ["10.0.0.0/8"]}]}]}),
             ),
-            // Another tenant's namespace, and other pods.
+            // Another tenant's namespace, other pods, and pods here in another namespace.
             obj(
                 "AdminNetworkPolicy",
                 "red",
@@ -411,6 +392,12 @@ mod tests {
                 "AdminNetworkPolicy",
                 "db-pods",
                 json!({"subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "db"}}}},
+                       "egress": [{"action": "Allow", "to": []}]}),
+            ),
+            obj(
+                "AdminNetworkPolicy",
+                "sandboxes-of-red",
+                json!({"subject": {"pods": {"namespaceSelector": {"matchLabels": {"tenant": "red"}}, "podSelector": {}}},
                        "egress": [{"action": "Allow", "to": []}]}),
             ),
             // Pods of any namespace by the sandbox label, ingress only.
@@ -426,22 +413,22 @@ mod tests {
             namespace_labels: Some(&ns),
             ..Default::default()
         };
-        let report = view.report(&subject(&labels, false));
-        let names: Vec<&str> = report
-            .iter()
-            .map(|e| e.message.split_whitespace().nth(1).unwrap_or_default())
-            .collect();
-        assert_eq!(names, ["open-egress", "monitoring-in"], "{report:#?}");
-        assert_eq!(report[0].field, "network.egress");
-        assert!(
-            report[0]
-                .message
-                .contains("selects this pod with egress allow rules")
+        assert_eq!(
+            lines(&view, false),
+            [(
+                "network.egress+ingress".to_string(),
+                "AdminNetworkPolicies monitoring-in, open-egress: allow this pod more egress and ingress (decided before its NetworkPolicy; an administrator's: reported, not blocked)".to_string()
+            )]
         );
-        assert_eq!(report[1].field, "network.ingress");
         // Ingress rules widen nothing when the sandbox's ingress is open anyway.
-        let report = view.report(&subject(&labels, true));
-        assert_eq!(report.len(), 1, "{report:#?}");
+        let open = lines(&view, true);
+        assert_eq!(open.len(), 1);
+        assert!(
+            open[0]
+                .1
+                .starts_with("AdminNetworkPolicies open-egress: allow this pod more egress ("),
+            "{open:?}"
+        );
         // The namespace's name label is known without reading the namespace.
         let by_name = vec![obj(
             "AdminNetworkPolicy",
@@ -454,9 +441,9 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            view.report(&subject(&labels, false))[0]
-                .message
-                .contains("selects this pod")
+            lines(&view, false)[0]
+                .1
+                .starts_with("AdminNetworkPolicies by-name: allow")
         );
         // Unknown namespace labels: reported as possible.
         let view = AdminPolicies {
@@ -464,21 +451,54 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            view.report(&subject(&labels, false))[0]
-                .message
-                .contains("may select")
+            lines(&view, false)[0]
+                .1
+                .starts_with("AdminNetworkPolicies open-egress: may allow")
+        );
+    }
+
+    #[test]
+    fn many_policies_make_one_bounded_entry_per_kind_in_name_order() {
+        let anps: Vec<_> = ["e", "d", "c", "b", "a"]
+            .iter()
+            .map(|n| {
+                obj(
+                    "AdminNetworkPolicy",
+                    n,
+                    json!({"subject": {"namespaces": {}}, "egress": [{"action": "Allow"}]}),
+                )
+            })
+            .collect();
+        let ns = BTreeMap::new();
+        let view = AdminPolicies {
+            admin_network_policies: Known::Listed(&anps),
+            namespace_labels: Some(&ns),
+            ..Default::default()
+        };
+        let report = lines(&view, false);
+        assert_eq!(report.len(), 1);
+        assert!(
+            report[0]
+                .1
+                .starts_with("AdminNetworkPolicies a, b, c (+2 more): allow"),
+            "{report:?}"
         );
     }
 
     #[test]
     fn cluster_network_policy_admin_tier_accept_rules_are_reported() {
-        let labels = pod();
         let cnps = vec![
             obj(
                 "ClusterNetworkPolicy",
                 "admin",
                 json!({"tier": "Admin", "priority": 5, "subject": {"namespaces": {}},
                        "egress": [{"action": "Accept", "to": [{"networks": ["0.0.0.0/0"]}]}]}),
+            ),
+            obj(
+                "ClusterNetworkPolicy",
+                "admin-in",
+                json!({"tier": "Admin", "priority": 6, "subject": {"pods": {"namespaceSelector": {}, "podSelector": {}}},
+                       "ingress": [{"action": "Accept", "from": [{"namespaces": {}}]}]}),
             ),
             obj(
                 "ClusterNetworkPolicy",
@@ -499,19 +519,22 @@ mod tests {
             namespace_labels: Some(&ns),
             ..Default::default()
         };
-        let report = view.report(&subject(&labels, false));
+        let report = lines(&view, false);
         assert_eq!(report.len(), 1, "{report:#?}");
         assert!(
-            report[0]
-                .message
-                .starts_with("ClusterNetworkPolicy admin selects")
+            report[0].1.starts_with(
+                "ClusterNetworkPolicies admin, admin-in: allow this pod more egress and ingress"
+            ),
+            "{report:?}"
         );
     }
 
     #[test]
     fn cilium_clusterwide_allow_rules_for_the_pod_are_reported() {
-        let labels = pod();
         let ns = BTreeMap::from([("tenant".to_string(), "blue".to_string())]);
+        let mut specs = (*obj("CiliumClusterwideNetworkPolicy", "in-specs", json!(null))).clone();
+        specs.data["specs"] = json!([{"endpointSelector": {"matchExpressions": [{"key": "reserved:host", "operator": "DoesNotExist"}]},
+                                      "egress": [{"toEntities": ["world"]}]}]);
         let ccnps = vec![
             obj(
                 "CiliumClusterwideNetworkPolicy",
@@ -519,6 +542,7 @@ mod tests {
                 json!({"endpointSelector": {"matchLabels": {"io.cilium.k8s.namespace.labels.tenant": "blue"}},
                        "egress": [{"toEntities": ["world"]}]}),
             ),
+            Arc::new(specs),
             obj(
                 "CiliumClusterwideNetworkPolicy",
                 "deny-only",
@@ -541,37 +565,50 @@ mod tests {
             namespace_labels: Some(&ns),
             ..Default::default()
         };
-        let report = view.report(&subject(&labels, false));
+        let report = lines(&view, false);
         assert_eq!(report.len(), 1, "{report:#?}");
         assert!(
-            report[0]
-                .message
-                .starts_with("CiliumClusterwideNetworkPolicy world selects this pod with egress")
+            report[0].1.starts_with(
+                "CiliumClusterwideNetworkPolicies in-specs, world: allow this pod more egress"
+            ),
+            "{report:?}"
         );
+        // Namespace labels unknown: the one that reads them may select.
         let unknown = AdminPolicies {
             cilium_clusterwide: Known::Listed(&ccnps),
             ..Default::default()
         };
+        let report = lines(&unknown, false);
+        assert_eq!(report.len(), 2, "{report:#?}");
         assert!(
-            unknown.report(&subject(&labels, false))[0]
-                .message
-                .contains("may select")
+            report[1]
+                .1
+                .starts_with("CiliumClusterwideNetworkPolicies world: may allow"),
+            "{report:?}"
         );
     }
 
     #[test]
     fn kinds_the_operator_cannot_read_are_reported_on_every_sandbox() {
-        let labels = pod();
         let view = AdminPolicies {
             cilium_clusterwide: Known::Unreadable,
             admin_network_policies: Known::Listing,
             cluster_network_policies: Known::Absent,
             namespace_labels: None,
         };
-        let report = view.report(&subject(&labels, false));
+        let report = lines(&view, false);
         assert_eq!(report.len(), 2, "{report:#?}");
-        assert!(report[0].message.contains("may not list them"));
-        assert!(report[0].message.contains("rbac.cilium"));
-        assert!(report[1].message.contains("not read yet"));
+        assert!(
+            report[0]
+                .1
+                .contains("may not list CiliumClusterwideNetworkPolicies")
+        );
+        assert!(report[0].1.contains("rbac.cilium"));
+        assert!(
+            report[1]
+                .1
+                .contains("AdminNetworkPolicies are not read yet")
+        );
+        assert!(view.listing());
     }
 }

@@ -57,22 +57,99 @@ fn slim<K: kube::Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
-/// Checks the optional CRDs until a check succeeds, then opens `checked`.
-async fn first_facts(client: Client, crds: OptionalCrds, namespace: Option<String>, checked: Gate) {
+/// How often access to the optional kinds is checked again (RBAC may be granted or revoked
+/// without any CRD changing).
+const RECHECK_ACCESS: Duration = Duration::from_secs(300);
+/// The longest the first reconcile waits for the kinds found readable to be listed.
+const FIRST_LIST_WAIT: Duration = Duration::from_secs(60);
+
+/// Checks the optional CRDs until a check succeeds, waits (bounded) until the kinds it may read
+/// are listed, then opens `checked`: no sandbox is decided on a kind still being read. Then
+/// checks again every few minutes, and asks for every sandbox to be reconciled on a change.
+async fn first_facts(
+    client: Client,
+    crds: OptionalCrds,
+    caches: Caches,
+    namespace: Option<String>,
+    checked: Gate,
+    changed: futures::channel::mpsc::UnboundedSender<()>,
+    stop: CancellationToken,
+) {
     let mut wait = Duration::from_millis(500);
     loop {
         match crds.refresh(&client, namespace.as_deref()).await {
-            Ok(_) => {
-                checked.open();
-                return;
-            }
+            Ok(_) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "could not check the optional CRDs; retrying (no sandbox is reconciled until they are known)");
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
                 wait = (wait * 2).min(Duration::from_secs(30));
             }
         }
     }
+    let read = [
+        (&crds.cilium_policies.readable, &caches.cilium_policies),
+        (
+            &crds.cilium_clusterwide.readable,
+            &caches.cilium_clusterwide_policies,
+        ),
+        (
+            &crds.admin_network_policy.readable,
+            &caches.admin_network_policies,
+        ),
+        (
+            &crds.cluster_network_policy.readable,
+            &caches.cluster_network_policies,
+        ),
+        (&crds.namespaces, &caches.namespaces),
+    ];
+    let deadline = tokio::time::Instant::now() + FIRST_LIST_WAIT;
+    while read
+        .iter()
+        .any(|(readable, store)| readable.load(Ordering::SeqCst) && store.get().is_none())
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    checked.open();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RECHECK_ACCESS) => {}
+        }
+        match crds.refresh(&client, namespace.as_deref()).await {
+            Ok(true) => {
+                tracing::info!("access to the optional kinds changed: reconciling every sandbox");
+                let _ = changed.unbounded_send(());
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not check the optional CRDs again"),
+        }
+    }
+}
+
+/// Passes on at most one signal per `period`, however many arrive: many changes to cluster-scoped
+/// policies (a GitOps sync) reconcile every sandbox once, not once per change.
+fn coalesced(
+    mut signals: futures::channel::mpsc::UnboundedReceiver<()>,
+    period: Duration,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    tokio::spawn(async move {
+        while signals.next().await.is_some() {
+            tokio::time::sleep(period).await;
+            while signals.try_recv().is_ok() {}
+            if tx.unbounded_send(()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Which objects of an optional kind are watched, and which sandboxes a change triggers.
@@ -83,11 +160,15 @@ enum Watched {
     /// Every object of a namespaced kind: one without a sandbox owner triggers every sandbox of
     /// its namespace (it may widen them).
     All(Store<AgentSandbox>),
-    /// Every object of a cluster-scoped kind: a change (and the first list) triggers every
-    /// sandbox.
-    Cluster(Store<AgentSandbox>),
-    /// Namespaces: a change triggers the sandboxes in it; the first list, every sandbox.
-    Namespaces(Store<AgentSandbox>),
+    /// Every object of a cluster-scoped kind: a change of its spec (generation), and the first
+    /// list, ask for every sandbox to be reconciled (coalesced).
+    Cluster(futures::channel::mpsc::UnboundedSender<()>),
+    /// Namespaces: a change of labels triggers the sandboxes in it; the first list, every
+    /// sandbox (coalesced).
+    Namespaces(
+        Store<AgentSandbox>,
+        futures::channel::mpsc::UnboundedSender<()>,
+    ),
 }
 
 /// The objects of an optional kind (`ar`, usable while `usable` says so): cached in `cache`
@@ -124,11 +205,14 @@ fn optional_children(
                     watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"))
                 }
                 // Only the watched namespace's labels matter.
-                (Watched::Namespaces(_), Some(ns)) => {
+                (Watched::Namespaces(..), Some(ns)) => {
                     watcher::Config::default().fields(&format!("metadata.name={ns}"))
                 }
                 _ => watcher::Config::default(),
             };
+            // What was last seen of each cluster-scoped object (its generation, or a
+            // namespace's labels): status-only updates trigger nothing.
+            let mut seen: std::collections::HashMap<String, String> = Default::default();
             let writer = reflector::store::Writer::new(ar.clone());
             let reader = writer.as_reader();
             let mut events = reflector::reflector(
@@ -143,10 +227,8 @@ fn optional_children(
                         Some(Ok(event)) => {
                             if matches!(event, watcher::Event::InitDone) {
                                 cache.set(Some(reader.clone()));
-                                if let Watched::Cluster(sandboxes) | Watched::Namespaces(sandboxes) = &watched {
-                                    for s in sandboxes.state() {
-                                        let _ = tx.unbounded_send(ObjectRef::from_obj(&*s));
-                                    }
+                                if let Watched::Cluster(all) | Watched::Namespaces(_, all) = &watched {
+                                    let _ = all.unbounded_send(());
                                 }
                             }
                             // Listed objects trigger their sandboxes too: what was decided
@@ -176,14 +258,20 @@ fn optional_children(
                                     }
                                 }
                                 // The first list triggers every sandbox once, at InitDone.
-                                (Some(_), Watched::Cluster(_) | Watched::Namespaces(_)) if initial => {}
-                                (Some(_), Watched::Cluster(sandboxes)) => {
-                                    for s in sandboxes.state() {
-                                        let _ = tx.unbounded_send(ObjectRef::from_obj(&*s));
+                                (Some(_), Watched::Cluster(_) | Watched::Namespaces(..)) if initial => {
+                                    if let Some(obj) = obj {
+                                        seen.insert(obj.name_any(), fingerprint(obj, &watched));
                                     }
                                 }
-                                (Some(obj), Watched::Namespaces(sandboxes)) => {
-                                    in_namespace(sandboxes, &obj.name_any());
+                                (Some(obj), Watched::Cluster(all)) => {
+                                    if changed(&mut seen, obj, &event, &watched) {
+                                        let _ = all.unbounded_send(());
+                                    }
+                                }
+                                (Some(obj), Watched::Namespaces(sandboxes, _)) => {
+                                    if changed(&mut seen, obj, &event, &watched) {
+                                        in_namespace(sandboxes, &obj.name_any());
+                                    }
                                 }
                             }
                         }
@@ -196,6 +284,34 @@ fn optional_children(
         }
     });
     rx
+}
+
+/// What a change of a cluster-scoped object must differ in to concern sandboxes: a policy's
+/// spec (its generation), a namespace's labels.
+fn fingerprint(obj: &DynamicObject, watched: &Watched) -> String {
+    match watched {
+        Watched::Namespaces(..) => format!("{:?}", obj.labels()),
+        _ => format!(
+            "{}/{}",
+            obj.uid().unwrap_or_default(),
+            obj.metadata.generation.unwrap_or_default()
+        ),
+    }
+}
+
+/// Whether `event` about `obj` changed what sandboxes depend on (remembered in `seen`).
+fn changed(
+    seen: &mut std::collections::HashMap<String, String>,
+    obj: &DynamicObject,
+    event: &watcher::Event<DynamicObject>,
+    watched: &Watched,
+) -> bool {
+    if matches!(event, watcher::Event::Delete(_)) {
+        seen.remove(&obj.name_any());
+        return true;
+    }
+    let now = fingerprint(obj, watched);
+    seen.insert(obj.name_any(), now.clone()).as_ref() != Some(&now)
 }
 
 /// Runs the controllers until `stop` is cancelled, then lets in-flight reconciles finish.
@@ -325,14 +441,20 @@ pub async fn run(
     let service_stream = owned!(Service, service_writer, g_services);
     let claim_stream = owned!(PersistentVolumeClaim, claim_writer, g_claims);
 
-    // Optional CRDs: known before the first reconcile, re-checked when one of them changes.
+    // Optional CRDs: known before the first reconcile, re-checked when one of them changes and
+    // every few minutes.
+    let (crd_trigger_tx, crd_trigger_rx) = futures::channel::mpsc::unbounded::<()>();
     let facts_task = tokio::spawn(first_facts(
         client.clone(),
         optional_crds.clone(),
+        caches.clone(),
         settings.namespace.clone(),
         facts_checked,
+        crd_trigger_tx.clone(),
+        stop.clone(),
     ));
-    let (crd_trigger_tx, crd_trigger_rx) = futures::channel::mpsc::unbounded::<()>();
+    // Changes to cluster-scoped policies and namespaces' first lists: every sandbox, coalesced.
+    let (all_tx, all_rx) = futures::channel::mpsc::unbounded::<()>();
     let crd_watch = {
         let crds = optional_crds.clone();
         let client = client.clone();
@@ -369,7 +491,7 @@ pub async fn run(
         client.clone(),
         settings.namespace.clone(),
         super::act::cilium_resource(),
-        optional_crds.cilium.clone(),
+        optional_crds.cilium_policies.readable.clone(),
         caches.cilium_policies.clone(),
         // Others' Cilium policies may widen a sandbox: all of them are watched.
         Watched::All(caches.sandboxes.clone()),
@@ -382,7 +504,7 @@ pub async fn run(
             super::admin::AdminKind::CiliumClusterwide.resource(),
             optional_crds.cilium_clusterwide.readable.clone(),
             caches.cilium_clusterwide_policies.clone(),
-            Watched::Cluster(caches.sandboxes.clone()),
+            Watched::Cluster(all_tx.clone()),
             stop.clone(),
         )
         .boxed(),
@@ -392,7 +514,7 @@ pub async fn run(
             super::admin::AdminKind::AdminNetworkPolicy.resource(),
             optional_crds.admin_network_policy.readable.clone(),
             caches.admin_network_policies.clone(),
-            Watched::Cluster(caches.sandboxes.clone()),
+            Watched::Cluster(all_tx.clone()),
             stop.clone(),
         )
         .boxed(),
@@ -402,7 +524,7 @@ pub async fn run(
             super::admin::AdminKind::ClusterNetworkPolicy.resource(),
             optional_crds.cluster_network_policy.readable.clone(),
             caches.cluster_network_policies.clone(),
-            Watched::Cluster(caches.sandboxes.clone()),
+            Watched::Cluster(all_tx.clone()),
             stop.clone(),
         )
         .boxed(),
@@ -412,7 +534,7 @@ pub async fn run(
             ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&()),
             optional_crds.namespaces.clone(),
             caches.namespaces.clone(),
-            Watched::Namespaces(caches.sandboxes.clone()),
+            Watched::Namespaces(caches.sandboxes.clone(), all_tx.clone()),
             stop.clone(),
         )
         .boxed(),
@@ -465,7 +587,10 @@ pub async fn run(
         .reconcile_on(cilium_triggers)
         .reconcile_on(seccomp_triggers)
         .reconcile_on(admin_triggers)
-        .reconcile_all_on(crd_trigger_rx)
+        .reconcile_all_on(futures::stream::select(
+            crd_trigger_rx,
+            coalesced(all_rx, Duration::from_secs(1)),
+        ))
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(sandbox::reconcile, sandbox::error_policy, ctx.clone())

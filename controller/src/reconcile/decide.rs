@@ -13,7 +13,6 @@ use jiff::Timestamp;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
-use kube::api::DynamicObject;
 
 use crate::api::policy::DefaultAction;
 use crate::api::sandbox::RestartPolicy;
@@ -25,7 +24,8 @@ use crate::render::{
     BlockReason, CheckedPolicy, ClusterFacts, Plan, check_policy, compile_checked,
 };
 
-use super::admin::{AdminPolicies, Subject};
+use super::admin::{AdminPolicies, Known, Subject};
+use super::cilium::{Endpoint, Match};
 use super::lifetime::Lifetime;
 use super::live::{Guard, LiveIsolation, LivePod, PodPhase};
 use super::ownership::controlled_by;
@@ -48,8 +48,8 @@ pub struct Observed<'a> {
     pub facts: &'a ClusterFacts,
     /// The NetworkPolicies of the sandbox's namespace.
     pub network_policies: &'a [Arc<NetworkPolicy>],
-    /// The CiliumNetworkPolicies of the sandbox's namespace (empty without Cilium).
-    pub cilium_policies: &'a [Arc<DynamicObject>],
+    /// The CiliumNetworkPolicies of the sandbox's namespace, as far as they are known.
+    pub cilium_policies: Known<'a>,
     /// Cluster-scoped policies of an administrator that may allow the pod more (reported).
     pub admin: AdminPolicies<'a>,
     /// The sandbox's isolating NetworkPolicy, if it exists.
@@ -282,18 +282,45 @@ pub fn decide(o: &Observed) -> Decision {
         return Decision::new(Step::RemovePod, outcome, lifetime, record)
             .confirm(Confirm::NetworkPolicies);
     }
-    let endpoint = super::cilium::endpoint_labels(&labels, &namespace, &service_account);
-    if let Some(other) = super::cilium::widening_cilium_policy(
-        o.cilium_policies,
+    let endpoint = Endpoint::new(
+        &labels,
+        &namespace,
+        &service_account,
+        o.admin.namespace_labels,
+    );
+    let cilium_policies = match o.cilium_policies {
+        Known::Absent => &[][..],
+        Known::Listed(policies) => policies,
+        Known::Unreadable => {
+            let outcome = Outcome::blocked(
+                "NetworkPoliciesUnreadable",
+                "Cilium is installed but the operator may not list CiliumNetworkPolicies: another one could widen what the sandbox may reach (grant list and watch, e.g. the chart's rbac.cilium)",
+            )
+            .not_isolated(None)
+            .with_plan(facts);
+            return Decision::new(Step::RemovePod, outcome, lifetime, record);
+        }
+        // Not read yet (the CRD just appeared): nothing is started until they are.
+        Known::Listing => &[][..],
+    };
+    let cilium_listing = matches!(o.cilium_policies, Known::Listing);
+    if let Some((other, how)) = super::cilium::widening_cilium_policy(
+        cilium_policies,
         &crate::render::network::fqdn_policy_name(&sandbox.name_any()),
         &sandbox.uid().unwrap_or_default(),
         &endpoint,
         ingress_open,
     ) {
+        let selects = match how {
+            Match::Yes => "also selects the sandbox's pod",
+            _ => {
+                "may also select the sandbox's pod (by namespace or cluster labels the operator cannot read)"
+            }
+        };
         let outcome = Outcome::blocked(
             "AdditionalNetworkPolicy",
             format!(
-                "CiliumNetworkPolicy {other} also selects the sandbox's pod with allow rules; Cilium adds policies up, so it could only widen what the sandbox may reach"
+                "CiliumNetworkPolicy {other} {selects} with allow rules; Cilium adds policies up, so it could only widen what the sandbox may reach"
             ),
         )
         .not_isolated(None)
@@ -351,6 +378,7 @@ pub fn decide(o: &Observed) -> Decision {
         plan,
         facts,
         expires_at,
+        hold: cilium_listing,
     }
     .decide(lifetime, record)
 }
@@ -362,9 +390,22 @@ struct PodDecision<'a> {
     plan: Plan,
     facts: PlanFacts,
     expires_at: Option<Timestamp>,
+    /// Others' policies that could widen the pod are not read yet: no pod starts until they
+    /// are (one running already is kept).
+    hold: bool,
 }
 
 impl PodDecision<'_> {
+    fn held(&self, lifetime: Lifetime, record: PodRecord) -> Decision {
+        let outcome = self
+            .starting(
+                "Starting",
+                "reading the namespace's CiliumNetworkPolicies before the pod starts",
+            )
+            .requeue_in(Duration::from_secs(2));
+        self.run(PodStep::Later, outcome, lifetime, record)
+    }
+
     fn starting(&self, reason: &str, message: &str) -> Outcome {
         let mut outcome = Outcome::new(SandboxPhase::Starting, reason, message);
         outcome.plan = Some(self.facts.clone());
@@ -410,6 +451,9 @@ impl PodDecision<'_> {
                     )
                     .requeue_in(wait);
                 return self.run(PodStep::Later, outcome, lifetime, record);
+            }
+            if self.hold {
+                return self.held(lifetime, record);
             }
             let outcome = self.starting("Starting", "creating the pod");
             return self.run(PodStep::Create, outcome, lifetime, record);
@@ -561,6 +605,9 @@ impl PodDecision<'_> {
             _ => {}
         }
         if pod.gate.is_some() {
+            if self.hold {
+                return self.held(lifetime, record);
+            }
             let outcome = self.starting(
                 "Starting",
                 "confirming the isolating NetworkPolicy before the pod is scheduled",
@@ -770,7 +817,7 @@ mod tests {
             policy,
             facts: &facts,
             network_policies: &[],
-            cilium_policies: &[],
+            cilium_policies: Known::Absent,
             admin: AdminPolicies::default(),
             isolation,
             pod,
@@ -841,7 +888,7 @@ mod tests {
             policy: PolicyState::Found(&p),
             facts: &facts,
             network_policies: nps,
-            cilium_policies: &[],
+            cilium_policies: Known::Absent,
             admin: AdminPolicies::default(),
             isolation: None,
             pod,
@@ -902,7 +949,7 @@ mod tests {
         let s = sandbox(None, false);
         let p = policy();
         let facts = facts();
-        let anp: Arc<DynamicObject> = Arc::new(
+        let anp: Arc<kube::api::DynamicObject> = Arc::new(
             serde_json::from_value(serde_json::json!({
                 "apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
                 "metadata": {"name": "allow-world"},
@@ -918,9 +965,9 @@ mod tests {
             policy: PolicyState::Found(&p),
             facts: &facts,
             network_policies: &[],
-            cilium_policies: &[],
+            cilium_policies: Known::Absent,
             admin: AdminPolicies {
-                admin_network_policies: super::super::admin::Known::Listed(&anps),
+                admin_network_policies: Known::Listed(&anps),
                 namespace_labels: Some(&ns_labels),
                 ..Default::default()
             },
@@ -939,10 +986,102 @@ mod tests {
             .and_then(|p| p.enforcement)
             .expect("an enforcement report");
         assert!(
-            report.not_enforced[0].message.starts_with(
-                "AdminNetworkPolicy allow-world selects this pod with egress allow rules"
-            ),
+            report.not_enforced[0]
+                .message
+                .starts_with("AdminNetworkPolicies allow-world: allow this pod more egress"),
             "{report:#?}"
+        );
+    }
+
+    fn decide_with_cilium(cilium: Known, pod: Option<&LivePod>) -> Decision {
+        let isolation = LiveIsolation {
+            uid: "np".into(),
+            ours: true,
+            deleting: false,
+        };
+        let s = sandbox(None, false);
+        let p = policy();
+        let facts = facts();
+        decide(&Observed {
+            sandbox: &s,
+            policy: PolicyState::Found(&p),
+            facts: &facts,
+            network_policies: &[],
+            cilium_policies: cilium,
+            admin: AdminPolicies::default(),
+            isolation: pod.map(|_| &isolation),
+            pod,
+            now: t(1000),
+        })
+    }
+
+    #[test]
+    fn cilium_policies_that_cannot_be_read_block_and_unread_ones_hold_the_pod() {
+        // Cilium installed, its policies not readable: another could widen the pod.
+        let d = decide_with_cilium(Known::Unreadable, None);
+        assert_eq!(d.step, Step::RemovePod);
+        assert_eq!(d.outcome.reason, "NetworkPoliciesUnreadable");
+        // Not read yet: no pod is created, none is let through its gate; nothing is removed.
+        let d = decide_with_cilium(Known::Listing, None);
+        assert!(
+            matches!(d.step, Step::Run(_, PodStep::Later)),
+            "{:?}",
+            d.step
+        );
+        assert!(d.outcome.message.contains("CiliumNetworkPolicies"));
+        // Read: the pod is created.
+        let d = decide_with_cilium(Known::Listed(&[]), None);
+        let Step::Run(plan, PodStep::Create) = d.step else {
+            panic!("{:?}", d.step);
+        };
+        // A pod waiting at its gate is let through once they are read, not before.
+        let mut pod = plan.pod.clone();
+        pod.metadata.uid = Some("pod".into());
+        pod.metadata.owner_references = Some(vec![
+            serde_json::from_value(serde_json::json!({"apiVersion": "palisade.dev/v1alpha1",
+                "kind": "AgentSandbox", "name": "a", "uid": "sb", "controller": true}))
+            .unwrap(),
+        ]);
+        pod.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("palisade.dev/network-policy-uid".into(), "np".into());
+        let gated = LivePod::read(&pod, "sb");
+        assert_eq!(gated.gate, Some(0));
+        let d = decide_with_cilium(Known::Listed(&[]), Some(&gated));
+        assert!(
+            matches!(d.step, Step::Run(_, PodStep::Ungate)),
+            "{:?}",
+            d.step
+        );
+        let d = decide_with_cilium(Known::Listing, Some(&gated));
+        assert!(
+            matches!(d.step, Step::Run(_, PodStep::Later)),
+            "{:?}",
+            d.step
+        );
+    }
+
+    #[test]
+    fn a_cilium_policy_that_may_select_the_pod_blocks_it() {
+        // It selects by a namespace label the operator cannot read (no namespace watch).
+        let cnp: Arc<kube::api::DynamicObject> = Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+                "metadata": {"name": "by-tenant", "namespace": "ns"},
+                "spec": {"endpointSelector": {"matchLabels": {"k8s:io.cilium.k8s.namespace.labels.tenant": "blue"}},
+                         "egress": [{"toEntities": ["world"]}]}
+            }))
+            .unwrap(),
+        );
+        let cnps = [cnp];
+        let d = decide_with_cilium(Known::Listed(&cnps), None);
+        assert_eq!(d.step, Step::RemovePod);
+        assert_eq!(d.outcome.reason, "AdditionalNetworkPolicy");
+        assert!(
+            d.outcome.message.contains("by-tenant may also select"),
+            "{}",
+            d.outcome.message
         );
     }
 

@@ -38,12 +38,16 @@ pub const OPTIONAL_CRDS: [&str; 5] = [
 pub struct OptionalCrds {
     pub seccomp_profile: Arc<AtomicBool>,
     pub cilium: Arc<AtomicBool>,
+    /// CiliumNetworkPolicies, read (list, watch) to find others' that could widen a sandbox:
+    /// while Cilium is installed and they cannot be read, sandboxes are blocked.
+    pub cilium_policies: ReadOnly,
     /// Cluster-scoped policies of others that may allow a sandbox more (read only).
     pub cilium_clusterwide: ReadOnly,
     pub admin_network_policy: ReadOnly,
     pub cluster_network_policy: ReadOnly,
-    /// Namespaces are watched (their labels) while one of the read-only kinds is readable and
-    /// the operator may list and watch namespaces.
+    /// Namespaces are watched (their labels, which Cilium and admin policies select by) while
+    /// one of the read kinds is readable and the operator may list and watch namespaces (the
+    /// watched one, with `--namespace`).
     pub namespaces: Arc<AtomicBool>,
 }
 
@@ -72,9 +76,10 @@ impl OptionalCrds {
         client: &Client,
         namespace: Option<&str>,
     ) -> Result<bool, kube::Error> {
-        let backends = self.refresh_backends(client, namespace).await?;
-        let read_only = self.refresh_read_only(client).await?;
-        Ok(backends || read_only)
+        // Both are looked at even when one fails, so no change is lost.
+        let backends = self.refresh_backends(client, namespace).await;
+        let read_only = self.refresh_read_only(client, namespace).await;
+        Ok(backends? | read_only?)
     }
 
     /// Only the backends the operator writes (what blocks a sandbox when missing).
@@ -84,29 +89,42 @@ impl OptionalCrds {
         namespace: Option<&str>,
     ) -> Result<bool, kube::Error> {
         let mut changed = false;
-        for (crd, group, resource, flag) in [
-            (
-                SECCOMP_PROFILE_CRD,
+        let spo = installed(client, SECCOMP_PROFILE_CRD).await?;
+        let usable = spo
+            && allowed(
+                client,
                 "security-profiles-operator.x-k8s.io",
                 "seccompprofiles",
-                &self.seccomp_profile,
-            ),
-            (
-                CILIUM_POLICY_CRD,
+                &["create", "patch"],
+                namespace,
+                None,
+            )
+            .await?;
+        changed |= self.seccomp_profile.swap(usable, Ordering::SeqCst) != usable;
+        let cilium = installed(client, CILIUM_POLICY_CRD).await?;
+        let cnp = |verbs| {
+            allowed(
+                client,
                 "cilium.io",
                 "ciliumnetworkpolicies",
-                &self.cilium,
-            ),
-        ] {
-            let usable = installed(client, crd).await?
-                && allowed(client, group, resource, &["create", "patch"], namespace).await?;
-            changed |= flag.swap(usable, Ordering::SeqCst) != usable;
-        }
+                verbs,
+                namespace,
+                None,
+            )
+        };
+        let usable = cilium && cnp(&["create", "patch"]).await?;
+        changed |= self.cilium.swap(usable, Ordering::SeqCst) != usable;
+        let readable = cilium && cnp(&["list", "watch"]).await?;
+        changed |= self.cilium_policies.set(cilium, readable);
         Ok(changed)
     }
 
     /// Only the kinds the operator reads (reported, never blocking).
-    async fn refresh_read_only(&self, client: &Client) -> Result<bool, kube::Error> {
+    async fn refresh_read_only(
+        &self,
+        client: &Client,
+        namespace: Option<&str>,
+    ) -> Result<bool, kube::Error> {
         let mut changed = false;
         for (crd, group, resource, flag) in [
             (
@@ -129,19 +147,29 @@ impl OptionalCrds {
             ),
         ] {
             let is_installed = installed(client, crd).await?;
-            let readable =
-                is_installed && allowed(client, group, resource, &["list", "watch"], None).await?;
+            let readable = is_installed
+                && allowed(client, group, resource, &["list", "watch"], None, None).await?;
             changed |= flag.set(is_installed, readable);
         }
         let any_readable = [
+            &self.cilium_policies,
             &self.cilium_clusterwide,
             &self.admin_network_policy,
             &self.cluster_network_policy,
         ]
         .iter()
         .any(|k| k.readable.load(Ordering::SeqCst));
-        let namespaces =
-            any_readable && allowed(client, "", "namespaces", &["list", "watch"], None).await?;
+        // Watching one namespace, only that one is read (a field selector on its name).
+        let namespaces = any_readable
+            && allowed(
+                client,
+                "",
+                "namespaces",
+                &["list", "watch"],
+                None,
+                namespace,
+            )
+            .await?;
         changed |= self.namespaces.swap(namespaces, Ordering::SeqCst) != namespaces;
         Ok(changed)
     }
@@ -152,13 +180,15 @@ async fn installed(client: &Client, crd: &str) -> Result<bool, kube::Error> {
     Ok(crds.get_opt(crd).await?.is_some())
 }
 
-/// Whether the operator may do each of `verbs` on `resource` (in `namespace`, or everywhere).
+/// Whether the operator may do each of `verbs` on `resource` (in `namespace`, or everywhere;
+/// the one called `name`, or all).
 async fn allowed(
     client: &Client,
     group: &str,
     resource: &str,
     verbs: &[&str],
     namespace: Option<&str>,
+    name: Option<&str>,
 ) -> Result<bool, kube::Error> {
     let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
     for verb in verbs {
@@ -169,6 +199,7 @@ async fn allowed(
                     resource: Some(resource.into()),
                     verb: Some((*verb).into()),
                     namespace: namespace.map(String::from),
+                    name: name.map(String::from),
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -27,8 +27,10 @@ use crate::render::network::isolation_name;
 use super::act::{Acted, Failed, act};
 use super::admin::{AdminPolicies, Read};
 use super::backoff::Backoff;
+use super::caches::OptionalStore;
 use super::children::{self, Grace, may_widen};
 use super::decide::{Confirm, Decision, Observed, PolicyState, Step, decide, selects};
+use super::facts::ReadOnly;
 use super::live::{LiveIsolation, LivePod};
 use super::ownership::{controlled_by, controlling_sandbox};
 use super::record::PodRecord;
@@ -41,7 +43,7 @@ struct Reading {
     unreadable: Option<String>,
     runtime_classes: Option<BTreeMap<String, String>>,
     network_policies: Vec<Arc<NetworkPolicy>>,
-    cilium_policies: Vec<Arc<DynamicObject>>,
+    cilium_policies: Read,
     /// Cluster-scoped policies: CiliumClusterwide, AdminNetworkPolicy, ClusterNetworkPolicy.
     admin: [Read; 3],
     namespace_labels: Option<BTreeMap<String, String>>,
@@ -65,7 +67,7 @@ impl Reading {
             },
             facts,
             network_policies: &self.network_policies,
-            cilium_policies: &self.cilium_policies,
+            cilium_policies: self.cilium_policies.known(),
             admin: AdminPolicies {
                 cilium_clusterwide: self.admin[0].known(),
                 admin_network_policies: self.admin[1].known(),
@@ -87,6 +89,24 @@ fn isolation_of(np: &NetworkPolicy, sandbox_uid: &str) -> LiveIsolation {
     }
 }
 
+/// What the operator holds of a kind it reads: all of it, or those of `namespace`.
+fn read(kind: &ReadOnly, store: &OptionalStore, namespace: Option<&str>) -> Read {
+    if !kind.installed.load(Ordering::SeqCst) {
+        Read::Absent
+    } else if !kind.readable.load(Ordering::SeqCst) {
+        Read::Unreadable
+    } else {
+        store.get().map_or(Read::Listing, |s| {
+            Read::Listed(
+                s.state()
+                    .into_iter()
+                    .filter(|p| namespace.is_none() || p.namespace().as_deref() == namespace)
+                    .collect(),
+            )
+        })
+    }
+}
+
 /// What the caches hold about the sandbox.
 fn observe(ctx: &Ctx, sandbox: &AgentSandbox, ns: &str, uid: &str) -> Reading {
     let c = &ctx.caches;
@@ -101,34 +121,14 @@ fn observe(ctx: &Ctx, sandbox: &AgentSandbox, ns: &str, uid: &str) -> Reading {
         .into_iter()
         .filter(|np| np.namespace().as_deref() == Some(ns))
         .collect();
-    let cilium_policies: Vec<Arc<DynamicObject>> = c
-        .cilium_policies
-        .get()
-        .map(|store| {
-            store
-                .state()
-                .into_iter()
-                .filter(|p| p.namespace().as_deref() == Some(ns))
-                .collect()
-        })
-        .unwrap_or_default();
     let crds = &ctx.optional_crds;
     let admin = [
         (&crds.cilium_clusterwide, &c.cilium_clusterwide_policies),
         (&crds.admin_network_policy, &c.admin_network_policies),
         (&crds.cluster_network_policy, &c.cluster_network_policies),
     ]
-    .map(|(kind, store)| {
-        if !kind.installed.load(Ordering::SeqCst) {
-            Read::Absent
-        } else if !kind.readable.load(Ordering::SeqCst) {
-            Read::Unreadable
-        } else {
-            store
-                .get()
-                .map_or(Read::Listing, |s| Read::Listed(s.state()))
-        }
-    });
+    .map(|(kind, store)| read(kind, store, None));
+    let cilium_policies = read(&crds.cilium_policies, &c.cilium_policies, Some(ns));
     let namespace_labels = c.namespaces.get().and_then(|store| {
         let namespace = ObjectRef::new_with(ns, ApiResource::erase::<Namespace>(&()));
         store.get(&namespace).map(|n| n.labels().clone())
