@@ -53,7 +53,9 @@ TARGETS=(
   "kubectl|kubernetes|k8s.io/kubernetes/cmd/kubectl|${k8s_x}"
   "kwok|kwok|sigs.k8s.io/kwok/cmd/kwok|-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION}"
   "helm|helm|helm.sh/helm/v3/cmd/helm|${helm_x}"
-  # The real node (node.sh).
+)
+# The real node (node.sh), built when it is on (PALISADE_E2E_NODE=1).
+NODE_TARGETS=(
   "kubelet|kubernetes|k8s.io/kubernetes/cmd/kubelet|${k8s_x}"
   "kube-proxy|kubernetes|k8s.io/kubernetes/cmd/kube-proxy|${k8s_x}"
   "containerd|containerd|github.com/containerd/containerd/v2/cmd/containerd|${containerd_x}"
@@ -71,6 +73,7 @@ TARGETS=(
   "crane|crane|github.com/google/go-containerregistry/cmd/crane|"
   "probe|../probe|palisade.dev/e2e/cluster/probe|"
 )
+[[ "${NODE_ENABLED}" != 1 ]] || TARGETS+=("${NODE_TARGETS[@]}")
 
 # A binary is up to date when it exists and its stamp matches the hash of its
 # build module (go.mod + go.sum) and flags.

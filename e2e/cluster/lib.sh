@@ -27,6 +27,10 @@ GVISOR_VERSION="$(tool_version gvisor gvisor.dev/gvisor)"
 KUBE_ROUTER_VERSION="$(tool_version kube-router github.com/cloudnativelabs/kube-router/v2)"
 COREDNS_VERSION="$(tool_version coredns github.com/coredns/coredns)"
 
+# The real node (node.sh): off unless PALISADE_E2E_NODE=1 (it needs root: network namespaces,
+# cgroups, mounts; and iptables, ipset, conntrack and runc from Debian).
+NODE_ENABLED="${PALISADE_E2E_NODE:-0}"
+
 E2E_CACHE="${PALISADE_E2E_CACHE:-${HOME}/.cache/palisade/e2e}"
 BIN_DIR="${E2E_CACHE}/${K8S_VERSION}/bin"
 

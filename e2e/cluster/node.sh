@@ -16,6 +16,22 @@ NODE_WORLD_IF="pal-world"
 NODE_WORLD_IP="10.250.1.1"
 WORLD_IP="10.250.1.2"
 NODE_POD_CIDR="10.245.0.0/24"
+# Every address of the node's world: links (10.250.x), pods (10.244/14 holds the fake nodes'
+# ranges too); the host routes these into the node's link only.
+NODE_RANGES="10.244.0.0/14"
+NODE_LINKS="10.250.0.0/16"
+# The host's iptables rules for the node, in a chain of their own (PALISADE-NODE, jumped to from
+# OUTPUT and FORWARD; created by node_network_up, removed by node_network_down).
+HOST_CHAIN="PALISADE-NODE"
+HOST_RULES=(
+  "-o lo -j RETURN"
+  "-i ${HOST_IF} -o ${HOST_IF} -j DROP"
+  "-i ${HOST_IF} -j DROP"
+  "-o ${HOST_IF} -m conntrack --ctstate NEW,ESTABLISHED,RELATED -j RETURN"
+  "-d ${NODE_RANGES} -j DROP"
+  "-d ${NODE_LINKS} -j DROP"
+  "-s ${HOST_IP} -j DROP"
+)
 CLUSTER_DNS_IP="10.96.0.10"
 REGISTRY="${HOST_IP}:5000"
 # The outside world's test servers: documentation addresses (RFC 5737) and a fake metadata
@@ -31,7 +47,7 @@ CONTAINERD_SOCK="${NODE_DIR}/containerd/containerd.sock"
 
 # Processes of the node, in start order (down.sh stops them in reverse). Each runs a binary of
 # its own name (component_pid checks the executable), copied into NODE_BIN where needed.
-NODE_COMPONENTS=(world-servers api-forwarder registry containerd kubelet kube-proxy kube-router)
+NODE_COMPONENTS=(world-servers world-dns api-forwarder registry containerd kubelet kube-proxy kube-router)
 
 in_node() { nsenter --net="/run/netns/${NODE_NS}" -- "$@"; }
 in_world() { nsenter --net="/run/netns/${WORLD_NS}" -- "$@"; }
@@ -62,11 +78,21 @@ node_network_up() {
   ip link add "${HOST_IF}" type veth peer name eth0 netns "${NODE_NS}"
   ip addr add "${HOST_IP}/30" dev "${HOST_IF}"
   ip link set "${HOST_IF}" up
-  # The host never forwards what comes from the node (it has nowhere to go).
-  iptables -C FORWARD -i "${HOST_IF}" -j DROP 2>/dev/null ||
-    iptables -I FORWARD -i "${HOST_IF}" -j DROP
-  iptables -C FORWARD -o "${HOST_IF}" -j DROP 2>/dev/null ||
-    iptables -I FORWARD -o "${HOST_IF}" -j DROP
+  # The host never forwards what comes from the node (it has nowhere to go), answers the node's
+  # ranges only through the link (pods and the node reach the API server forwarder here), and
+  # drops anything else for those ranges or from its own end of the link: a reply can never
+  # leave by the machine's default route.
+  ip route replace "${NODE_RANGES}" via "${NODE_IP}" dev "${HOST_IF}"
+  ip route replace "${NODE_LINKS}" via "${NODE_IP}" dev "${HOST_IF}"
+  node_host_rules_down
+  iptables -N "${HOST_CHAIN}"
+  local rule
+  for rule in "${HOST_RULES[@]}"; do
+    # shellcheck disable=SC2086 # a rule is words
+    iptables -A "${HOST_CHAIN}" ${rule}
+  done
+  iptables -I OUTPUT -j "${HOST_CHAIN}"
+  iptables -I FORWARD -j "${HOST_CHAIN}"
   ip netns exec "${NODE_NS}" ip addr add "${NODE_IP}/30" dev eth0
   ip netns exec "${NODE_NS}" ip link set eth0 up
   ip netns exec "${NODE_NS}" ip link add "${NODE_WORLD_IF}" type veth peer name eth0 netns "${WORLD_NS}"
@@ -84,6 +110,9 @@ node_network_up() {
   ip netns exec "${WORLD_NS}" ip route add 10.244.0.0/14 via "${NODE_WORLD_IP}"
   ip netns exec "${WORLD_NS}" ip route add 10.250.0.0/24 via "${NODE_WORLD_IP}"
   ip netns exec "${NODE_NS}" sysctl -qw net.ipv4.ip_forward=1
+  # Pods reach the host's end of the link (API server forwarder, registry) as the node.
+  ip netns exec "${NODE_NS}" iptables -t nat -A POSTROUTING -s "${NODE_RANGES}" -d "${HOST_IP}" \
+    -j MASQUERADE
   # Bridged pod traffic goes through iptables (kube-proxy, kube-router).
   modprobe br_netfilter 2>/dev/null || true
   ip netns exec "${NODE_NS}" sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
@@ -92,14 +121,25 @@ node_network_up() {
       die "network namespace ${ns} has a route out of the machine; refusing to start the node"
     fi
   done
+  # And the host sends what is meant for the node's ranges into the link, nowhere else.
+  [[ "$(ip -4 route get 10.245.0.9 2>/dev/null)" == *" dev ${HOST_IF} "* ]] ||
+    die "the host does not route the node's pod range into ${HOST_IF}; refusing to start the node"
 }
 
 node_network_down() {
   ip netns del "${NODE_NS}" 2>/dev/null || true
   ip netns del "${WORLD_NS}" 2>/dev/null || true
   ip link del "${HOST_IF}" 2>/dev/null || true
-  while iptables -D FORWARD -i "${HOST_IF}" -j DROP 2>/dev/null; do :; done
-  while iptables -D FORWARD -o "${HOST_IF}" -j DROP 2>/dev/null; do :; done
+  ip route del "${NODE_RANGES}" 2>/dev/null || true
+  ip route del "${NODE_LINKS}" 2>/dev/null || true
+  node_host_rules_down
+}
+
+node_host_rules_down() {
+  while iptables -D OUTPUT -j "${HOST_CHAIN}" 2>/dev/null; do :; done
+  while iptables -D FORWARD -j "${HOST_CHAIN}" 2>/dev/null; do :; done
+  iptables -F "${HOST_CHAIN}" 2>/dev/null || true
+  iptables -X "${HOST_CHAIN}" 2>/dev/null || true
 }
 
 # Unmounts everything under the node's directory (pods' volumes, containerd's snapshots), the
@@ -120,7 +160,9 @@ node_start() { # <netns or ""> <component> <binary> <args...>
   shift 3
   local -a wrap=()
   [[ -z "${ns}" ]] || wrap=(nsenter "--net=/run/netns/${ns}" --)
-  "${LAUNCH[@]}" "${wrap[@]}" "${bin}" "$@" </dev/null >>"${LOG_DIR}/${c}.log" 2>&1 &
+  # The usual umask, whatever the caller's: containerd creates containers' root folders, which
+  # their non-root users must be able to enter.
+  (umask 022 && exec "${LAUNCH[@]}" "${wrap[@]}" "${bin}" "$@") </dev/null >>"${LOG_DIR}/${c}.log" 2>&1 &
   pid=$!
   echo "${pid}" >"${PID_DIR}/${c}.pid"
   started=1
@@ -177,6 +219,8 @@ oom_score = 0
   address = "${CONTAINERD_SOCK}.ttrpc"
 [plugins."io.containerd.cri.v1.runtime"]
   enable_selinux = false
+  # Pods' network namespaces live in the node's folder (unmounted with it), not /run/netns.
+  netns_mounts_under_state_dir = true
   # A container's oom_score_adj is never below containerd's (0): lowering one needs
   # CAP_SYS_RESOURCE, which this machine does not grant.
   restrict_oom_score_adj = true
@@ -242,7 +286,7 @@ node_kill_leftovers() {
     p="${p#/proc/}"
     [[ "${p}" == "$$" ]] && continue
     if grep -qs ":/kubepods" "/proc/${p}/cgroup" ||
-      tr '\0' ' ' <"/proc/${p}/cmdline" 2>/dev/null | grep -qF -- "${NODE_DIR}/"; then
+      tr '\0' ' ' 2>/dev/null <"/proc/${p}/cmdline" | grep -qF -- "${NODE_DIR}/"; then
       kill -KILL "${p}" 2>/dev/null || true
     fi
   done
@@ -256,21 +300,24 @@ node_down() {
   node_network_down
 }
 
-# An image of the probe, pushed to the local registry: <repository:tag> <entrypoint...>.
+# An image of one static binary (in /usr/local/bin), pushed to the local registry:
+# <repository:tag> <binary> <entrypoint...>.
 node_image() {
-  local ref="$1" work
-  shift
+  local ref="$1" binary="$2" work
+  shift 2
   work="$(mktemp -d "${NODE_DIR}/image.XXXXXX")"
   mkdir -p "${work}/root/usr/local/bin" "${work}/root/tmp" "${work}/root/etc/palisade-demo"
-  cp "${BIN_DIR}/probe" "${work}/root/usr/local/bin/probe"
+  cp "${binary}" "${work}/root/usr/local/bin/"
+  # Readable by the sandboxes' non-root users (mktemp made the folder private).
+  chmod -R a+rX,go-w "${work}/root"
   chmod 1777 "${work}/root/tmp"
   tar --owner=0 --group=0 --numeric-owner -C "${work}/root" -cf "${work}/layer.tar" .
   local entry
   entry="$(IFS=,; echo "$*")"
   "${BIN_DIR}/crane" append --insecure --platform linux/amd64 -f "${work}/layer.tar" \
-    -t "${REGISTRY}/${ref}" >/dev/null
+    -t "${REGISTRY}/${ref}" >/dev/null 2>>"${LOG_DIR}/crane.log"
   "${BIN_DIR}/crane" mutate --insecure --entrypoint="${entry}" \
-    --env PATH=/usr/local/bin:/usr/bin:/bin "${REGISTRY}/${ref}" >/dev/null
+    --env PATH=/usr/local/bin:/usr/bin:/bin "${REGISTRY}/${ref}" >/dev/null 2>>"${LOG_DIR}/crane.log"
   rm -rf "${work}"
 }
 
@@ -305,8 +352,12 @@ http:
 YAML
   node_start "" registry "${BIN_DIR}/registry" serve "${NODE_DIR}/registry.yaml"
   wait_for registry "the registry at ${REGISTRY}" curl -fsS "http://${REGISTRY}/v2/"
-  node_image pause:1 /usr/local/bin/probe pause
-  node_image palisade-e2e/probe:1 /usr/local/bin/probe check
+  node_image pause:1 "${BIN_DIR}/probe" /usr/local/bin/probe pause
+  node_image palisade-e2e/probe:1 "${BIN_DIR}/probe" /usr/local/bin/probe check
+  node_image "coredns:${COREDNS_VERSION}" "${BIN_DIR}/coredns" /usr/local/bin/coredns
+  sed "s/@WORLD_IP@/${WORLD_IP}/g" "${CLUSTER_DIR}/node/world.Corefile" >"${NODE_DIR}/world.Corefile"
+  node_start "${WORLD_NS}" world-dns "$(node_binary world-dns "${BIN_DIR}/coredns")" \
+    -conf "${NODE_DIR}/world.Corefile"
 
   node_containerd_config
   PATH="${BIN_DIR}:${PATH}" node_start "${NODE_NS}" containerd "${BIN_DIR}/containerd" \
@@ -365,6 +416,7 @@ imageGCHighThresholdPercent: 100
 protectKernelDefaults: false
 makeIPTablesUtilChains: true
 maxPods: 60
+podLogsDir: ${NODE_DIR}/pod-logs
 YAML
   node_start "${NODE_NS}" kubelet "${BIN_DIR}/kubelet" \
     --config="${CONF}/kubelet.yaml" \
@@ -400,6 +452,16 @@ YAML
     --health-port=0 --metrics-port=0 \
     --v="${VERBOSITY}"
   wait_for kubelet "node ${NODE_NAME} to be Ready" node_ready
+
+  # The cluster DNS runs on the real node (kube-system asks for it).
+  "${KUBECTL[@]}" annotate --overwrite namespace kube-system \
+    scheduler.alpha.kubernetes.io/node-selector=palisade.dev/node=real >/dev/null
+  sed -e "s/@WORLD_IP@/${WORLD_IP}/g" -e "s/@REGISTRY@/${REGISTRY}/g" \
+    -e "s/@COREDNS_VERSION@/${COREDNS_VERSION}/g" -e "s/@CLUSTER_DNS_IP@/${CLUSTER_DNS_IP}/g" \
+    "${CLUSTER_DIR}/node/coredns.yaml" >"${CONF}/coredns.yaml"
+  "${KUBECTL[@]}" apply -f "${CONF}/coredns.yaml" >/dev/null
+  wait_for kubelet "the cluster DNS (kube-system/coredns) to be available" \
+    "${KUBECTL[@]}" -n kube-system wait --for=condition=Available deployment/coredns --timeout=5s
 }
 
 node_ready() {

@@ -27,11 +27,9 @@ SA_ISSUER="https://kubernetes.default.svc.cluster.local"
 # (Endpoints reject loopback addresses). Nothing connects to it: the server
 # listens on 127.0.0.1 only. Default from TEST-NET-1 (RFC 5737, never routed).
 ADVERTISE_ADDRESS="${PALISADE_E2E_ADVERTISE_ADDRESS:-192.0.2.1}"
-# The real node (node.sh): on unless PALISADE_E2E_NODE=0. It needs root (network namespaces,
-# cgroups, mounts).
+# The real node (node.sh, lib.sh's NODE_ENABLED).
 # shellcheck source=SCRIPTDIR/node.sh
 source "${CLUSTER_DIR}/node.sh"
-NODE_ENABLED="${PALISADE_E2E_NODE:-1}"
 if [[ "${NODE_ENABLED}" == 1 ]]; then
   # Pods reach the API server through the kubernetes Service: at the host end of the node's link
   # (a forwarder there leads to 127.0.0.1).
@@ -196,6 +194,19 @@ for c in kube-controller-manager kube-scheduler kwok; do
   write_kubeconfig "${CONF}/${c}.kubeconfig" "${c}"
 done
 
+# Pods go to the simulated (kwok) nodes unless their namespace is annotated
+# scheduler.alpha.kubernetes.io/node-selector=palisade.dev/node=real (node.sh).
+cat >"${CONF}/pod-node-selector.yaml" <<EOF
+podNodeSelectorPluginConfig:
+  clusterDefaultNodeSelector: palisade.dev/node=simulated
+EOF
+cat >"${CONF}/admission.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: PodNodeSelector
+  path: ${CONF}/pod-node-selector.yaml
+EOF
 cat >"${CONF}/kube-scheduler.yaml" <<EOF
 apiVersion: kubescheduler.config.k8s.io/v1
 kind: KubeSchedulerConfiguration
@@ -273,7 +284,8 @@ start kube-apiserver \
   --proxy-client-cert-file="${PKI}/front-proxy-client.crt" \
   --proxy-client-key-file="${PKI}/front-proxy-client.key" \
   --authorization-mode=Node,RBAC \
-  --enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,RuntimeClass,NodeRestriction,OwnerReferencesPermissionEnforcement \
+  --enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,RuntimeClass,NodeRestriction,OwnerReferencesPermissionEnforcement,PodNodeSelector \
+  --admission-control-config-file="${CONF}/admission.yaml" \
   --kubelet-preferred-address-types=InternalIP \
   --kubelet-certificate-authority="${PKI}/ca.crt" \
   --kubelet-client-certificate="${PKI}/apiserver-kubelet-client.crt" \

@@ -1,3 +1,5 @@
+// Build-only module: pins the CNI plugins of the real node
+// for the Palisade e2e node. See ../../build.sh and ../../README.md.
 module palisade.dev/e2e/cluster/tools/cni
 
 go 1.26.8

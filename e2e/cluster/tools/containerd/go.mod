@@ -1,3 +1,5 @@
+// Build-only module: pins containerd 2 (the real node's container runtime)
+// for the Palisade e2e node. See ../../build.sh and ../../README.md.
 module palisade.dev/e2e/cluster/tools/containerd
 
 go 1.26.8

@@ -1,3 +1,5 @@
+// Build-only module: pins CoreDNS with the plugins the e2e cluster uses (main.go)
+// for the Palisade e2e node. See ../../build.sh and ../../README.md.
 module palisade.dev/e2e/cluster/tools/coredns
 
 go 1.26.8

@@ -1,3 +1,5 @@
+// Build-only module: pins crane, which builds the e2e images from tarballs
+// for the Palisade e2e node. See ../../build.sh and ../../README.md.
 module palisade.dev/e2e/cluster/tools/crane
 
 go 1.26.8

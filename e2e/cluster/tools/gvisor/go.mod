@@ -1,3 +1,5 @@
+// Build-only module: pins gVisor's runsc and its containerd shim (built with CGO_ENABLED=0)
+// for the Palisade e2e node. See ../../build.sh and ../../README.md.
 module palisade.dev/e2e/cluster/tools/gvisor
 
 go 1.26.8

@@ -1,3 +1,5 @@
+// Build-only module: pins kube-router v2.1.0, the real node's NetworkPolicy implementation (a pinned test component: that release has reported security flaws)
+// for the Palisade e2e node. See ../../build.sh and ../../README.md.
 module palisade.dev/e2e/cluster/tools/kube-router
 
 go 1.26.8

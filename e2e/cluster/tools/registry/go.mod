@@ -1,3 +1,5 @@
+// Build-only module: pins the local OCI registry (distribution v3)
+// for the Palisade e2e node. See ../../build.sh and ../../README.md.
 module palisade.dev/e2e/cluster/tools/registry
 
 go 1.26.8
