@@ -41,6 +41,10 @@ for pkg in pkg/chartutil pkg/lint/rules; do
   helm_x+=" -X helm.sh/helm/v3/${pkg}.k8sVersionMinor=${HELM_K8S_MINOR}"
 done
 
+containerd_x="-X github.com/containerd/containerd/v2/version.Version=${CONTAINERD_VERSION}"
+containerd_x+=" -X github.com/containerd/containerd/v2/version.Package=github.com/containerd/containerd/v2"
+
+# name|module dir (under tools/)|package|ldflags|overlay: <module>:<file>=<patch under e2e/cluster>
 TARGETS=(
   "etcd|etcd|go.etcd.io/etcd/server/v3|"
   "kube-apiserver|kubernetes|k8s.io/kubernetes/cmd/kube-apiserver|${k8s_x}"
@@ -50,25 +54,74 @@ TARGETS=(
   "kwok|kwok|sigs.k8s.io/kwok/cmd/kwok|-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION}"
   "helm|helm|helm.sh/helm/v3/cmd/helm|${helm_x}"
 )
+# The real node (node.sh), built when it is on (PALISADE_E2E_NODE=1).
+NODE_TARGETS=(
+  "kubelet|kubernetes|k8s.io/kubernetes/cmd/kubelet|${k8s_x}"
+  "kube-proxy|kubernetes|k8s.io/kubernetes/cmd/kube-proxy|${k8s_x}"
+  "containerd|containerd|github.com/containerd/containerd/v2/cmd/containerd|${containerd_x}"
+  "containerd-shim-runc-v2|containerd|github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2|${containerd_x}"
+  "ctr|containerd|github.com/containerd/containerd/v2/cmd/ctr|${containerd_x}"
+  "runsc|gvisor|gvisor.dev/gvisor/runsc|"
+  "containerd-shim-runsc-v1|gvisor|gvisor.dev/gvisor/shim||github.com/containerd/containerd/v2:pkg/sys/oom_linux.go=patches/containerd-sys-oom_linux.go"
+  "cni/bridge|cni|github.com/containernetworking/plugins/plugins/main/bridge|"
+  "cni/host-local|cni|github.com/containernetworking/plugins/plugins/ipam/host-local|"
+  "cni/loopback|cni|github.com/containernetworking/plugins/plugins/main/loopback|"
+  "cni/portmap|cni|github.com/containernetworking/plugins/plugins/meta/portmap|"
+  "kube-router|kube-router|github.com/cloudnativelabs/kube-router/v2/cmd/kube-router|-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=${KUBE_ROUTER_VERSION}"
+  "coredns|coredns|palisade.dev/e2e/cluster/tools/coredns|-X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}"
+  "registry|registry|github.com/distribution/distribution/v3/cmd/registry|"
+  "crane|crane|github.com/google/go-containerregistry/cmd/crane|"
+  "probe|../probe|palisade.dev/e2e/cluster/probe|"
+)
+[[ "${NODE_ENABLED}" != 1 ]] || TARGETS+=("${NODE_TARGETS[@]}")
 
 # A binary is up to date when it exists and its stamp matches the hash of its
 # build module (go.mod + go.sum) and flags.
-stamp_of() { # <module dir> <ldflags>
-  { cat "${TOOLS_DIR}/$1/go.mod" "${TOOLS_DIR}/$1/go.sum"; printf '%s\n' "$2"; } |
-    sha256sum | cut -d' ' -f1
+# What a binary is built from: the build module's go.mod, go.sum and own Go files, the flags,
+# and the overlay's patch.
+stamp_of() { # <module dir> <ldflags> [overlay]
+  local patch=""
+  [[ -n "${3:-}" ]] && patch="${CLUSTER_DIR}/${3#*=}"
+  {
+    cat "${TOOLS_DIR}/$1/go.mod"
+    cat "${TOOLS_DIR}/$1/go.sum" 2>/dev/null || true
+    find "${TOOLS_DIR}/$1" -maxdepth 1 -name '*.go' -print0 | sort -z | xargs -0 -r cat
+    [[ -z "${patch}" ]] || cat "${patch}"
+    printf '%s\n' "$2" "${3:-}"
+  } | sha256sum | cut -d' ' -f1
 }
 
-up_to_date() { # <name> <module dir> <ldflags>
-  [[ -x "${BIN_DIR}/$1" && -f "${BIN_DIR}/.$1.stamp" ]] &&
-    [[ "$(<"${BIN_DIR}/.$1.stamp")" == "$(stamp_of "$2" "$3")" ]]
+up_to_date() { # <name> <module dir> <ldflags> [overlay]
+  [[ -x "${BIN_DIR}/$1" && -f "${BIN_DIR}/.${1//\//_}.stamp" ]] &&
+    [[ "$(<"${BIN_DIR}/.${1//\//_}.stamp")" == "$(stamp_of "$2" "$3" "${4:-}")" ]]
 }
 
 all_up_to_date() {
-  local t name dir pkg ldx
+  local t name dir pkg ldx overlay
   for t in "${TARGETS[@]}"; do
-    IFS='|' read -r name dir pkg ldx <<<"${t}"
-    up_to_date "${name}" "${dir}" "${ldx}" || return 1
+    IFS='|' read -r name dir pkg ldx overlay <<<"${t}"
+    up_to_date "${name}" "${dir}" "${ldx}" "${overlay}" || return 1
   done
+}
+
+# Prepares the build of a binary with one file of a dependency replaced by a patch of
+# e2e/cluster/patches/ (<module>:<file>=<patch>): Go refuses overlays of the module cache, so
+# the build module is vendored into a work directory of the cache and the vendored file is
+# overlaid. Prints the work directory; writes the overlay file there.
+overlay_build_dir() { # <module dir> <module>:<file>=<patch> <name>
+  local module="${2%%:*}" rest="${2#*:}" work
+  work="${E2E_CACHE}/${K8S_VERSION}/work/${3//\//_}"
+  rm -rf "${work}"
+  mkdir -p "${work}"
+  cp "${TOOLS_DIR}/$1/go.mod" "${TOOLS_DIR}/$1/go.sum" "${work}/"
+  (cd "${work}" && go mod vendor) >&2
+  local vendored="${work}/vendor/${module}/${rest%%=*}"
+  [[ -f "${vendored}" ]] || {
+    echo "build.sh: the overlay's file ${vendored} does not exist" >&2
+    return 1
+  }
+  printf '{"Replace": {"%s": "%s"}}\n' "${vendored}" "${CLUSTER_DIR}/${rest#*=}" >"${work}/overlay.json"
+  printf '%s\n' "${work}"
 }
 
 if [[ "${force}" == 0 ]] && all_up_to_date; then
@@ -101,29 +154,39 @@ export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
 
 echo "build.sh: $(go version)"
 echo "build.sh: kubernetes ${K8S_VERSION}, etcd ${ETCD_VERSION}, kwok ${KWOK_VERSION}, helm ${HELM_VERSION}"
+echo "build.sh: containerd ${CONTAINERD_VERSION}, gvisor ${GVISOR_VERSION}, kube-router ${KUBE_ROUTER_VERSION}, coredns ${COREDNS_VERSION}"
 echo "build.sh: output ${BIN_DIR}"
 
 total_start=${SECONDS}
+mkdir -p "${BIN_DIR}/cni"
 for t in "${TARGETS[@]}"; do
-  IFS='|' read -r name dir pkg ldx <<<"${t}"
-  if [[ "${force}" == 0 ]] && up_to_date "${name}" "${dir}" "${ldx}"; then
+  IFS='|' read -r name dir pkg ldx overlay <<<"${t}"
+  if [[ "${force}" == 0 ]] && up_to_date "${name}" "${dir}" "${ldx}" "${overlay}"; then
     echo "build.sh: ${name}: up to date"
     continue
   fi
   echo "build.sh: ${name}: building ${pkg}"
   start=${SECONDS}
-  tmp="${BIN_DIR}/.${name}.tmp"
-  rm -f "${tmp}" "${BIN_DIR}/.${name}.stamp"
+  stamp="${BIN_DIR}/.${name//\//_}.stamp"
+  tmp="${BIN_DIR}/.${name//\//_}.tmp"
+  rm -f "${tmp}" "${stamp}"
+  extra=()
+  build_dir="${TOOLS_DIR}/${dir}"
+  if [[ -n "${overlay}" ]]; then
+    echo "build.sh: ${name}: with ${overlay#*=} in place of ${overlay%=*}"
+    build_dir="$(overlay_build_dir "${dir}" "${overlay}" "${name}")"
+    extra=("-mod=vendor" "-overlay=${build_dir}/overlay.json")
+  fi
   (
-    cd "${TOOLS_DIR}/${dir}"
-    nice -n 19 go build -trimpath -ldflags="-s -w ${ldx}" -o "${tmp}" "${pkg}"
+    cd "${build_dir}"
+    nice -n 19 go build -trimpath "${extra[@]}" -ldflags="-s -w ${ldx}" -o "${tmp}" "${pkg}"
   ) || {
     rm -f "${tmp}"
     echo "build.sh: FAILED to build ${name} (${pkg} in ${TOOLS_DIR}/${dir})" >&2
     exit 1
   }
   mv -f "${tmp}" "${BIN_DIR}/${name}"
-  stamp_of "${dir}" "${ldx}" >"${BIN_DIR}/.${name}.stamp"
+  stamp_of "${dir}" "${ldx}" "${overlay}" >"${stamp}"
   echo "build.sh: ${name}: built in $((SECONDS - start))s"
 done
 echo "build.sh: all binaries built in $((SECONDS - total_start))s"

@@ -18,6 +18,10 @@ if [[ ! -e "${STATE_DIR}" ]]; then
   echo "down.sh: nothing to do (${STATE_DIR} does not exist)"
   exit 0
 fi
+# shellcheck source=SCRIPTDIR/node.sh
+source "${CLUSTER_DIR}/node.sh"
+COMPONENTS+=("${NODE_COMPONENTS[@]}")
 stop_components
+node_down
 remove_state
 echo "down.sh: removed ${STATE_DIR}"

@@ -22,6 +22,14 @@ K8S_VERSION="$(tool_version kubernetes k8s.io/kubernetes)"
 ETCD_VERSION="$(tool_version etcd go.etcd.io/etcd/server/v3)"
 KWOK_VERSION="$(tool_version kwok sigs.k8s.io/kwok)"
 HELM_VERSION="$(tool_version helm helm.sh/helm/v3)"
+CONTAINERD_VERSION="$(tool_version containerd github.com/containerd/containerd/v2)"
+GVISOR_VERSION="$(tool_version gvisor gvisor.dev/gvisor)"
+KUBE_ROUTER_VERSION="$(tool_version kube-router github.com/cloudnativelabs/kube-router/v2)"
+COREDNS_VERSION="$(tool_version coredns github.com/coredns/coredns)"
+
+# The real node (node.sh): off unless PALISADE_E2E_NODE=1 (it needs root: network namespaces,
+# cgroups, mounts; and iptables, ipset, conntrack and runc from Debian).
+NODE_ENABLED="${PALISADE_E2E_NODE:-0}"
 
 E2E_CACHE="${PALISADE_E2E_CACHE:-${HOME}/.cache/palisade/e2e}"
 BIN_DIR="${E2E_CACHE}/${K8S_VERSION}/bin"

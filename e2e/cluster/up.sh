@@ -27,6 +27,14 @@ SA_ISSUER="https://kubernetes.default.svc.cluster.local"
 # (Endpoints reject loopback addresses). Nothing connects to it: the server
 # listens on 127.0.0.1 only. Default from TEST-NET-1 (RFC 5737, never routed).
 ADVERTISE_ADDRESS="${PALISADE_E2E_ADVERTISE_ADDRESS:-192.0.2.1}"
+# The real node (node.sh, lib.sh's NODE_ENABLED).
+# shellcheck source=SCRIPTDIR/node.sh
+source "${CLUSTER_DIR}/node.sh"
+if [[ "${NODE_ENABLED}" == 1 ]]; then
+  # Pods reach the API server through the kubernetes Service: at the host end of the node's link
+  # (a forwarder there leads to 127.0.0.1).
+  ADVERTISE_ADDRESS="${HOST_IP}"
+fi
 
 PKI="${STATE_DIR}/pki"
 CONF="${STATE_DIR}/config"
@@ -87,6 +95,7 @@ done
 
 # --- fresh state ------------------------------------------------------------
 # Leftovers of a crashed or failed run (nothing of it is running, see above).
+[[ ! -f "${STATE_DIR}/${STATE_MARKER}" ]] || node_down
 remove_state || die "set PALISADE_E2E_STATE to an empty or up.sh-created directory"
 mkdir -p "${PKI}" "${CONF}" "${LOG_DIR}" "${PID_DIR}" "${STATE_DIR}/etcd" "${STATE_DIR}/kwok-home"
 touch "${STATE_DIR}/${STATE_MARKER}"
@@ -97,6 +106,7 @@ cleanup_on_failure() {
   if [[ ${rc} -ne 0 && ${started} -eq 1 ]]; then
     echo "up.sh: start failed; stopping what was started (logs kept in ${LOG_DIR}; down.sh removes them)" >&2
     stop_components >&2 || true
+    [[ "${NODE_ENABLED}" != 1 ]] || node_down >&2 || true
   fi
 }
 trap cleanup_on_failure EXIT
@@ -117,7 +127,7 @@ subjectKeyIdentifier = hash
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature,keyEncipherment
 extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1,DNS:localhost,IP:${SERVICE_IP},DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+subjectAltName = IP:127.0.0.1,DNS:localhost,IP:${SERVICE_IP},IP:${HOST_IP},DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 [v3_client]
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature,keyEncipherment
@@ -142,6 +152,9 @@ issue() { # <name> <subject> <extensions section> [<ca name>]
 ca ca palisade-e2e-ca
 issue apiserver "/CN=kube-apiserver" v3_server
 issue admin "/O=system:masters/CN=palisade-e2e-admin" v3_client
+# The API server's identity towards kubelets (logs, exec, port-forward); kubelets are reached
+# by their InternalIP only, never by a name to look up.
+issue apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" v3_client
 issue kube-controller-manager "/CN=system:kube-controller-manager" v3_client
 issue kube-scheduler "/CN=system:kube-scheduler" v3_client
 issue kwok "/O=system:masters/CN=palisade-e2e-kwok" v3_client
@@ -181,6 +194,19 @@ for c in kube-controller-manager kube-scheduler kwok; do
   write_kubeconfig "${CONF}/${c}.kubeconfig" "${c}"
 done
 
+# Pods go to the simulated (kwok) nodes unless their namespace is annotated
+# scheduler.alpha.kubernetes.io/node-selector=palisade.dev/node=real (node.sh).
+cat >"${CONF}/pod-node-selector.yaml" <<EOF
+podNodeSelectorPluginConfig:
+  clusterDefaultNodeSelector: palisade.dev/node=simulated
+EOF
+cat >"${CONF}/admission.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: PodNodeSelector
+  path: ${CONF}/pod-node-selector.yaml
+EOF
 cat >"${CONF}/kube-scheduler.yaml" <<EOF
 apiVersion: kubescheduler.config.k8s.io/v1
 kind: KubeSchedulerConfiguration
@@ -258,7 +284,12 @@ start kube-apiserver \
   --proxy-client-cert-file="${PKI}/front-proxy-client.crt" \
   --proxy-client-key-file="${PKI}/front-proxy-client.key" \
   --authorization-mode=Node,RBAC \
-  --enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,RuntimeClass,NodeRestriction,OwnerReferencesPermissionEnforcement \
+  --enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,RuntimeClass,NodeRestriction,OwnerReferencesPermissionEnforcement,PodNodeSelector \
+  --admission-control-config-file="${CONF}/admission.yaml" \
+  --kubelet-preferred-address-types=InternalIP \
+  --kubelet-certificate-authority="${PKI}/ca.crt" \
+  --kubelet-client-certificate="${PKI}/apiserver-kubelet-client.crt" \
+  --kubelet-client-key="${PKI}/apiserver-kubelet-client.key" \
   --allow-privileged=true \
   --v="${VERBOSITY}"
 wait_for kube-apiserver "kube-apiserver /readyz" "${KUBECTL[@]}" get --raw /readyz
@@ -325,6 +356,12 @@ wait_for kube-controller-manager "ConfigMap default/kube-root-ca.crt (root CA pu
   "${KUBECTL[@]}" -n default get configmap kube-root-ca.crt
 wait_for kube-scheduler "kube-scheduler to take its leader lease" \
   "${KUBECTL[@]}" -n kube-system get lease kube-scheduler
+
+if [[ "${NODE_ENABLED}" == 1 ]]; then
+  COMPONENTS+=("${NODE_COMPONENTS[@]}")
+  node_up
+  node_kubernetes
+fi
 
 for c in "${COMPONENTS[@]}"; do
   component_pid "${c}" >/dev/null || fail "${c}" "${c} exited"

@@ -1,0 +1,470 @@
+# shellcheck shell=bash disable=SC2034
+# The real node of the e2e cluster: network namespaces with no route out, containerd with runc
+# and gVisor, kubelet, kube-proxy, kube-router (NetworkPolicy), a local OCI registry and the
+# "outside world" of test servers. Sourced by up.sh (after the control plane is up) and down.sh;
+# see README.md ("The real node").
+
+NODE_NAME="palisade-node"
+NODE_NS="palisade-node"
+WORLD_NS="palisade-world"
+# host <-> node: the node reaches the API server (through a forwarder) and the registry here.
+HOST_IF="pal-host"
+HOST_IP="10.250.0.1"
+NODE_IP="10.250.0.2"
+# node <-> world
+NODE_WORLD_IF="pal-world"
+NODE_WORLD_IP="10.250.1.1"
+WORLD_IP="10.250.1.2"
+NODE_POD_CIDR="10.245.0.0/24"
+# Every address of the node's world: links (10.250.x), pods (10.244/14 holds the fake nodes'
+# ranges too); the host routes these into the node's link only.
+NODE_RANGES="10.244.0.0/14"
+NODE_LINKS="10.250.0.0/16"
+# The host's iptables rules for the node, in a chain of their own (PALISADE-NODE, jumped to from
+# OUTPUT and FORWARD; created by node_network_up, removed by node_network_down).
+HOST_CHAIN="PALISADE-NODE"
+HOST_RULES=(
+  "-o lo -j RETURN"
+  "-i ${HOST_IF} -o ${HOST_IF} -j DROP"
+  "-i ${HOST_IF} -j DROP"
+  "-o ${HOST_IF} -m conntrack --ctstate NEW,ESTABLISHED,RELATED -j RETURN"
+  "-d ${NODE_RANGES} -j DROP"
+  "-d ${NODE_LINKS} -j DROP"
+  "-s ${HOST_IP} -j DROP"
+)
+CLUSTER_DNS_IP="10.96.0.10"
+REGISTRY="${HOST_IP}:5000"
+# The outside world's test servers: documentation addresses (RFC 5737) and a fake metadata
+# service; only the node's routes lead there, and nothing leads further.
+WORLD_ADDRESSES=(192.0.2.10 192.0.2.20 198.51.100.10 198.51.100.13 203.0.113.10 169.254.169.254)
+WORLD_PREFIXES=(192.0.2.0/24 198.51.100.0/24 203.0.113.0/24 169.254.169.254/32)
+WORLD_TCP_PORTS=(80 443 8080)
+WORLD_UDP_PORTS=(53 5353)
+
+NODE_DIR="${STATE_DIR}/node"
+NODE_BIN="${NODE_DIR}/bin"
+CONTAINERD_SOCK="${NODE_DIR}/containerd/containerd.sock"
+
+# Processes of the node, in start order (down.sh stops them in reverse). Each runs a binary of
+# its own name (component_pid checks the executable), copied into NODE_BIN where needed.
+NODE_COMPONENTS=(world-servers world-dns api-forwarder registry containerd kubelet kube-proxy kube-router)
+
+in_node() { nsenter --net="/run/netns/${NODE_NS}" -- "$@"; }
+in_world() { nsenter --net="/run/netns/${WORLD_NS}" -- "$@"; }
+
+# Whether namespace $1 could send a packet anywhere but where the harness allows: a route to any
+# public or private address outside the e2e ranges, over IPv4 or IPv6. A route lookup sends
+# nothing.
+node_ns_has_route_out() { # <netns>
+  local probe
+  for probe in 1.1.1.1 8.8.8.8 10.0.0.1 172.16.0.1 192.168.0.1; do
+    ip netns exec "$1" ip -4 route get "${probe}" >/dev/null 2>&1 && return 0
+  done
+  for probe in 2606:4700::1111 fd00::1; do
+    ip netns exec "$1" ip -6 route get "${probe}" >/dev/null 2>&1 && return 0
+  done
+  return 1
+}
+
+# Creates the namespaces and links, or refuses when one of them could reach out.
+node_network_up() {
+  local ns
+  for ns in "${NODE_NS}" "${WORLD_NS}"; do
+    ip netns del "${ns}" 2>/dev/null || true
+    ip netns add "${ns}"
+    ip netns exec "${ns}" ip link set lo up
+  done
+  ip link del "${HOST_IF}" 2>/dev/null || true
+  ip link add "${HOST_IF}" type veth peer name eth0 netns "${NODE_NS}"
+  ip addr add "${HOST_IP}/30" dev "${HOST_IF}"
+  ip link set "${HOST_IF}" up
+  # The host never forwards what comes from the node (it has nowhere to go), answers the node's
+  # ranges only through the link (pods and the node reach the API server forwarder here), and
+  # drops anything else for those ranges or from its own end of the link: a reply can never
+  # leave by the machine's default route.
+  ip route replace "${NODE_RANGES}" via "${NODE_IP}" dev "${HOST_IF}"
+  ip route replace "${NODE_LINKS}" via "${NODE_IP}" dev "${HOST_IF}"
+  node_host_rules_down
+  iptables -N "${HOST_CHAIN}"
+  local rule
+  for rule in "${HOST_RULES[@]}"; do
+    # shellcheck disable=SC2086 # a rule is words
+    iptables -A "${HOST_CHAIN}" ${rule}
+  done
+  iptables -I OUTPUT -j "${HOST_CHAIN}"
+  iptables -I FORWARD -j "${HOST_CHAIN}"
+  ip netns exec "${NODE_NS}" ip addr add "${NODE_IP}/30" dev eth0
+  ip netns exec "${NODE_NS}" ip link set eth0 up
+  ip netns exec "${NODE_NS}" ip link add "${NODE_WORLD_IF}" type veth peer name eth0 netns "${WORLD_NS}"
+  ip netns exec "${NODE_NS}" ip addr add "${NODE_WORLD_IP}/30" dev "${NODE_WORLD_IF}"
+  ip netns exec "${NODE_NS}" ip link set "${NODE_WORLD_IF}" up
+  ip netns exec "${WORLD_NS}" ip addr add "${WORLD_IP}/30" dev eth0
+  ip netns exec "${WORLD_NS}" ip link set eth0 up
+  local a p
+  for a in "${WORLD_ADDRESSES[@]}"; do
+    ip netns exec "${WORLD_NS}" ip addr add "${a}/32" dev lo
+  done
+  for p in "${WORLD_PREFIXES[@]}"; do
+    ip netns exec "${NODE_NS}" ip route add "${p}" via "${WORLD_IP}"
+  done
+  ip netns exec "${WORLD_NS}" ip route add 10.244.0.0/14 via "${NODE_WORLD_IP}"
+  ip netns exec "${WORLD_NS}" ip route add 10.250.0.0/24 via "${NODE_WORLD_IP}"
+  ip netns exec "${NODE_NS}" sysctl -qw net.ipv4.ip_forward=1
+  # Pods reach the host's end of the link (API server forwarder, registry) as the node.
+  ip netns exec "${NODE_NS}" iptables -t nat -A POSTROUTING -s "${NODE_RANGES}" -d "${HOST_IP}" \
+    -j MASQUERADE
+  # Bridged pod traffic goes through iptables (kube-proxy, kube-router).
+  modprobe br_netfilter 2>/dev/null || true
+  ip netns exec "${NODE_NS}" sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
+  for ns in "${NODE_NS}" "${WORLD_NS}"; do
+    if node_ns_has_route_out "${ns}"; then
+      die "network namespace ${ns} has a route out of the machine; refusing to start the node"
+    fi
+  done
+  # And the host sends what is meant for the node's ranges into the link, nowhere else.
+  [[ "$(ip -4 route get 10.245.0.9 2>/dev/null)" == *" dev ${HOST_IF} "* ]] ||
+    die "the host does not route the node's pod range into ${HOST_IF}; refusing to start the node"
+}
+
+node_network_down() {
+  ip netns del "${NODE_NS}" 2>/dev/null || true
+  ip netns del "${WORLD_NS}" 2>/dev/null || true
+  ip link del "${HOST_IF}" 2>/dev/null || true
+  ip route del "${NODE_RANGES}" 2>/dev/null || true
+  ip route del "${NODE_LINKS}" 2>/dev/null || true
+  node_host_rules_down
+}
+
+node_host_rules_down() {
+  while iptables -D OUTPUT -j "${HOST_CHAIN}" 2>/dev/null; do :; done
+  while iptables -D FORWARD -j "${HOST_CHAIN}" 2>/dev/null; do :; done
+  iptables -F "${HOST_CHAIN}" 2>/dev/null || true
+  iptables -X "${HOST_CHAIN}" 2>/dev/null || true
+}
+
+# Unmounts everything under the node's directory (pods' volumes, containerd's snapshots), the
+# deepest first, so removing the state directory removes nothing else.
+node_unmount() {
+  [[ -d "${NODE_DIR}" ]] || return 0
+  local m
+  awk -v d="${NODE_DIR}" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/self/mounts |
+    sort -r | while read -r m; do
+    umount -l "${m}" 2>/dev/null || true
+  done
+}
+
+# Starts component $2 (binary $3) in network namespace $1 (empty: the host's), with up.sh's
+# pid and log conventions.
+node_start() { # <netns or ""> <component> <binary> <args...>
+  local ns="$1" c="$2" bin="$3" pid deadline=$((SECONDS + 30))
+  shift 3
+  local -a wrap=()
+  [[ -z "${ns}" ]] || wrap=(nsenter "--net=/run/netns/${ns}" --)
+  # The usual umask, whatever the caller's: containerd creates containers' root folders, which
+  # their non-root users must be able to enter.
+  (umask 022 && exec "${LAUNCH[@]}" "${wrap[@]}" "${bin}" "$@") </dev/null >>"${LOG_DIR}/${c}.log" 2>&1 &
+  pid=$!
+  echo "${pid}" >"${PID_DIR}/${c}.pid"
+  started=1
+  until component_pid "${c}" >/dev/null; do
+    pid_alive "${pid}" || fail "${c}" "${c} exited right after start"
+    ((SECONDS < deadline)) || fail "${c}" "${c} (pid ${pid}) did not exec ${bin}"
+    sleep 0.05
+  done
+}
+
+# A copy of a binary under the component's name (the probe plays several parts).
+node_binary() { # <component> <source binary>
+  mkdir -p "${NODE_BIN}"
+  cp -f "$2" "${NODE_BIN}/$1"
+  printf '%s\n' "${NODE_BIN}/$1"
+}
+
+node_containerd_config() {
+  local d="${NODE_DIR}/containerd"
+  mkdir -p "${d}/root" "${d}/state" "${d}/certs.d" "${NODE_DIR}/cni/net.d" "${NODE_DIR}/runsc"
+  # Every registry the examples and tests name is mirrored to the local one; if the mirror
+  # lacks an image, the fall-back to the real registry fails at once (no route out).
+  local r
+  for r in docker.io ghcr.io quay.io registry.k8s.io gcr.io "${REGISTRY}"; do
+    mkdir -p "${d}/certs.d/${r}"
+    cat >"${d}/certs.d/${r}/hosts.toml" <<TOML
+server = "http://${REGISTRY}"
+[host."http://${REGISTRY}"]
+  capabilities = ["pull", "resolve"]
+  skip_verify = true
+TOML
+  done
+  cat >"${NODE_DIR}/runsc/runsc.toml" <<TOML
+log_path = "${LOG_DIR}/runsc/%ID%/shim.log"
+log_level = "info"
+binary_name = "${BIN_DIR}/runsc"
+root = "${NODE_DIR}/runsc/root"
+[runsc_config]
+  platform = "systrap"
+  debug-log = "${LOG_DIR}/runsc/%ID%/"
+TOML
+  # gVisor applying the pod's seccomp profile too (a second RuntimeClass, gvisor-seccomp).
+  sed 's/^\[runsc_config\]$/[runsc_config]\n  oci-seccomp = "true"/' \
+    "${NODE_DIR}/runsc/runsc.toml" >"${NODE_DIR}/runsc/runsc-seccomp.toml"
+  mkdir -p "${LOG_DIR}/runsc"
+  cat >"${d}/config.toml" <<TOML
+version = 3
+root = "${d}/root"
+state = "${d}/state"
+oom_score = 0
+[grpc]
+  address = "${CONTAINERD_SOCK}"
+[ttrpc]
+  address = "${CONTAINERD_SOCK}.ttrpc"
+[plugins."io.containerd.cri.v1.runtime"]
+  enable_selinux = false
+  # Pods' network namespaces live in the node's folder (unmounted with it), not /run/netns.
+  netns_mounts_under_state_dir = true
+  # A container's oom_score_adj is never below containerd's (0): lowering one needs
+  # CAP_SYS_RESOURCE, which this machine does not grant.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        BinaryName = "$(command -v runc)"
+        SystemdCgroup = false
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runsc]
+      runtime_type = "io.containerd.runsc.v1"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runsc.options]
+        TypeUrl = "io.containerd.runsc.v1.options"
+        ConfigPath = "${NODE_DIR}/runsc/runsc.toml"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runsc-seccomp]
+      runtime_type = "io.containerd.runsc.v1"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runsc-seccomp.options]
+        TypeUrl = "io.containerd.runsc.v1.options"
+        ConfigPath = "${NODE_DIR}/runsc/runsc-seccomp.toml"
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["${BIN_DIR}/cni"]
+    conf_dir = "${NODE_DIR}/cni/net.d"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "${REGISTRY}/pause:1"
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = "${d}/certs.d"
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  stream_server_address = "${NODE_IP}"
+TOML
+  cat >"${NODE_DIR}/cni/net.d/10-palisade.conflist" <<JSON
+{
+  "cniVersion": "1.0.0",
+  "name": "palisade",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "cni0",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": "${NODE_POD_CIDR}"}]],
+        "routes": [{"dst": "0.0.0.0/0"}],
+        "dataDir": "${NODE_DIR}/cni/ipam"
+      }
+    },
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+JSON
+}
+
+# Kills what the node left running: containers (their cgroups are under kubepods), the shims
+# and gVisor sandboxes of this node's containerd (their command lines name NODE_DIR).
+node_kill_leftovers() {
+  local p
+  for p in /proc/[0-9]*; do
+    p="${p#/proc/}"
+    [[ "${p}" == "$$" ]] && continue
+    if grep -qs ":/kubepods" "/proc/${p}/cgroup" ||
+      tr '\0' ' ' 2>/dev/null <"/proc/${p}/cmdline" | grep -qF -- "${NODE_DIR}/"; then
+      kill -KILL "${p}" 2>/dev/null || true
+    fi
+  done
+}
+
+node_down() {
+  [[ -d "${NODE_DIR}" ]] || { node_network_down; return 0; }
+  node_kill_leftovers
+  sleep 0.5
+  node_unmount
+  node_network_down
+}
+
+# An image of one static binary (in /usr/local/bin), pushed to the local registry:
+# <repository:tag> <binary> <entrypoint...>.
+node_image() {
+  local ref="$1" binary="$2" work
+  shift 2
+  work="$(mktemp -d "${NODE_DIR}/image.XXXXXX")"
+  mkdir -p "${work}/root/usr/local/bin" "${work}/root/tmp" "${work}/root/etc/palisade-demo"
+  cp "${binary}" "${work}/root/usr/local/bin/"
+  # Readable by the sandboxes' non-root users (mktemp made the folder private).
+  chmod -R a+rX,go-w "${work}/root"
+  chmod 1777 "${work}/root/tmp"
+  tar --owner=0 --group=0 --numeric-owner -C "${work}/root" -cf "${work}/layer.tar" .
+  local entry
+  entry="$(IFS=,; echo "$*")"
+  "${BIN_DIR}/crane" append --insecure --platform linux/amd64 -f "${work}/layer.tar" \
+    -t "${REGISTRY}/${ref}" >/dev/null 2>>"${LOG_DIR}/crane.log"
+  "${BIN_DIR}/crane" mutate --insecure --entrypoint="${entry}" \
+    --env PATH=/usr/local/bin:/usr/bin:/bin "${REGISTRY}/${ref}" >/dev/null 2>>"${LOG_DIR}/crane.log"
+  rm -rf "${work}"
+}
+
+node_up() {
+  say "starting the real node ${NODE_NAME} (containerd ${CONTAINERD_VERSION}, gVisor, kube-router ${KUBE_ROUTER_VERSION})"
+  mkdir -p "${NODE_DIR}" "${NODE_BIN}"
+  node_network_up
+  local ports="" a p
+  for a in "${WORLD_ADDRESSES[@]}"; do
+    [[ "${a}" == 169.254.169.254 ]] && continue
+    for p in "${WORLD_TCP_PORTS[@]}"; do ports+="${ports:+,}${a}:${p}"; done
+  done
+  local udp=""
+  for a in "${WORLD_ADDRESSES[@]}"; do
+    [[ "${a}" == 169.254.169.254 ]] && continue
+    for p in "${WORLD_UDP_PORTS[@]}"; do udp+="${udp:+,}${a}:${p}"; done
+  done
+  node_start "${WORLD_NS}" world-servers "$(node_binary world-servers "${BIN_DIR}/probe")" \
+    serve --tcp="${ports}" --udp="${udp}" --http=169.254.169.254:80
+  node_start "" api-forwarder "$(node_binary api-forwarder "${BIN_DIR}/probe")" \
+    forward "${HOST_IP}:${APISERVER_PORT}" "127.0.0.1:${APISERVER_PORT}"
+
+  mkdir -p "${NODE_DIR}/registry"
+  cat >"${NODE_DIR}/registry.yaml" <<YAML
+version: 0.1
+log: {level: warn}
+storage:
+  filesystem: {rootdirectory: ${NODE_DIR}/registry}
+  delete: {enabled: true}
+http:
+  addr: ${REGISTRY}
+YAML
+  node_start "" registry "${BIN_DIR}/registry" serve "${NODE_DIR}/registry.yaml"
+  wait_for registry "the registry at ${REGISTRY}" curl -fsS "http://${REGISTRY}/v2/"
+  node_image pause:1 "${BIN_DIR}/probe" /usr/local/bin/probe pause
+  node_image palisade-e2e/probe:1 "${BIN_DIR}/probe" /usr/local/bin/probe check
+  node_image "coredns:${COREDNS_VERSION}" "${BIN_DIR}/coredns" /usr/local/bin/coredns
+  sed "s/@WORLD_IP@/${WORLD_IP}/g" "${CLUSTER_DIR}/node/world.Corefile" >"${NODE_DIR}/world.Corefile"
+  node_start "${WORLD_NS}" world-dns "$(node_binary world-dns "${BIN_DIR}/coredns")" \
+    -conf "${NODE_DIR}/world.Corefile"
+
+  node_containerd_config
+  PATH="${BIN_DIR}:${PATH}" node_start "${NODE_NS}" containerd "${BIN_DIR}/containerd" \
+    --config "${NODE_DIR}/containerd/config.toml"
+  wait_for containerd "containerd's socket" test -S "${CONTAINERD_SOCK}"
+}
+
+node_kubernetes() {
+  cat >>"${PKI}/openssl.cnf" <<CNF
+[v3_kubelet]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:${NODE_IP},DNS:${NODE_NAME}
+CNF
+  issue kubelet-serving "/CN=${NODE_NAME}" v3_kubelet
+  issue kubelet "/O=system:nodes/CN=system:node:${NODE_NAME}" v3_client
+  issue kube-proxy "/CN=system:kube-proxy" v3_client
+  # A test component: kube-router reads pods, namespaces, nodes and NetworkPolicies.
+  issue kube-router "/O=system:masters/CN=palisade-e2e-kube-router" v3_client
+  local c
+  for c in kubelet kube-proxy kube-router; do
+    API_URL="https://${HOST_IP}:${APISERVER_PORT}" write_kubeconfig "${CONF}/${c}.kubeconfig" "${c}"
+  done
+  printf 'nameserver %s\n' "${WORLD_IP}" >"${NODE_DIR}/resolv.conf"
+  mkdir -p "${NODE_DIR}/kubelet"
+  cat >"${CONF}/kubelet.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: ${NODE_IP}
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+tlsCertFile: ${PKI}/kubelet-serving.crt
+tlsPrivateKeyFile: ${PKI}/kubelet-serving.key
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: ${PKI}/ca.crt}
+authorization: {mode: Webhook}
+cgroupDriver: cgroupfs
+# This machine has cgroup v1 only.
+failCgroupV1: false
+failSwapOn: false
+# Lowering a score needs CAP_SYS_RESOURCE, which this machine does not grant.
+oomScoreAdj: 0
+containerRuntimeEndpoint: unix://${CONTAINERD_SOCK}
+clusterDNS: [${CLUSTER_DNS_IP}]
+clusterDomain: cluster.local
+resolvConf: ${NODE_DIR}/resolv.conf
+serializeImagePulls: false
+# The machine's disk is shared: never evict for it, never collect images.
+evictionHard: {memory.available: "100Mi"}
+imageGCHighThresholdPercent: 100
+protectKernelDefaults: false
+makeIPTablesUtilChains: true
+maxPods: 60
+podLogsDir: ${NODE_DIR}/pod-logs
+YAML
+  node_start "${NODE_NS}" kubelet "${BIN_DIR}/kubelet" \
+    --config="${CONF}/kubelet.yaml" \
+    --kubeconfig="${CONF}/kubelet.kubeconfig" \
+    --hostname-override="${NODE_NAME}" \
+    --node-ip="${NODE_IP}" \
+    --root-dir="${NODE_DIR}/kubelet" \
+    --cert-dir="${NODE_DIR}/kubelet/pki" \
+    --node-labels="palisade.dev/runtime=gvisor,palisade.dev/node=real" \
+    --v="${VERBOSITY}"
+  wait_for kubelet "node ${NODE_NAME} to register" "${KUBECTL[@]}" get node "${NODE_NAME}"
+
+  cat >"${CONF}/kube-proxy.yaml" <<YAML
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: ${CONF}/kube-proxy.kubeconfig}
+hostnameOverride: ${NODE_NAME}
+bindAddress: ${NODE_IP}
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+mode: iptables
+clusterCIDR: ${NODE_POD_CIDR}
+# Leave the kernel's conntrack settings alone (they are the machine's).
+conntrack: {maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+YAML
+  node_start "${NODE_NS}" kube-proxy "${BIN_DIR}/kube-proxy" --config="${CONF}/kube-proxy.yaml" \
+    --v="${VERBOSITY}"
+  node_start "${NODE_NS}" kube-router "${BIN_DIR}/kube-router" \
+    --kubeconfig="${CONF}/kube-router.kubeconfig" \
+    --hostname-override="${NODE_NAME}" \
+    --run-firewall=true --run-router=false --run-service-proxy=false \
+    --enable-cni=false --enable-ipv6=false \
+    --health-port=0 --metrics-port=0 \
+    --v="${VERBOSITY}"
+  wait_for kubelet "node ${NODE_NAME} to be Ready" node_ready
+
+  # The cluster DNS runs on the real node (kube-system asks for it).
+  "${KUBECTL[@]}" annotate --overwrite namespace kube-system \
+    scheduler.alpha.kubernetes.io/node-selector=palisade.dev/node=real >/dev/null
+  sed -e "s/@WORLD_IP@/${WORLD_IP}/g" -e "s/@REGISTRY@/${REGISTRY}/g" \
+    -e "s/@COREDNS_VERSION@/${COREDNS_VERSION}/g" -e "s/@CLUSTER_DNS_IP@/${CLUSTER_DNS_IP}/g" \
+    "${CLUSTER_DIR}/node/coredns.yaml" >"${CONF}/coredns.yaml"
+  "${KUBECTL[@]}" apply -f "${CONF}/coredns.yaml" >/dev/null
+  wait_for kubelet "the cluster DNS (kube-system/coredns) to be available" \
+    "${KUBECTL[@]}" -n kube-system wait --for=condition=Available deployment/coredns --timeout=5s
+}
+
+node_ready() {
+  [[ "$("${KUBECTL[@]}" get node "${NODE_NAME}" \
+    -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" == True ]]
+}

@@ -1,0 +1,564 @@
+// The probe: a small static test tool that runs inside Palisade sandboxes on the e2e node and
+// reports, one JSON line per check, what the sandbox could reach, read, write and see. It is
+// also the "outside world" test servers (serve), the pod-sandbox image (pause) and the demo
+// agent (demo). Test harness only; the interface is documented in ../README.md.
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Result is one line of output.
+type Result struct {
+	Check  string `json:"check"`
+	Result string `json:"result"`
+	Detail string `json:"detail,omitempty"`
+	// Milliseconds the check took.
+	Ms int64 `json:"ms"`
+	// Unix milliseconds when it ended (loop mode).
+	At int64 `json:"at,omitempty"`
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "check":
+		os.Exit(check(os.Args[2:]))
+	case "loop":
+		os.Exit(loop(os.Args[2:]))
+	case "serve":
+		os.Exit(serve(os.Args[2:]))
+	case "pause":
+		pause()
+	case "forward":
+		os.Exit(forward(os.Args[2:]))
+	case "demo":
+		os.Exit(demo(os.Args[1:]))
+	case "-h", "--help", "help":
+		usage()
+	default:
+		// Under another name (e.g. `python -m analyst` in a demo image) it is the demo agent.
+		if filepath.Base(os.Args[0]) != "probe" {
+			os.Exit(demo(os.Args))
+		}
+		fmt.Fprintf(os.Stderr, "probe: unknown command %q\n", os.Args[1])
+		usage()
+		os.Exit(2)
+	}
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage:
+  probe check [--timeout=2s] CHECK...     one JSON line per check
+  probe loop [--interval=100ms] [--for=30s] CHECK...
+                                          the checks again and again, one line per attempt
+  probe serve [--tcp=ADDR:PORT,...] [--udp=ADDR:PORT,...] [--http=ADDR:PORT,...]
+                                          echo servers (TCP, UDP) and a fake metadata server
+  probe pause                             wait for SIGTERM/SIGINT (the pod-sandbox image)
+  probe forward LISTEN TARGET             forward TCP connections (the node reaches the API server)
+  probe demo [CHECK...]                   the demo agent: human-readable lines
+checks:
+  tcp:HOST:PORT    connected | refused | timeout | unreachable | error
+  udp:HOST:PORT    connected (an answer came back) | refused | timeout | error
+  http:URL         the HTTP status (e.g. 200) | refused | timeout | error
+  dns:NAME         resolved (addresses in detail) | nxdomain | timeout | error
+  read:PATH        ok | denied | missing | error
+  write:PATH       ok | denied | readonly | missing | error
+  list:PATH        ok (entries in detail) | denied | missing | error
+  id               ok, detail "uid=.. gid=.. groups=.."
+  token[:PATH]     present (audience in detail) | absent   (default path: the service-account token)
+  kernel           gvisor | linux (detail: /proc/version)
+  syscall:NAME     allowed | eperm | enosys | error   (NAME: unshare, mount, ptrace, keyctl, personality, setns)
+  sleep:DURATION   ok (waits, e.g. to outlive a timeout)
+`)
+}
+
+var timeout = 2 * time.Second
+
+func check(args []string) int {
+	fs := flag.NewFlagSet("check", flag.ExitOnError)
+	fs.DurationVar(&timeout, "timeout", timeout, "time allowed per network check")
+	_ = fs.Parse(args)
+	enc := json.NewEncoder(os.Stdout)
+	for _, c := range fs.Args() {
+		_ = enc.Encode(run(c))
+	}
+	return 0
+}
+
+func loop(args []string) int {
+	fs := flag.NewFlagSet("loop", flag.ExitOnError)
+	interval := fs.Duration("interval", 100*time.Millisecond, "pause between rounds")
+	total := fs.Duration("for", 30*time.Second, "how long to go on (0: until stopped)")
+	fs.DurationVar(&timeout, "timeout", 500*time.Millisecond, "time allowed per network check")
+	_ = fs.Parse(args)
+	enc := json.NewEncoder(os.Stdout)
+	stop := time.Now().Add(*total)
+	for *total == 0 || time.Now().Before(stop) {
+		for _, c := range fs.Args() {
+			r := run(c)
+			r.At = time.Now().UnixMilli()
+			_ = enc.Encode(r)
+		}
+		time.Sleep(*interval)
+	}
+	return 0
+}
+
+func run(c string) Result {
+	start := time.Now()
+	kind, arg, _ := strings.Cut(c, ":")
+	var result, detail string
+	switch kind {
+	case "tcp":
+		result, detail = dialTCP(arg)
+	case "udp":
+		result, detail = dialUDP(arg)
+	case "http", "https":
+		result, detail = get(c)
+	case "dns":
+		result, detail = lookup(arg)
+	case "read":
+		result, detail = read(arg)
+	case "write":
+		result, detail = write(arg)
+	case "list":
+		result, detail = list(arg)
+	case "id":
+		result, detail = "ok", ids()
+	case "token":
+		result, detail = token(arg)
+	case "kernel":
+		result, detail = kernel()
+	case "syscall":
+		result, detail = trySyscall(arg)
+	case "sleep":
+		d, err := time.ParseDuration(arg)
+		if err != nil {
+			result, detail = "error", err.Error()
+		} else {
+			time.Sleep(d)
+			result = "ok"
+		}
+	default:
+		result, detail = "error", "unknown check "+kind
+	}
+	return Result{Check: c, Result: result, Detail: detail, Ms: time.Since(start).Milliseconds()}
+}
+
+// netResult names a network error.
+func netResult(err error) (string, string) {
+	switch {
+	case err == nil:
+		return "connected", ""
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused", err.Error()
+	case errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EHOSTUNREACH):
+		return "unreachable", err.Error()
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
+		return "timeout", err.Error()
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "timeout", err.Error()
+	}
+	return "error", err.Error()
+}
+
+func dialTCP(addr string) (string, string) {
+	conn, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return netResult(err)
+	}
+	defer conn.Close()
+	return "connected", conn.RemoteAddr().String()
+}
+
+func dialUDP(addr string) (string, string) {
+	conn, err := net.DialTimeout("udp", addr, timeout)
+	if err != nil {
+		return netResult(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	if _, err := conn.Write([]byte("probe")); err != nil {
+		return netResult(err)
+	}
+	buf := make([]byte, 512)
+	n, err := conn.Read(buf)
+	if err != nil {
+		return netResult(err)
+	}
+	return "connected", string(buf[:n])
+}
+
+func get(url string) (string, string) {
+	client := http.Client{Timeout: timeout}
+	resp, err := client.Get(url)
+	if err != nil {
+		r, d := netResult(err)
+		return r, d
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 256))
+	return fmt.Sprint(resp.StatusCode), strings.TrimSpace(string(body))
+}
+
+func lookup(name string) (string, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupHost(ctx, name)
+	if err != nil {
+		var de *net.DNSError
+		switch {
+		case errors.As(err, &de) && de.IsNotFound:
+			return "nxdomain", err.Error()
+		case errors.As(err, &de) && de.IsTimeout, errors.Is(err, context.DeadlineExceeded):
+			return "timeout", err.Error()
+		}
+		return "error", err.Error()
+	}
+	return "resolved", strings.Join(addrs, ",")
+}
+
+func fileResult(err error) (string, string) {
+	switch {
+	case err == nil:
+		return "ok", ""
+	case errors.Is(err, os.ErrPermission):
+		return "denied", err.Error()
+	case errors.Is(err, syscall.EROFS):
+		return "readonly", err.Error()
+	case errors.Is(err, os.ErrNotExist):
+		return "missing", err.Error()
+	}
+	return "error", err.Error()
+}
+
+func read(path string) (string, string) {
+	f, err := os.Open(path)
+	if err != nil {
+		return fileResult(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 64)
+	n, err := f.Read(buf)
+	if err != nil && err != io.EOF {
+		return fileResult(err)
+	}
+	return "ok", string(buf[:n])
+}
+
+func write(path string) (string, string) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fileResult(err)
+	}
+	_, err = f.WriteString("written by the probe\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return fileResult(err)
+}
+
+func list(path string) (string, string) {
+	entries, err := os.ReadDir(path)
+	if err != nil {
+		return fileResult(err)
+	}
+	names := make([]string, 0, len(entries))
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return "ok", strings.Join(names, ",")
+}
+
+func ids() string {
+	groups, _ := os.Getgroups()
+	return fmt.Sprintf("uid=%d gid=%d groups=%v", os.Getuid(), os.Getgid(), groups)
+}
+
+const serviceAccountToken = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+func token(path string) (string, string) {
+	if path == "" {
+		path = serviceAccountToken
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "absent", ""
+		}
+		return "error", err.Error()
+	}
+	// The audience, from the JWT's payload (not verified: only what the pod was given).
+	parts := strings.Split(strings.TrimSpace(string(data)), ".")
+	if len(parts) != 3 {
+		return "present", "not a JWT"
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return "present", "payload: " + err.Error()
+	}
+	var claims struct {
+		Aud any `json:"aud"`
+	}
+	_ = json.Unmarshal(payload, &claims)
+	return "present", fmt.Sprint(claims.Aud)
+}
+
+func kernel() (string, string) {
+	v, err := os.ReadFile("/proc/version")
+	if err != nil {
+		return "error", err.Error()
+	}
+	version := strings.TrimSpace(string(v))
+	// gVisor's sentry reports a made-up Linux version and its own boot messages.
+	if out, err := dmesg(); err == nil && strings.Contains(out, "gVisor") {
+		return "gvisor", version
+	}
+	return "linux", version
+}
+
+// dmesg reads the kernel log with syslog(2) (SYSLOG_ACTION_READ_ALL), as dmesg(1) does.
+func dmesg() (string, error) {
+	buf := make([]byte, 1<<16)
+	n, err := syscall.Klogctl(3, buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
+}
+
+func trySyscall(name string) (string, string) {
+	var err error
+	switch name {
+	case "unshare":
+		err = syscall.Unshare(syscall.CLONE_NEWUTS)
+	case "mount":
+		// On a directory of its own, undone at once.
+		dir, derr := os.MkdirTemp("", "probe-mount")
+		if derr != nil {
+			return "error", derr.Error()
+		}
+		defer os.Remove(dir)
+		if err = syscall.Mount("none", dir, "tmpfs", 0, ""); err == nil {
+			_ = syscall.Unmount(dir, 0)
+		}
+	case "ptrace":
+		_, _, e := syscall.Syscall(syscall.SYS_PTRACE, syscall.PTRACE_TRACEME, 0, 0)
+		if e != 0 {
+			err = e
+		}
+	case "keyctl":
+		// KEYCTL_GET_KEYRING_ID of the session keyring.
+		_, _, e := syscall.Syscall(syscall.SYS_KEYCTL, 0, ^uintptr(2), 0)
+		if e != 0 {
+			err = e
+		}
+	case "personality":
+		_, _, e := syscall.Syscall(syscall.SYS_PERSONALITY, 0xffffffff, 0, 0)
+		if e != 0 {
+			err = e
+		}
+	case "setns":
+		err = syscall.EINVAL
+		if f, ferr := os.Open("/proc/self/ns/uts"); ferr == nil {
+			_, _, e := syscall.Syscall(308, f.Fd(), 0, 0)
+			if e != 0 {
+				err = e
+			} else {
+				err = nil
+			}
+			f.Close()
+		}
+	default:
+		return "error", "unknown syscall " + name
+	}
+	switch {
+	case err == nil:
+		return "allowed", ""
+	case errors.Is(err, syscall.EPERM):
+		return "eperm", err.Error()
+	case errors.Is(err, syscall.ENOSYS):
+		return "enosys", err.Error()
+	}
+	// Another error means the call was made and the kernel answered (not filtered).
+	return "allowed", err.Error()
+}
+
+func pause() {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	os.Exit(0)
+}
+
+func serve(args []string) int {
+	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	tcp := fs.String("tcp", "", "comma-separated ADDR:PORT to echo on (TCP)")
+	udp := fs.String("udp", "", "comma-separated ADDR:PORT to answer on (UDP)")
+	web := fs.String("http", "", "comma-separated ADDR:PORT of fake metadata servers (HTTP)")
+	_ = fs.Parse(args)
+	split := func(s string) []string {
+		if s == "" {
+			return nil
+		}
+		return strings.Split(s, ",")
+	}
+	errs := make(chan error, 1)
+	for _, a := range split(*tcp) {
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "probe serve:", err)
+			return 1
+		}
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					errs <- err
+					return
+				}
+				go func() {
+					defer c.Close()
+					_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+					fmt.Fprintf(c, "hello from %s\n", c.LocalAddr())
+					_, _ = io.Copy(c, c)
+				}()
+			}
+		}()
+	}
+	for _, a := range split(*udp) {
+		pc, err := net.ListenPacket("udp", a)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "probe serve:", err)
+			return 1
+		}
+		go func() {
+			buf := make([]byte, 512)
+			for {
+				_, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					errs <- err
+					return
+				}
+				_, _ = pc.WriteTo([]byte("pong from "+pc.LocalAddr().String()), from)
+			}
+		}()
+	}
+	for _, a := range split(*web) {
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "probe serve:", err)
+			return 1
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+			// Looks like a cloud metadata service: reaching it at all is the finding.
+			fmt.Fprintf(w, "fake metadata service at %s: %s\n", r.Host, r.URL.Path)
+		})
+		go func() { errs <- http.Serve(l, mux) }()
+	}
+	fmt.Println("probe serve: ready")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case <-sig:
+		return 0
+	case err := <-errs:
+		fmt.Fprintln(os.Stderr, "probe serve:", err)
+		return 1
+	}
+}
+
+// demo is the demo agent: it tries what the image's /etc/palisade-demo/checks lists (or the
+// checks given), and prints in words what the sandbox allowed and what it stopped.
+func demo(args []string) int {
+	checks := []string{}
+	for _, a := range args[1:] {
+		if strings.Contains(a, ":") || a == "id" || a == "kernel" || a == "token" {
+			checks = append(checks, a)
+		}
+	}
+	if len(checks) == 0 {
+		if data, err := os.ReadFile("/etc/palisade-demo/checks"); err == nil {
+			for _, l := range strings.Split(string(data), "\n") {
+				if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+					checks = append(checks, l)
+				}
+			}
+		}
+	}
+	fmt.Printf("demo agent %q started with %q\n", filepath.Base(args[0]), args[1:])
+	for _, c := range checks {
+		r := run(c)
+		verdict := "allowed"
+		switch r.Result {
+		case "refused", "timeout", "unreachable", "denied", "readonly", "absent", "eperm", "nxdomain", "error":
+			verdict = "stopped"
+		}
+		detail := r.Detail
+		if len(detail) > 80 {
+			detail = detail[:80] + "…"
+		}
+		fmt.Printf("%-8s %-40s -> %-10s %s\n", verdict, c, r.Result, detail)
+	}
+	fmt.Println("demo agent done; waiting to be stopped")
+	pause()
+	return 0
+}
+
+func forward(args []string) int {
+	if len(args) != 2 {
+		fmt.Fprintln(os.Stderr, "usage: probe forward LISTEN_ADDR:PORT TARGET_ADDR:PORT")
+		return 2
+	}
+	l, err := net.Listen("tcp", args[0])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "probe forward:", err)
+		return 1
+	}
+	go func() {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+		<-sig
+		os.Exit(0)
+	}()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "probe forward:", err)
+			return 1
+		}
+		go func() {
+			defer c.Close()
+			t, err := net.DialTimeout("tcp", args[1], 5*time.Second)
+			if err != nil {
+				return
+			}
+			defer t.Close()
+			done := make(chan struct{}, 2)
+			go func() { _, _ = io.Copy(t, c); done <- struct{}{} }()
+			go func() { _, _ = io.Copy(c, t); done <- struct{}{} }()
+			<-done
+		}()
+	}
+}
