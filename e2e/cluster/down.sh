@@ -14,12 +14,14 @@ if [[ $# -gt 0 ]]; then
   exit 2
 fi
 
+# shellcheck source=SCRIPTDIR/node.sh
+source "${CLUSTER_DIR}/node.sh"
 if [[ ! -e "${STATE_DIR}" ]]; then
+  # A real node's namespaces and host rules may outlive a removed state directory.
+  node_network_down
   echo "down.sh: nothing to do (${STATE_DIR} does not exist)"
   exit 0
 fi
-# shellcheck source=SCRIPTDIR/node.sh
-source "${CLUSTER_DIR}/node.sh"
 COMPONENTS+=("${NODE_COMPONENTS[@]}")
 stop_components
 node_down

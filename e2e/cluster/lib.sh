@@ -31,6 +31,9 @@ COREDNS_VERSION="$(tool_version coredns github.com/coredns/coredns)"
 # cgroups, mounts; and iptables, ipset, conntrack and runc from Debian).
 NODE_ENABLED="${PALISADE_E2E_NODE:-0}"
 
+# Nothing of the cluster goes through a proxy (every address it talks to is local).
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY all_proxy
+
 E2E_CACHE="${PALISADE_E2E_CACHE:-${HOME}/.cache/palisade/e2e}"
 BIN_DIR="${E2E_CACHE}/${K8S_VERSION}/bin"
 

@@ -20,18 +20,23 @@ NODE_POD_CIDR="10.245.0.0/24"
 # ranges too); the host routes these into the node's link only.
 NODE_RANGES="10.244.0.0/14"
 NODE_LINKS="10.250.0.0/16"
+SERVICE_RANGE="10.96.0.0/16"
 # The host's iptables rules for the node, in a chain of their own (PALISADE-NODE, jumped to from
 # OUTPUT and FORWARD; created by node_network_up, removed by node_network_down).
 HOST_CHAIN="PALISADE-NODE"
 HOST_RULES=(
+  # Anything forwarded from or to the node, and any answer to a connection that came in from
+  # the node (marked in mangle PREROUTING), unless it goes back into the link.
+  "-m connmark --mark 0x1000/0x1000 ! -o ${HOST_IF} -j DROP"
   "-o lo -j RETURN"
-  "-i ${HOST_IF} -o ${HOST_IF} -j DROP"
-  "-i ${HOST_IF} -j DROP"
-  "-o ${HOST_IF} -m conntrack --ctstate NEW,ESTABLISHED,RELATED -j RETURN"
+  "-o ${HOST_IF} -j RETURN"
   "-d ${NODE_RANGES} -j DROP"
   "-d ${NODE_LINKS} -j DROP"
+  "-d ${SERVICE_RANGE} -j DROP"
   "-s ${HOST_IP} -j DROP"
 )
+# What the node may reach on the host: the API server forwarder and the registry.
+HOST_INPUT_CHAIN="PALISADE-NODE-IN"
 CLUSTER_DNS_IP="10.96.0.10"
 REGISTRY="${HOST_IP}:5000"
 # The outside world's test servers: documentation addresses (RFC 5737) and a fake metadata
@@ -69,30 +74,31 @@ node_ns_has_route_out() { # <netns>
 # Creates the namespaces and links, or refuses when one of them could reach out.
 node_network_up() {
   local ns
+  # The host's rules first, so nothing of the node is ever up without them.
+  node_host_rules_up
   for ns in "${NODE_NS}" "${WORLD_NS}"; do
     ip netns del "${ns}" 2>/dev/null || true
     ip netns add "${ns}"
+    # IPv4 only: no router advertisements, no autoconfigured addresses.
+    ip netns exec "${ns}" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+    ip netns exec "${ns}" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
     ip netns exec "${ns}" ip link set lo up
   done
   ip link del "${HOST_IF}" 2>/dev/null || true
   ip link add "${HOST_IF}" type veth peer name eth0 netns "${NODE_NS}"
+  sysctl -qw "net.ipv6.conf.${HOST_IF}.disable_ipv6=1"
+  # Packets from the link with a source it does not route back there are dropped.
+  sysctl -qw "net.ipv4.conf.${HOST_IF}.rp_filter=1"
   ip addr add "${HOST_IP}/30" dev "${HOST_IF}"
   ip link set "${HOST_IF}" up
   # The host never forwards what comes from the node (it has nowhere to go), answers the node's
   # ranges only through the link (pods and the node reach the API server forwarder here), and
   # drops anything else for those ranges or from its own end of the link: a reply can never
   # leave by the machine's default route.
-  ip route replace "${NODE_RANGES}" via "${NODE_IP}" dev "${HOST_IF}"
-  ip route replace "${NODE_LINKS}" via "${NODE_IP}" dev "${HOST_IF}"
-  node_host_rules_down
-  iptables -N "${HOST_CHAIN}"
-  local rule
-  for rule in "${HOST_RULES[@]}"; do
-    # shellcheck disable=SC2086 # a rule is words
-    iptables -A "${HOST_CHAIN}" ${rule}
+  local range
+  for range in "${NODE_RANGES}" "${NODE_LINKS}" "${SERVICE_RANGE}"; do
+    ip route replace "${range}" via "${NODE_IP}" dev "${HOST_IF}"
   done
-  iptables -I OUTPUT -j "${HOST_CHAIN}"
-  iptables -I FORWARD -j "${HOST_CHAIN}"
   ip netns exec "${NODE_NS}" ip addr add "${NODE_IP}/30" dev eth0
   ip netns exec "${NODE_NS}" ip link set eth0 up
   ip netns exec "${NODE_NS}" ip link add "${NODE_WORLD_IF}" type veth peer name eth0 netns "${WORLD_NS}"
@@ -130,12 +136,38 @@ node_network_down() {
   ip netns del "${NODE_NS}" 2>/dev/null || true
   ip netns del "${WORLD_NS}" 2>/dev/null || true
   ip link del "${HOST_IF}" 2>/dev/null || true
-  ip route del "${NODE_RANGES}" 2>/dev/null || true
-  ip route del "${NODE_LINKS}" 2>/dev/null || true
+  local range
+  for range in "${NODE_RANGES}" "${NODE_LINKS}" "${SERVICE_RANGE}"; do
+    ip route del "${range}" 2>/dev/null || true
+  done
   node_host_rules_down
 }
 
+node_host_rules_up() {
+  node_host_rules_down
+  iptables -N "${HOST_CHAIN}"
+  local rule
+  for rule in "${HOST_RULES[@]}"; do
+    # shellcheck disable=SC2086 # a rule is words
+    iptables -A "${HOST_CHAIN}" ${rule}
+  done
+  iptables -I OUTPUT -j "${HOST_CHAIN}"
+  iptables -I FORWARD -j "${HOST_CHAIN}"
+  iptables -t mangle -I PREROUTING -i "${HOST_IF}" -j CONNMARK --set-mark 0x1000/0x1000
+  iptables -N "${HOST_INPUT_CHAIN}"
+  iptables -A "${HOST_INPUT_CHAIN}" -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+  iptables -A "${HOST_INPUT_CHAIN}" -d "${HOST_IP}" -p tcp -m multiport \
+    --dports "${APISERVER_PORT},${REGISTRY##*:}" -j ACCEPT
+  iptables -A "${HOST_INPUT_CHAIN}" -j DROP
+  iptables -I INPUT -i "${HOST_IF}" -j "${HOST_INPUT_CHAIN}"
+}
+
 node_host_rules_down() {
+  while iptables -t mangle -D PREROUTING -i "${HOST_IF}" -j CONNMARK --set-mark 0x1000/0x1000 \
+    2>/dev/null; do :; done
+  while iptables -D INPUT -i "${HOST_IF}" -j "${HOST_INPUT_CHAIN}" 2>/dev/null; do :; done
+  iptables -F "${HOST_INPUT_CHAIN}" 2>/dev/null || true
+  iptables -X "${HOST_INPUT_CHAIN}" 2>/dev/null || true
   while iptables -D OUTPUT -j "${HOST_CHAIN}" 2>/dev/null; do :; done
   while iptables -D FORWARD -j "${HOST_CHAIN}" 2>/dev/null; do :; done
   iptables -F "${HOST_CHAIN}" 2>/dev/null || true
@@ -186,7 +218,8 @@ node_containerd_config() {
   # Every registry the examples and tests name is mirrored to the local one; if the mirror
   # lacks an image, the fall-back to the real registry fails at once (no route out).
   local r
-  for r in docker.io ghcr.io quay.io registry.k8s.io gcr.io "${REGISTRY}"; do
+  # `_default`: every other registry too.
+  for r in _default docker.io ghcr.io quay.io registry.k8s.io gcr.io "${REGISTRY}"; do
     mkdir -p "${d}/certs.d/${r}"
     cat >"${d}/certs.d/${r}/hosts.toml" <<TOML
 server = "http://${REGISTRY}"
@@ -286,14 +319,17 @@ node_kill_leftovers() {
     p="${p#/proc/}"
     [[ "${p}" == "$$" ]] && continue
     if grep -qs ":/kubepods" "/proc/${p}/cgroup" ||
-      tr '\0' ' ' 2>/dev/null <"/proc/${p}/cmdline" | grep -qF -- "${NODE_DIR}/"; then
+      tr '\0' ' ' 2>/dev/null <"/proc/${p}/cmdline" | grep -qF -- "${STATE_DIR}/"; then
       kill -KILL "${p}" 2>/dev/null || true
     fi
   done
 }
 
 node_down() {
-  [[ -d "${NODE_DIR}" ]] || { node_network_down; return 0; }
+  [[ -d "${NODE_DIR}" ]] || {
+    node_network_down
+    return 0
+  }
   node_kill_leftovers
   sleep 0.5
   node_unmount

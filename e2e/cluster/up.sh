@@ -25,8 +25,9 @@ SERVICE_IP="10.96.0.1"
 SA_ISSUER="https://kubernetes.default.svc.cluster.local"
 # What the API server writes into the "kubernetes" Service's endpoints
 # (Endpoints reject loopback addresses). Nothing connects to it: the server
-# listens on 127.0.0.1 only. Default from TEST-NET-1 (RFC 5737, never routed).
-ADVERTISE_ADDRESS="${PALISADE_E2E_ADVERTISE_ADDRESS:-192.0.2.1}"
+# listens on 127.0.0.1 only. Default from TEST-NET-3 (RFC 5737), an address no
+# machine of this project uses.
+ADVERTISE_ADDRESS="${PALISADE_E2E_ADVERTISE_ADDRESS:-203.0.113.254}"
 # The real node (node.sh, lib.sh's NODE_ENABLED).
 # shellcheck source=SCRIPTDIR/node.sh
 source "${CLUSTER_DIR}/node.sh"
@@ -207,6 +208,18 @@ plugins:
 - name: PodNodeSelector
   path: ${CONF}/pod-node-selector.yaml
 EOF
+if [[ "${NODE_ENABLED}" == 1 ]]; then
+  # With a real node, no pod is privileged or on the host's network unless its namespace says
+  # so (a privileged pod could enter the machine's own network namespace).
+  cat >>"${CONF}/admission.yaml" <<EOF
+- name: PodSecurity
+  configuration:
+    apiVersion: pod-security.admission.config.k8s.io/v1
+    kind: PodSecurityConfiguration
+    defaults: {enforce: baseline, enforce-version: latest}
+    exemptions: {namespaces: [kube-system]}
+EOF
+fi
 cat >"${CONF}/kube-scheduler.yaml" <<EOF
 apiVersion: kubescheduler.config.k8s.io/v1
 kind: KubeSchedulerConfiguration
@@ -287,6 +300,7 @@ start kube-apiserver \
   --enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,RuntimeClass,NodeRestriction,OwnerReferencesPermissionEnforcement,PodNodeSelector \
   --admission-control-config-file="${CONF}/admission.yaml" \
   --kubelet-preferred-address-types=InternalIP \
+  --enable-aggregator-routing=true \
   --kubelet-certificate-authority="${PKI}/ca.crt" \
   --kubelet-client-certificate="${PKI}/apiserver-kubelet-client.crt" \
   --kubelet-client-key="${PKI}/apiserver-kubelet-client.key" \
