@@ -6,6 +6,8 @@
 #   FUZZ_SECONDS=300          time per target (libFuzzer -max_total_time)
 #   FUZZ_TARGETS="compile mxc_import"
 #   FUZZ_SANITIZER=none       or address (cargo fuzz -s; see fuzz/README.md)
+#   FUZZ_PROFILE=release      or dev: unoptimised, several times faster to build and slower to
+#                             run (CI's one-minute pass)
 #   FUZZ_ARGS="..."           extra libFuzzer flags, e.g. -seed=1 or -max_len=8192
 #
 # Needs the nightly toolchain (installed with rustup when missing). cargo-fuzz is installed from
@@ -21,6 +23,15 @@ CARGO_FUZZ_VERSION=0.13.2
 FUZZ_SECONDS="${FUZZ_SECONDS:-300}"
 FUZZ_TARGETS="${FUZZ_TARGETS:-compile mxc_import}"
 FUZZ_SANITIZER="${FUZZ_SANITIZER:-none}"
+FUZZ_PROFILE="${FUZZ_PROFILE:-release}"
+case "${FUZZ_PROFILE}" in
+  release) profile_flag=() ;;
+  dev) profile_flag=(--dev) ;;
+  *)
+    echo "fuzz: FUZZ_PROFILE must be release or dev, not '${FUZZ_PROFILE}'" >&2
+    exit 2
+    ;;
+esac
 read -r -a extra_args <<<"${FUZZ_ARGS:-}"
 
 if ! [[ "${FUZZ_SECONDS}" =~ ^[1-9][0-9]*$ ]]; then
@@ -57,8 +68,8 @@ target_dir="${target_root}/${key}"
 mkdir -p "${target_dir}"
 find "${target_root}" -mindepth 1 -maxdepth 1 ! -name "${key}" ! -name "${key}-*" -exec rm -rf {} +
 
-build_flags=(--sanitizer "${FUZZ_SANITIZER}" --debug-assertions --target-dir "${target_dir}")
-echo "fuzz: building ${FUZZ_TARGETS} with ${nightly} (sanitizer ${FUZZ_SANITIZER}) in ${target_dir}"
+build_flags=(${profile_flag[@]+"${profile_flag[@]}"} --sanitizer "${FUZZ_SANITIZER}" --debug-assertions --target-dir "${target_dir}")
+echo "fuzz: building ${FUZZ_TARGETS} with ${nightly} (${FUZZ_PROFILE}, sanitizer ${FUZZ_SANITIZER}) in ${target_dir}"
 nice -n 19 cargo +nightly fuzz build "${build_flags[@]}"
 
 mkdir -p fuzz/artifacts/logs
