@@ -500,6 +500,27 @@ YAML
     "${KUBECTL[@]}" -n kube-system wait --for=condition=Available deployment/coredns --timeout=5s
 }
 
+# Once everything runs (kube-proxy, kube-router and CNI have changed the node's tables), checks
+# again that nothing can leave: neither namespace has a route out, and the host sends every
+# test range, and nothing else of the node's, into the link.
+node_network_check() {
+  local ns a
+  for ns in "${NODE_NS}" "${WORLD_NS}"; do
+    node_ns_has_route_out "${ns}" &&
+      fail "" "network namespace ${ns} has a route out of the machine after the node started"
+    ip netns exec "${ns}" ip -4 route get 10.255.255.53 >/dev/null 2>&1 &&
+      fail "" "network namespace ${ns} has a route to the machine's resolver"
+  done
+  for a in 10.245.0.9 10.96.0.10 10.250.2.11 10.247.0.1; do
+    [[ "$(ip -4 route get "${a}" 2>/dev/null)" == *" dev ${HOST_IF} "* ]] ||
+      fail "" "the host does not route ${a} into ${HOST_IF}"
+  done
+  iptables -C OUTPUT -j "${HOST_CHAIN}" 2>/dev/null &&
+    iptables -C FORWARD -j "${HOST_CHAIN}" 2>/dev/null &&
+    iptables -C INPUT -i "${HOST_IF}" -j "${HOST_INPUT_CHAIN}" 2>/dev/null ||
+    fail "" "the host's ${HOST_CHAIN} rules are missing"
+}
+
 node_ready() {
   [[ "$("${KUBECTL[@]}" get node "${NODE_NAME}" \
     -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" == True ]]

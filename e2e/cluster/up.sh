@@ -375,6 +375,7 @@ if [[ "${NODE_ENABLED}" == 1 ]]; then
   COMPONENTS+=("${NODE_COMPONENTS[@]}")
   node_up
   node_kubernetes
+  node_network_check
 fi
 
 for c in "${COMPONENTS[@]}"; do
