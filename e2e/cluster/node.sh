@@ -188,21 +188,14 @@ node_unmount() {
 # Starts component $2 (binary $3) in network namespace $1 (empty: the host's), with up.sh's
 # pid and log conventions.
 node_start() { # <netns or ""> <component> <binary> <args...>
-  local ns="$1" c="$2" bin="$3" pid deadline=$((SECONDS + 30))
-  shift 3
-  local -a wrap=()
-  [[ -z "${ns}" ]] || wrap=(nsenter "--net=/run/netns/${ns}" --)
-  # The usual umask, whatever the caller's: containerd creates containers' root folders, which
-  # their non-root users must be able to enter.
-  (umask 022 && exec "${LAUNCH[@]}" "${wrap[@]}" "${bin}" "$@") </dev/null >>"${LOG_DIR}/${c}.log" 2>&1 &
-  pid=$!
-  echo "${pid}" >"${PID_DIR}/${c}.pid"
-  started=1
-  until component_pid "${c}" >/dev/null; do
-    pid_alive "${pid}" || fail "${c}" "${c} exited right after start"
-    ((SECONDS < deadline)) || fail "${c}" "${c} (pid ${pid}) did not exec ${bin}"
-    sleep 0.05
-  done
+  local ns="$1"
+  shift
+  local -a LAUNCH_PREFIX=()
+  [[ -z "${ns}" ]] || LAUNCH_PREFIX=(nsenter "--net=/run/netns/${ns}" --)
+  # The usual umask, whatever up.sh's: containerd creates containers' root folders, which their
+  # non-root users must be able to enter.
+  local LAUNCH_UMASK=022
+  start_binary "$@"
 }
 
 # A copy of a binary under the component's name (the probe plays several parts).

@@ -236,16 +236,25 @@ LAUNCH=()
 command -v setsid >/dev/null 2>&1 && LAUNCH=(setsid) # detach from the terminal
 
 start() { # <component> <args...>
-  local c="$1" pid deadline=$((SECONDS + 30))
-  shift
-  "${LAUNCH[@]}" "${BIN_DIR}/${c}" "$@" </dev/null >>"${LOG_DIR}/${c}.log" 2>&1 &
+  start_binary "$1" "${BIN_DIR}/$1" "${@:2}"
+}
+
+# Starts component $1 running binary $2, logging to its log and recording its pid. A caller may
+# set LAUNCH_PREFIX (a command to run it under, e.g. nsenter) and LAUNCH_UMASK (node.sh).
+start_binary() { # <component> <binary> <args...>
+  local c="$1" bin="$2" pid deadline=$((SECONDS + 30))
+  shift 2
+  (
+    [[ -z "${LAUNCH_UMASK:-}" ]] || umask "${LAUNCH_UMASK}"
+    exec "${LAUNCH[@]}" ${LAUNCH_PREFIX[@]+"${LAUNCH_PREFIX[@]}"} "${bin}" "$@"
+  ) </dev/null >>"${LOG_DIR}/${c}.log" 2>&1 &
   pid=$!
   echo "${pid}" >"${PID_DIR}/${c}.pid"
   started=1
   # Wait for the exec, so component_pid recognises the process.
   until component_pid "${c}" >/dev/null; do
     pid_alive "${pid}" || fail "${c}" "${c} exited right after start"
-    ((SECONDS < deadline)) || fail "${c}" "${c} (pid ${pid}) did not exec ${BIN_DIR}/${c}"
+    ((SECONDS < deadline)) || fail "${c}" "${c} (pid ${pid}) did not exec ${bin}"
     sleep 0.05
   done
 }

@@ -112,6 +112,16 @@ where
 }
 
 impl Caches {
+    /// The cache of one kind of cluster-scoped policy.
+    pub fn admin(&self, kind: super::admin::AdminKind) -> &OptionalStore {
+        use super::admin::AdminKind;
+        match kind {
+            AdminKind::CiliumClusterwide => &self.cilium_clusterwide_policies,
+            AdminKind::AdminNetworkPolicy => &self.admin_network_policies,
+            AdminKind::ClusterNetworkPolicy => &self.cluster_network_policies,
+        }
+    }
+
     /// Resolves once every store has listed its objects and the cluster facts were read.
     pub async fn ready(&self) {
         for gate in self.gates.iter() {

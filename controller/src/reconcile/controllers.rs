@@ -89,22 +89,13 @@ async fn first_facts(
             }
         }
     }
-    let read = [
-        (&crds.cilium_policies.readable, &caches.cilium_policies),
-        (
-            &crds.cilium_clusterwide.readable,
-            &caches.cilium_clusterwide_policies,
-        ),
-        (
-            &crds.admin_network_policy.readable,
-            &caches.admin_network_policies,
-        ),
-        (
-            &crds.cluster_network_policy.readable,
-            &caches.cluster_network_policies,
-        ),
-        (&crds.namespaces, &caches.namespaces),
-    ];
+    let mut read: Vec<(&std::sync::atomic::AtomicBool, &OptionalStore)> =
+        super::admin::AdminKind::ALL
+            .into_iter()
+            .map(|k| (&*crds.admin(k).readable, caches.admin(k)))
+            .collect();
+    read.push((&crds.cilium_policies.readable, &caches.cilium_policies));
+    read.push((&crds.namespaces, &caches.namespaces));
     let deadline = tokio::time::Instant::now() + FIRST_LIST_WAIT;
     while read
         .iter()
@@ -497,37 +488,22 @@ pub async fn run(
         Watched::All(caches.sandboxes.clone()),
         stop.clone(),
     );
-    let admin_triggers = futures::stream::select_all([
-        optional_children(
-            client.clone(),
-            None,
-            super::admin::AdminKind::CiliumClusterwide.resource(),
-            optional_crds.cilium_clusterwide.readable.clone(),
-            caches.cilium_clusterwide_policies.clone(),
-            Watched::Cluster(all_tx.clone()),
-            stop.clone(),
-        )
-        .boxed(),
-        optional_children(
-            client.clone(),
-            None,
-            super::admin::AdminKind::AdminNetworkPolicy.resource(),
-            optional_crds.admin_network_policy.readable.clone(),
-            caches.admin_network_policies.clone(),
-            Watched::Cluster(all_tx.clone()),
-            stop.clone(),
-        )
-        .boxed(),
-        optional_children(
-            client.clone(),
-            None,
-            super::admin::AdminKind::ClusterNetworkPolicy.resource(),
-            optional_crds.cluster_network_policy.readable.clone(),
-            caches.cluster_network_policies.clone(),
-            Watched::Cluster(all_tx.clone()),
-            stop.clone(),
-        )
-        .boxed(),
+    let mut admin_watches: Vec<_> = super::admin::AdminKind::ALL
+        .into_iter()
+        .map(|kind| {
+            optional_children(
+                client.clone(),
+                None,
+                kind.resource(),
+                optional_crds.admin(kind).readable.clone(),
+                caches.admin(kind).clone(),
+                Watched::Cluster(all_tx.clone()),
+                stop.clone(),
+            )
+            .boxed()
+        })
+        .collect();
+    admin_watches.push(
         optional_children(
             client.clone(),
             settings.namespace.clone(),
@@ -538,7 +514,8 @@ pub async fn run(
             stop.clone(),
         )
         .boxed(),
-    ]);
+    );
+    let admin_triggers = futures::stream::select_all(admin_watches);
     let seccomp_triggers = optional_children(
         client.clone(),
         settings.namespace.clone(),

@@ -59,6 +59,18 @@ pub struct ReadOnly {
     pub readable: Arc<AtomicBool>,
 }
 
+impl OptionalCrds {
+    /// What is known of one kind of cluster-scoped policy.
+    pub fn admin(&self, kind: super::admin::AdminKind) -> &ReadOnly {
+        use super::admin::AdminKind;
+        match kind {
+            AdminKind::CiliumClusterwide => &self.cilium_clusterwide,
+            AdminKind::AdminNetworkPolicy => &self.admin_network_policy,
+            AdminKind::ClusterNetworkPolicy => &self.cluster_network_policy,
+        }
+    }
+}
+
 impl ReadOnly {
     fn set(&self, installed: bool, readable: bool) -> bool {
         let a = self.installed.swap(installed, Ordering::SeqCst) != installed;

@@ -25,7 +25,7 @@ use crate::render::ClusterFacts;
 use crate::render::network::isolation_name;
 
 use super::act::{Acted, Failed, act};
-use super::admin::{AdminPolicies, Read};
+use super::admin::{AdminKind, AdminPolicies, Read};
 use super::backoff::Backoff;
 use super::caches::OptionalStore;
 use super::children::{self, Grace, may_widen};
@@ -122,12 +122,7 @@ fn observe(ctx: &Ctx, sandbox: &AgentSandbox, ns: &str, uid: &str) -> Reading {
         .filter(|np| np.namespace().as_deref() == Some(ns))
         .collect();
     let crds = &ctx.optional_crds;
-    let admin = [
-        (&crds.cilium_clusterwide, &c.cilium_clusterwide_policies),
-        (&crds.admin_network_policy, &c.admin_network_policies),
-        (&crds.cluster_network_policy, &c.cluster_network_policies),
-    ]
-    .map(|(kind, store)| read(kind, store, None));
+    let admin = AdminKind::ALL.map(|kind| read(crds.admin(kind), c.admin(kind), None));
     let cilium_policies = read(&crds.cilium_policies, &c.cilium_policies, Some(ns));
     let namespace_labels = c.namespaces.get().and_then(|store| {
         let namespace = ObjectRef::new_with(ns, ApiResource::erase::<Namespace>(&()));
