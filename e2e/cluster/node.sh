@@ -335,11 +335,15 @@ node_image() {
   local ref="$1" binary="$2" work
   shift 2
   work="$(mktemp -d "${NODE_DIR}/image.XXXXXX")"
-  mkdir -p "${work}/root/usr/local/bin" "${work}/root/tmp" "${work}/root/etc/palisade-demo"
+  mkdir -p "${work}/root/usr/local/bin" "${work}/root/tmp" "${work}/root/etc/palisade-demo" \
+    "${work}/root/opt/probe/secret" "${work}/root/opt/probe/scratch"
   cp "${binary}" "${work}/root/usr/local/bin/"
+  # For the isolation suite: a file a deniedPaths mask must hide, and a folder anyone may write
+  # to, so that a write there fails only because the root filesystem is read-only.
+  echo "a file of the image" >"${work}/root/opt/probe/secret/file.txt"
   # Readable by the sandboxes' non-root users (mktemp made the folder private).
   chmod -R a+rX,go-w "${work}/root"
-  chmod 1777 "${work}/root/tmp"
+  chmod 1777 "${work}/root/tmp" "${work}/root/opt/probe/scratch"
   tar --owner=0 --group=0 --numeric-owner -C "${work}/root" -cf "${work}/layer.tar" .
   local entry
   entry="$(IFS=,; echo "$*")"
@@ -412,7 +416,13 @@ CNF
     API_URL="https://${HOST_IP}:${APISERVER_PORT}" write_kubeconfig "${CONF}/${c}.kubeconfig" "${c}"
   done
   printf 'nameserver %s\n' "${WORLD_IP}" >"${NODE_DIR}/resolv.conf"
-  mkdir -p "${NODE_DIR}/kubelet"
+  mkdir -p "${NODE_DIR}/kubelet/seccomp/palisade-e2e"
+  # A Localhost seccomp profile for the isolation suite: everything allowed but personality(2),
+  # which fails with EPERM (a call the runtimes' default profiles allow).
+  cat >"${NODE_DIR}/kubelet/seccomp/palisade-e2e/deny-personality.json" <<JSON
+{"defaultAction": "SCMP_ACT_ALLOW",
+ "syscalls": [{"names": ["personality"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}
+JSON
   cat >"${CONF}/kubelet.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration

@@ -1,6 +1,7 @@
 //! Shared helpers of the end-to-end suite: a client for the cluster named by `KUBECONFIG`
 //! (required: the suite fails, never skips, without a cluster), namespaces, and waiting.
 
+pub mod node;
 pub mod operator;
 pub mod sandboxes;
 
