@@ -57,10 +57,25 @@ if [[ -n "${E2E_KUBECONFIG:-}" ]]; then
   kubectl apply --server-side --force-conflicts -f charts/palisade/crds/
   kubectl delete --ignore-not-found -f config/default/palisade.yaml >/dev/null
 fi
+# The real node (PALISADE_E2E_NODE, on by default) runs the isolation suite; on a cluster of
+# one's own (E2E_KUBECONFIG) there is none.
+node=0
+if [[ -z "${E2E_KUBECONFIG:-}" ]]; then
+  # shellcheck source=cluster/lib.sh
+  node="$(source e2e/cluster/lib.sh && echo "${NODE_ENABLED}")"
+fi
+node_values=()
+if ((node)); then
+  # The cluster's ranges, as an admin states them: pods (the node's and the fake nodes'),
+  # Services, and the node's links, so no CIDR allow reaches into the cluster.
+  node_values=(--set "cluster.cidrs={10.244.0.0/14,10.96.0.0/16}" --set "cluster.nodeCidrs={10.250.0.0/16}")
+else
+  echo "e2e: no real node (PALISADE_E2E_NODE=0 or E2E_KUBECONFIG): the isolation suite (tests/isolation.rs) does not run"
+fi
 echo "e2e: helm install $release charts/palisade -n $release_ns"
 # The suite's sandboxes use RuntimeClasses of unique names (gvisor-late-..., gvisor-tolerating-...).
 helm upgrade --install "$release" charts/palisade --namespace "$release_ns" --create-namespace \
-  --set "admissionPolicy.runtimeClassNames={gvisor-*,kata-*}" --wait --timeout 3m
+  --set "admissionPolicy.runtimeClassNames={gvisor-*,kata-*}" "${node_values[@]}" --wait --timeout 3m
 kubectl wait --for=condition=Established --timeout=60s crd/agentpolicies.palisade.dev crd/agentsandboxes.palisade.dev
 
 # Credentials of the chart's ServiceAccount, for every operator the suite runs.
@@ -105,7 +120,9 @@ stop_operator() { kill "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/de
 cleanup+=("stop_operator")
 
 status=0
-cargo test -p palisade-e2e --no-fail-fast --test admission --test operator --test hardening --test rbac --test gitops --test backends \
+suites=(--test admission --test operator --test hardening --test rbac --test gitops --test backends)
+((node)) && suites+=(--test isolation)
+cargo test -p palisade-e2e --no-fail-fast "${suites[@]}" \
   -- --test-threads "${E2E_THREADS:-8}" "$@" || status=$?
 stop_operator
 if ((status != 0)); then
@@ -118,6 +135,11 @@ fi
 echo "e2e: phase 2 (tests/ha.rs, own operators)"
 # One at a time: under the chart's RBAC they share the release's Lease.
 PALISADE_BIN="$operator_bin" cargo test -p palisade-e2e --test ha -- --test-threads 1 --nocapture || status=$?
+if ((node)); then
+  # gVisor applying the pod's seccomp profile (runsc --oci-seccomp) needs an operator told so.
+  echo "e2e: phase 3 (tests/isolation_oci_seccomp.rs, an operator mapping gvisor to gvisor-seccomp)"
+  PALISADE_BIN="$operator_bin" cargo test -p palisade-e2e --test isolation_oci_seccomp -- --test-threads 1 --nocapture || status=$?
+fi
 
 # Every operator log: no panic, and no request the chart's RBAC refused.
 for log in "$operator_log" "$state"/operators/*.log; do

@@ -117,6 +117,7 @@ async fn main() {
         lease_name: None,
         identity: None,
         concurrency: args.concurrency,
+        ..Options::default()
     });
     // Wait for its HTTP endpoint: the CRDs are checked and the controllers are starting.
     let port = op.metrics_port();

@@ -27,9 +27,9 @@ GVISOR_VERSION="$(tool_version gvisor gvisor.dev/gvisor)"
 KUBE_ROUTER_VERSION="$(tool_version kube-router github.com/cloudnativelabs/kube-router/v2)"
 COREDNS_VERSION="$(tool_version coredns github.com/coredns/coredns)"
 
-# The real node (node.sh): off unless PALISADE_E2E_NODE=1 (it needs root: network namespaces,
-# cgroups, mounts; and iptables, ipset, conntrack and runc from Debian).
-NODE_ENABLED="${PALISADE_E2E_NODE:-0}"
+# The real node (node.sh): on unless PALISADE_E2E_NODE=0. It needs root (network namespaces,
+# cgroups, mounts) and iptables, ipset, conntrack and runc from Debian.
+NODE_ENABLED="${PALISADE_E2E_NODE:-1}"
 
 # Nothing of the cluster goes through a proxy (every address it talks to is local).
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY all_proxy

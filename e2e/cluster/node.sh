@@ -54,6 +54,17 @@ CONTAINERD_SOCK="${NODE_DIR}/containerd/containerd.sock"
 # its own name (component_pid checks the executable), copied into NODE_BIN where needed.
 NODE_COMPONENTS=(world-servers world-dns api-forwarder registry containerd kubelet kube-proxy kube-router)
 
+# Refuses to start the node without what it needs, saying how to get it.
+node_preflight() {
+  [[ "${EUID}" == 0 ]] || die "the real node needs root (network namespaces, cgroups, mounts, iptables); run as root, or set PALISADE_E2E_NODE=0 for simulated nodes only (the isolation suite then does not run)"
+  local missing=() t
+  for t in runc iptables ipset conntrack nsenter ip modprobe; do
+    command -v "${t}" >/dev/null || missing+=("${t}")
+  done
+  ((${#missing[@]} == 0)) ||
+    die "the real node needs ${missing[*]}: apt-get install runc iptables ipset conntrack util-linux iproute2 kmod"
+}
+
 in_node() { nsenter --net="/run/netns/${NODE_NS}" -- "$@"; }
 in_world() { nsenter --net="/run/netns/${WORLD_NS}" -- "$@"; }
 

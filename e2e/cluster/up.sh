@@ -35,6 +35,7 @@ if [[ "${NODE_ENABLED}" == 1 ]]; then
   # Pods reach the API server through the kubernetes Service: at the host end of the node's link
   # (a forwarder there leads to 127.0.0.1).
   ADVERTISE_ADDRESS="${HOST_IP}"
+  node_preflight
 fi
 
 PKI="${STATE_DIR}/pki"

@@ -59,6 +59,8 @@ pub struct Options {
     pub identity: Option<String>,
     /// `--concurrency`.
     pub concurrency: Option<u16>,
+    /// More arguments of `palisade run`.
+    pub args: Vec<String>,
 }
 
 /// A running operator process; killed (SIGKILL) and reaped when dropped.
@@ -98,6 +100,7 @@ impl Operator {
         if let Some(c) = opts.concurrency {
             cmd.arg("--concurrency").arg(c.to_string());
         }
+        cmd.args(&opts.args);
         match &opts.identity {
             Some(id) => cmd.env("POD_NAME", id),
             None => cmd.env_remove("POD_NAME"),

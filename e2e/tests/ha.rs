@@ -62,6 +62,7 @@ fn opts(name: &str, ns: &str, identity: &str) -> Options {
         lease_name: Some(lease_name),
         identity: Some(identity.into()),
         concurrency: None,
+        args: Vec::new(),
     }
 }
 
