@@ -58,11 +58,11 @@ NODE_COMPONENTS=(world-servers world-dns api-forwarder registry containerd kubel
 node_preflight() {
   [[ "${EUID}" == 0 ]] || die "the real node needs root (network namespaces, cgroups, mounts, iptables); run as root, or set PALISADE_E2E_NODE=0 for simulated nodes only (the isolation suite then does not run)"
   local missing=() t
-  for t in runc iptables ipset conntrack nsenter ip modprobe; do
+  for t in runc iptables ipset conntrack nsenter ip curl; do
     command -v "${t}" >/dev/null || missing+=("${t}")
   done
   ((${#missing[@]} == 0)) ||
-    die "the real node needs ${missing[*]}: apt-get install runc iptables ipset conntrack util-linux iproute2 kmod"
+    die "the real node needs ${missing[*]}: apt-get install runc iptables ipset conntrack util-linux iproute2 curl"
 }
 
 in_node() { nsenter --net="/run/netns/${NODE_NS}" -- "$@"; }

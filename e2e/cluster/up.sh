@@ -35,7 +35,6 @@ if [[ "${NODE_ENABLED}" == 1 ]]; then
   # Pods reach the API server through the kubernetes Service: at the host end of the node's link
   # (a forwarder there leads to 127.0.0.1).
   ADVERTISE_ADDRESS="${HOST_IP}"
-  node_preflight
 fi
 
 PKI="${STATE_DIR}/pki"
@@ -48,6 +47,7 @@ die() {
   echo "up.sh: ERROR: $*" >&2
   exit 1
 }
+[[ "${NODE_ENABLED}" != 1 ]] || node_preflight
 
 # Fails with the tail of a component's log.
 fail() { # <component or ""> <message>
