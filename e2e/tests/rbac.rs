@@ -424,15 +424,17 @@ async fn the_admission_policy_lets_the_operator_create_only_sandbox_like_pods() 
         json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "nvidia"}, "handler": "runc"}),
     )
     .await;
-    // Namespaces without Pod Security enforcement: only the admission policy stands in the way.
-    // The second one is labelled by an admin for Secrets in env and runc.
+    // Namespaces without Pod Security enforcement (`privileged`, as the cluster may default to
+    // `baseline`): only the admission policy stands in the way. The second one is labelled by an
+    // admin for Secrets in env and runc.
     let ns = &palisade_e2e::unique("vap");
     let trusted = &palisade_e2e::unique("vap-trusted");
-    namespace(&admin, ns, json!({})).await;
+    let unenforced = "pod-security.kubernetes.io/enforce";
+    namespace(&admin, ns, json!({unenforced: "privileged"})).await;
     namespace(
         &admin,
         trusted,
-        json!({"palisade.dev/allow-secret-env": "true", "palisade.dev/allow-runc": "true"}),
+        json!({unenforced: "privileged", "palisade.dev/allow-secret-env": "true", "palisade.dev/allow-runc": "true"}),
     )
     .await;
     for (in_ns, sa) in [
