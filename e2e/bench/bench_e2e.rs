@@ -4,8 +4,15 @@
 //! created→Ready latency percentiles and the operator's peak RSS, then deletes the namespace.
 //! No other operator should watch that namespace (e.g. the shared one of e2e/run.sh).
 //!
+//! On the simulated (kwok) nodes pods become Running at once, so the figures are the control
+//! plane's and the operator's. When the cluster has the e2e real node (`palisade-node`), it then
+//! runs `--node-count` sandboxes (20) for real, under gVisor and under runc, and prints the same
+//! figures for each: image pull (from the node's registry), sandbox start, NetworkPolicy and
+//! readiness included.
+//!
 //! ```text
-//! bench-e2e [--count N] [--concurrency C] [--creators K] [--namespace NS] [--timeout SECS] [--keep]
+//! bench-e2e [--count N] [--node-count N] [--concurrency C] [--creators K] [--namespace NS]
+//!           [--timeout SECS] [--keep]
 //! ```
 
 use std::collections::BTreeMap;
@@ -14,12 +21,16 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use palisade::api::{AgentPolicy, AgentSandbox, SandboxPhase};
+use k8s_openapi::api::core::v1::Node;
+use kube::Client;
+use palisade_e2e::node;
 use palisade_e2e::operator::{self, Operator, Options};
 use palisade_e2e::{MANAGER, client, install_crds, restricted_namespace};
 use serde_json::json;
 
 struct Args {
     count: usize,
+    node_count: usize,
     concurrency: Option<u16>,
     creators: usize,
     namespace: String,
@@ -29,7 +40,8 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench-e2e [--count N (500)] [--concurrency C (operator default)] [--creators K (16)] \
+        "usage: bench-e2e [--count N (500)] [--node-count N (20; 0: no real-node runs)] \
+         [--concurrency C (operator default)] [--creators K (16)] \
          [--namespace NS (palisade-bench)] [--timeout SECS (600)] [--keep]"
     );
     std::process::exit(2)
@@ -38,6 +50,7 @@ fn usage() -> ! {
 fn parse_args() -> Args {
     let mut args = Args {
         count: 500,
+        node_count: 20,
         concurrency: None,
         creators: 16,
         namespace: "palisade-bench".into(),
@@ -49,6 +62,7 @@ fn parse_args() -> Args {
         let mut value = || it.next().unwrap_or_else(|| usage());
         match arg.as_str() {
             "--count" => args.count = value().parse().unwrap_or_else(|_| usage()),
+            "--node-count" => args.node_count = value().parse().unwrap_or_else(|_| usage()),
             "--concurrency" => args.concurrency = Some(value().parse().unwrap_or_else(|_| usage())),
             "--creators" => args.creators = value().parse().unwrap_or_else(|_| usage()),
             "--namespace" => args.namespace = value(),
@@ -90,17 +104,78 @@ fn is_running(s: &AgentSandbox) -> bool {
     s.status.as_ref().and_then(|st| st.phase) == Some(SandboxPhase::Running)
 }
 
+/// Where the sandboxes of a run go.
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    /// kwok's fake nodes.
+    Simulated,
+    /// The real node, under gVisor (RuntimeClass `gvisor`, handler runsc).
+    Gvisor,
+    /// The real node, under runc (no RuntimeClass).
+    Runc,
+}
+
+impl Target {
+    fn label(self) -> &'static str {
+        match self {
+            Target::Simulated => "simulated nodes (kwok)",
+            Target::Gvisor => "real node, gVisor",
+            Target::Runc => "real node, runc",
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = parse_args();
-    let ns = args.namespace.clone();
     let client = client().await;
     install_crds(&client).await;
+    let mut ok = run(&client, &args, Target::Simulated, args.count, &args.namespace).await;
+    let node = Api::<Node>::all(client.clone())
+        .get_opt(node::NODE_NAME)
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+    if args.node_count > 0 && node {
+        for (target, suffix) in [(Target::Gvisor, "gvisor"), (Target::Runc, "runc")] {
+            let ns = format!("{}-{suffix}", args.namespace);
+            ok &= run(&client, &args, target, args.node_count, &ns).await;
+        }
+    } else if args.node_count > 0 {
+        println!(
+            "\nno real node ({}) in this cluster: no gVisor and runc figures (PALISADE_E2E_NODE=1 make cluster-up)",
+            node::NODE_NAME
+        );
+    }
+    if !ok {
+        std::process::exit(1);
+    }
+}
+
+/// One run: `count` sandboxes on `target` in namespace `ns`; false when it failed.
+async fn run(client: &Client, args: &Args, target: Target, count: usize, ns: &str) -> bool {
+    let ns = ns.to_string();
+    let client = client.clone();
+    println!("\n== {}: {count} sandboxes", target.label());
     operator::gvisor_runtime_class(&client).await;
     operator::delete_namespace_and_wait(&client, &ns, Duration::from_secs(300)).await;
-    restricted_namespace(&client, &ns).await;
+    let runtime = match target {
+        Target::Simulated => {
+            restricted_namespace(&client, &ns).await;
+            "gvisor"
+        }
+        Target::Gvisor => {
+            node::namespace(&ns, false).await;
+            "gvisor"
+        }
+        Target::Runc => {
+            node::namespace(&ns, true).await;
+            "runc"
+        }
+    };
     let policy = json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "AgentPolicy", "metadata": {"name": "p"},
-                        "spec": {"network": {"dns": "none"}}});
+                        "spec": {"network": {"dns": "none"}, "isolation": {"runtime": runtime}}});
     Api::<AgentPolicy>::namespaced(client.clone(), &ns)
         .patch(
             "p",
@@ -131,8 +206,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!(
-        "bench-e2e: {} sandboxes in namespace {ns}, operator pid {} (log {}), {} creators",
-        args.count,
+        "bench-e2e: {count} sandboxes in namespace {ns}, operator pid {} (log {}), {} creators",
         op.pid(),
         op.log_path().display(),
         args.creators
@@ -143,15 +217,28 @@ async fn main() {
     let mut creators = Vec::new();
     for k in 0..args.creators {
         let api = sandboxes.clone();
-        let (count, step) = (args.count, args.creators);
+        let step = args.creators;
         creators.push(tokio::spawn(async move {
             let mut created = Vec::new();
             for i in (k..count).step_by(step) {
                 let name = format!("b{i:05}");
+                let sandbox = match target {
+                    Target::Simulated => operator::small_sandbox(&name, "p"),
+                    // The probe waiting for its stop signal, with small requests (the node has
+                    // two CPUs).
+                    Target::Gvisor | Target::Runc => {
+                        let r = json!({"cpu": "20m", "memory": "48Mi", "ephemeral-storage": "64Mi"});
+                        json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox",
+                            "metadata": {"name": name},
+                            "spec": {"policyRef": {"name": "p"}, "image": node::PROBE_IMAGE,
+                                "command": ["probe"], "args": ["pause"],
+                                "resources": {"requests": r, "limits": r}}})
+                    }
+                };
                 api.patch(
                     &name,
                     &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(operator::small_sandbox(&name, "p")),
+                    &Patch::Apply(sandbox),
                 )
                 .await
                 .unwrap_or_else(|e| panic!("create sandbox {name}: {e}"));
@@ -170,13 +257,13 @@ async fn main() {
     // rounded up to the next second).
     let mut running_at: BTreeMap<String, Duration> = BTreeMap::new();
     let mut last: Vec<AgentSandbox> = Vec::new();
-    while running_at.len() < args.count {
+    while running_at.len() < count {
         if t0.elapsed() > args.timeout {
             eprintln!(
                 "bench-e2e: timed out after {:?} with {} of {} Running",
                 args.timeout,
                 running_at.len(),
-                args.count
+                count
             );
             break;
         }
@@ -221,11 +308,11 @@ async fn main() {
         .filter_map(|(name, at)| Some(at.saturating_sub(*created_at.get(name)?).as_secs_f64()))
         .collect();
 
-    println!("sandboxes Running              {done} / {}", args.count);
+    println!("sandboxes Running              {done} / {count}");
     println!(
         "all created after              {:.2} s ({:.1} creates/s)",
         created_all.as_secs_f64(),
-        args.count as f64 / created_all.as_secs_f64()
+        count as f64 / created_all.as_secs_f64()
     );
     println!(
         "all Running after              {:.2} s (observed, 1 s polls)",
@@ -264,7 +351,5 @@ async fn main() {
             op.log_path().display()
         );
     }
-    if panicked || done < args.count || !status.success() {
-        std::process::exit(1);
-    }
+    !(panicked || done < count || !status.success())
 }

@@ -341,14 +341,16 @@ node_down() {
 }
 
 # An image of one static binary (in /usr/local/bin), pushed to the local registry:
-# <repository:tag> <binary> <entrypoint...>.
+# <repository:tag> <binary> <entrypoint...>. With IMAGE_AS the binary is installed under that
+# name; with IMAGE_CHECKS (a file) the demo agent's checks go to /etc/palisade-demo/checks.
 node_image() {
   local ref="$1" binary="$2" work
   shift 2
   work="$(mktemp -d "${NODE_DIR}/image.XXXXXX")"
   mkdir -p "${work}/root/usr/local/bin" "${work}/root/tmp" "${work}/root/etc/palisade-demo" \
     "${work}/root/opt/probe/secret" "${work}/root/opt/probe/scratch"
-  cp "${binary}" "${work}/root/usr/local/bin/"
+  cp "${binary}" "${work}/root/usr/local/bin/${IMAGE_AS:-}"
+  [[ -z "${IMAGE_CHECKS:-}" ]] || cp "${IMAGE_CHECKS}" "${work}/root/etc/palisade-demo/checks"
   # For the isolation suite: a file a deniedPaths mask must hide, and a folder anyone may write
   # to, so that a write there fails only because the root filesystem is read-only.
   echo "a file of the image" >"${work}/root/opt/probe/secret/file.txt"

@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 
 use crate::{sandboxes, wait_for};
 
+/// The real node's name.
+pub const NODE_NAME: &str = "palisade-node";
+
 /// The probe image, pulled through containerd's mirror of ghcr.io (the node's local registry).
 pub const PROBE_IMAGE: &str = "ghcr.io/palisade-e2e/probe:1";
 /// Its repository prefix, for a policy's `images.allowedRegistries`.
