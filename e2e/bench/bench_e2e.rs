@@ -18,11 +18,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Node;
+use kube::Client;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use palisade::api::{AgentPolicy, AgentSandbox, SandboxPhase};
-use k8s_openapi::api::core::v1::Node;
-use kube::Client;
 use palisade_e2e::node;
 use palisade_e2e::operator::{self, Operator, Options};
 use palisade_e2e::{MANAGER, client, install_crds, restricted_namespace};
@@ -130,7 +130,14 @@ async fn main() {
     let args = parse_args();
     let client = client().await;
     install_crds(&client).await;
-    let mut ok = run(&client, &args, Target::Simulated, args.count, &args.namespace).await;
+    let mut ok = run(
+        &client,
+        &args,
+        Target::Simulated,
+        args.count,
+        &args.namespace,
+    )
+    .await;
     let node = Api::<Node>::all(client.clone())
         .get_opt(node::NODE_NAME)
         .await
@@ -227,7 +234,8 @@ async fn run(client: &Client, args: &Args, target: Target, count: usize, ns: &st
                     // The probe waiting for its stop signal, with small requests (the node has
                     // two CPUs).
                     Target::Gvisor | Target::Runc => {
-                        let r = json!({"cpu": "20m", "memory": "48Mi", "ephemeral-storage": "64Mi"});
+                        let r =
+                            json!({"cpu": "20m", "memory": "48Mi", "ephemeral-storage": "64Mi"});
                         json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox",
                             "metadata": {"name": name},
                             "spec": {"policyRef": {"name": "p"}, "image": node::PROBE_IMAGE,
