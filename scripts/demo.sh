@@ -57,6 +57,11 @@ spec:
   persistentVolumeReclaimPolicy: Retain
   hostPath: {path: $PWD/$state/workspace}
 YAML
+  # Released by an earlier run's claim (the coder sandbox deleted): free for the next one.
+  if [[ "$(kubectl get pv palisade-demo-workspace -o jsonpath='{.status.phase}')" == Released ]]; then
+    kubectl patch pv palisade-demo-workspace --type=json \
+      -p '[{"op": "remove", "path": "/spec/claimRef"}]' >/dev/null
+  fi
   if ((node)); then
     ns=palisade-demo
     kata_ns=palisade-demo-simulated

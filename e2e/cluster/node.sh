@@ -35,6 +35,9 @@ HOST_RULES=(
   "-d ${SERVICE_RANGE} -j DROP"
   "-s ${HOST_IP} -j DROP"
 )
+# The host never talks to the world's test servers (only the node routes to them): whatever
+# would (say, an API server proxy to an Endpoints there) is dropped, not sent on the machine's
+# own network. Added to HOST_RULES below, once WORLD_ADDRESSES is set.
 # What the node may reach on the host: the API server forwarder and the registry.
 HOST_INPUT_CHAIN="PALISADE-NODE-IN"
 CLUSTER_DNS_IP="10.96.0.10"
@@ -43,10 +46,22 @@ REGISTRY="${HOST_IP}:5000"
 # service; only the node's routes lead there, and nothing leads further.
 WORLD_ADDRESSES=(192.0.2.10 192.0.2.20 198.51.100.10 198.51.100.13 203.0.113.10 169.254.169.254)
 WORLD_PREFIXES=(192.0.2.0/24 198.51.100.0/24 203.0.113.0/24 169.254.169.254/32)
+for a in "${WORLD_ADDRESSES[@]}"; do HOST_RULES+=("-d ${a}/32 -j DROP"); done
 WORLD_TCP_PORTS=(80 443 8080)
 WORLD_UDP_PORTS=(53 5353)
 
 NODE_DIR="${STATE_DIR}/node"
+# Machine-wide state of the one real node a machine can run (its namespace and link names are
+# fixed): the state directory that owns it, and the host's kernel settings the kubelet changes,
+# restored by node_network_down.
+NODE_RUN="/run/palisade-e2e-node"
+# The kubelet's pods live under this cgroup (cgroupRoot), so that cleaning up touches nothing
+# else on the machine.
+NODE_CGROUP="palisade-e2e"
+# Host settings the kubelet sets (protectKernelDefaults: false) and the bridge netfilter switches.
+HOST_SYSCTLS=(kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on_oom
+  kernel.keys.root_maxkeys kernel.keys.root_maxbytes
+  net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables)
 NODE_BIN="${NODE_DIR}/bin"
 CONTAINERD_SOCK="${NODE_DIR}/containerd/containerd.sock"
 
@@ -63,6 +78,38 @@ node_preflight() {
   done
   ((${#missing[@]} == 0)) ||
     die "the real node needs ${missing[*]}: apt-get install runc iptables ipset conntrack util-linux iproute2 curl"
+  # One real node per machine: another state directory's node must be stopped first.
+  local owner
+  owner="$(cat "${NODE_RUN}/owner" 2>/dev/null || true)"
+  if [[ -n "${owner}" && "${owner}" != "${STATE_DIR}" && -d "${owner}" ]]; then
+    die "the real node of ${owner} is running (one per machine); stop it first: PALISADE_E2E_STATE=${owner} e2e/cluster/down.sh"
+  fi
+  # The node's ranges must be free on this machine: no address, route or resolver in them.
+  local range overlap
+  for range in "${NODE_RANGES}" "${NODE_LINKS}" "${SERVICE_RANGE}"; do
+    overlap="$(ip -4 route show root "${range}" 2>/dev/null | grep -v " dev ${HOST_IF}\b" || true)"
+    [[ -z "${overlap}" ]] || die "this machine already routes into ${range} (${overlap%%$'\n'*}); the real node would take it over"
+    overlap="$(python3 - "${range}" <<'PY'
+import ipaddress, re, subprocess, sys
+net = ipaddress.ip_network(sys.argv[1])
+found = []
+for line in subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout.splitlines():
+    m = re.search(r"^\d+: (\S+)\s+inet (\S+)", line)
+    if m and m.group(1) != "pal-host" and ipaddress.ip_interface(m.group(2)).ip in net:
+        found.append(f"address {m.group(2)} on {m.group(1)}")
+for line in open("/etc/resolv.conf"):
+    parts = line.split()
+    if len(parts) >= 2 and parts[0] == "nameserver":
+        try:
+            if ipaddress.ip_address(parts[1]) in net:
+                found.append(f"resolver {parts[1]}")
+        except ValueError:
+            pass
+print("; ".join(found))
+PY
+)"
+    [[ -z "${overlap}" ]] || die "this machine uses ${range} (${overlap}); the real node needs it free"
+  done
 }
 
 in_node() { nsenter --net="/run/netns/${NODE_NS}" -- "$@"; }
@@ -85,6 +132,16 @@ node_ns_has_route_out() { # <netns>
 # Creates the namespaces and links, or refuses when one of them could reach out.
 node_network_up() {
   local ns
+  mkdir -p "${NODE_RUN}"
+  printf '%s\n' "${STATE_DIR}" >"${NODE_RUN}/owner"
+  # The host's settings before the kubelet changes them (kept from a first, failed start).
+  if [[ ! -f "${NODE_RUN}/sysctls" ]]; then
+    local k
+    for k in "${HOST_SYSCTLS[@]}"; do
+      sysctl -n "${k}" >/dev/null 2>&1 && printf '%s=%s\n' "${k}" "$(sysctl -n "${k}")"
+    done >"${NODE_RUN}/sysctls.tmp"
+    mv "${NODE_RUN}/sysctls.tmp" "${NODE_RUN}/sysctls"
+  fi
   # The host's rules first, so nothing of the node is ever up without them.
   node_host_rules_up
   for ns in "${NODE_NS}" "${WORLD_NS}"; do
@@ -130,9 +187,17 @@ node_network_up() {
   # Pods reach the host's end of the link (API server forwarder, registry) as the node.
   ip netns exec "${NODE_NS}" iptables -t nat -A POSTROUTING -s "${NODE_RANGES}" -d "${HOST_IP}" \
     -j MASQUERADE
-  # Bridged pod traffic goes through iptables (kube-proxy, kube-router).
-  modprobe br_netfilter 2>/dev/null || true
+  # Bridged pod traffic goes through iptables (kube-proxy, kube-router): without it pods on
+  # the bridge would reach each other unfiltered.
+  command -v modprobe >/dev/null && modprobe br_netfilter 2>/dev/null
   ip netns exec "${NODE_NS}" sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
+  [[ "$(ip netns exec "${NODE_NS}" sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null)" == 1 ]] ||
+    die "bridged traffic does not go through iptables in ${NODE_NS} (br_netfilter missing?); NetworkPolicy could not hold"
+  # The node is IPv4 only, and kube-router filters IPv4 only: bridged IPv6 (pods' link-local
+  # addresses) is dropped, so no pod reaches another over IPv6 around the NetworkPolicies.
+  ip netns exec "${NODE_NS}" sysctl -qw net.bridge.bridge-nf-call-ip6tables=1 2>/dev/null || true
+  ip netns exec "${NODE_NS}" ip6tables -P FORWARD DROP ||
+    die "cannot drop bridged IPv6 in ${NODE_NS} (ip6tables)"
   for ns in "${NODE_NS}" "${WORLD_NS}"; do
     if node_ns_has_route_out "${ns}"; then
       die "network namespace ${ns} has a route out of the machine; refusing to start the node"
@@ -144,6 +209,12 @@ node_network_up() {
 }
 
 node_network_down() {
+  local owner
+  owner="$(cat "${NODE_RUN}/owner" 2>/dev/null || true)"
+  if [[ -n "${owner}" && "${owner}" != "${STATE_DIR}" && -d "${owner}" ]]; then
+    echo "the real node belongs to ${owner}: left alone" >&2
+    return 0
+  fi
   ip netns del "${NODE_NS}" 2>/dev/null || true
   ip netns del "${WORLD_NS}" 2>/dev/null || true
   ip link del "${HOST_IF}" 2>/dev/null || true
@@ -152,6 +223,11 @@ node_network_down() {
     ip route del "${range}" 2>/dev/null || true
   done
   node_host_rules_down
+  # The host's kernel settings as they were before the kubelet ran.
+  if [[ -f "${NODE_RUN}/sysctls" ]]; then
+    sysctl -q -p "${NODE_RUN}/sysctls" >/dev/null 2>&1 || true
+  fi
+  rm -rf "${NODE_RUN}"
 }
 
 node_host_rules_up() {
@@ -315,18 +391,27 @@ TOML
 JSON
 }
 
-# Kills what the node left running: containers (their cgroups are under kubepods), the shims
+# Kills what the node left running: containers (their cgroups are under NODE_CGROUP), the shims
 # and gVisor sandboxes of this node's containerd (their command lines name NODE_DIR).
 node_kill_leftovers() {
-  local p
-  for p in /proc/[0-9]*; do
-    p="${p#/proc/}"
-    [[ "${p}" == "$$" ]] && continue
-    if grep -qs ":/kubepods" "/proc/${p}/cgroup" ||
-      tr '\0' ' ' 2>/dev/null <"/proc/${p}/cmdline" | grep -qF -- "${STATE_DIR}/"; then
-      kill -KILL "${p}" 2>/dev/null || true
-    fi
+  local p round killed
+  # Again until a pass finds nothing: a shim killed mid-start may leave a container behind.
+  for round in 1 2 3 4 5; do
+    killed=0
+    for p in /proc/[0-9]*; do
+      p="${p#/proc/}"
+      [[ "${p}" == "$$" ]] && continue
+      # Zombies wait for their parent; there is nothing left to kill.
+      [[ "$(awk '/^State:/ {print $2}' "/proc/${p}/status" 2>/dev/null)" == Z ]] && continue
+      if grep -qsE ":/${NODE_CGROUP}(/|\$)" "/proc/${p}/cgroup" ||
+        tr '\0' ' ' 2>/dev/null <"/proc/${p}/cmdline" | grep -qF -- "${STATE_DIR}/"; then
+        kill -KILL "${p}" 2>/dev/null && killed=1
+      fi
+    done
+    ((killed)) || break
+    sleep 0.5
   done
+  [[ -n "${round}" ]]
 }
 
 node_down() {
@@ -337,7 +422,30 @@ node_down() {
   node_kill_leftovers
   sleep 0.5
   node_unmount
+  node_cgroups_down
   node_network_down
+}
+
+# The kubelet's cgroup root, in every hierarchy (it must exist before the kubelet starts).
+node_cgroups_up() {
+  local h
+  for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
+    [[ -f "${h}cgroup.procs" ]] || continue
+    mkdir -p "${h}${NODE_CGROUP}"
+    if [[ -f "${h}cpuset.cpus" && -z "$(cat "${h}${NODE_CGROUP}/cpuset.cpus" 2>/dev/null)" ]]; then
+      cat "${h}cpuset.cpus" >"${h}${NODE_CGROUP}/cpuset.cpus"
+      cat "${h}cpuset.mems" >"${h}${NODE_CGROUP}/cpuset.mems"
+    fi
+  done
+}
+
+# Removes the node's cgroups (empty once its processes are gone), the deepest first.
+node_cgroups_down() {
+  local h
+  for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
+    [[ -d "${h}${NODE_CGROUP}" ]] || continue
+    find "${h}${NODE_CGROUP}" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
 }
 
 # An image of one static binary (in /usr/local/bin), pushed to the local registry:
@@ -452,6 +560,8 @@ authentication:
   x509: {clientCAFile: ${PKI}/ca.crt}
 authorization: {mode: Webhook}
 cgroupDriver: cgroupfs
+# Pods under a cgroup of their own: cleaning up kills nothing else of the machine.
+cgroupRoot: /${NODE_CGROUP}
 # This machine has cgroup v1 only.
 failCgroupV1: false
 failSwapOn: false
@@ -470,6 +580,7 @@ makeIPTablesUtilChains: true
 maxPods: 60
 podLogsDir: ${NODE_DIR}/pod-logs
 YAML
+  node_cgroups_up
   node_start "${NODE_NS}" kubelet "${BIN_DIR}/kubelet" \
     --config="${CONF}/kubelet.yaml" \
     --kubeconfig="${CONF}/kubelet.kubeconfig" \

@@ -218,7 +218,6 @@ if [[ "${NODE_ENABLED}" == 1 ]]; then
     apiVersion: pod-security.admission.config.k8s.io/v1
     kind: PodSecurityConfiguration
     defaults: {enforce: baseline, enforce-version: latest}
-    exemptions: {namespaces: [kube-system]}
 EOF
 fi
 cat >"${CONF}/kube-scheduler.yaml" <<EOF

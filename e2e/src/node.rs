@@ -175,12 +175,24 @@ pub fn follow_log(client: &Client, ns: &str, name: &str) -> tokio::task::JoinHan
             ..LogParams::default()
         };
         let mut out = Vec::new();
-        let Ok(stream) = pods.log_stream(&name, &params).await else {
-            return out;
+        let stream = match pods.log_stream(&name, &params).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("log of pod {name}: {e}");
+                return out;
+            }
         };
         let mut lines = stream.lines();
-        while let Ok(Some(line)) = lines.try_next().await {
-            out.extend(parse_lines(&line));
+        loop {
+            match lines.try_next().await {
+                Ok(Some(line)) => out.extend(parse_lines(&line)),
+                Ok(None) => break,
+                // The pod went away mid-stream: what came before stands.
+                Err(e) => {
+                    eprintln!("log of pod {name} ended: {e}");
+                    break;
+                }
+            }
         }
         out
     })
@@ -203,10 +215,14 @@ pub async fn sandbox_pod(client: &Client, ns: &str, name: &str) -> String {
     .await
 }
 
+/// The check that waits until the network plugin enforces a new sandbox's NetworkPolicy: the
+/// `kubernetes` Service, which every test policy denies (the Service range is removed from every
+/// allow) and an unfiltered pod reaches, stops answering (see the start-window test).
+pub const WAIT_ISOLATED: &str = "isolated:10.96.0.1:443";
+
 /// Runs the probe's `checks` in a sandbox of `policy` (an AgentPolicy spec; `sandbox_extra` is
-/// merged into the sandbox spec) and returns what it printed. The checks start after `settle`,
-/// once the network plugin has had time to program the new pod's rules (see the start-window
-/// test).
+/// merged into the sandbox spec) and returns what it printed. The checks start once the
+/// network plugin enforces the pod's NetworkPolicy (`WAIT_ISOLATED`, asserted).
 pub async fn run_checks(
     client: &Client,
     ns: &str,
@@ -218,7 +234,7 @@ pub async fn run_checks(
     let mut args = vec![
         "check".to_string(),
         "--timeout=1s".to_string(),
-        format!("sleep:{}ms", SETTLE.as_millis()),
+        WAIT_ISOLATED.to_string(),
     ];
     args.extend(checks.iter().cloned());
     let mut extra = json!({"args": args, "restartPolicy": "Never"});
@@ -230,10 +246,20 @@ pub async fn run_checks(
     let done = finished_pod(client, ns, &pod).await;
     let log = pod_log(client, ns, &pod).await;
     let lines = parse_lines(&log);
-    assert!(
-        lines.iter().any(|l| l.check.starts_with("sleep:")),
-        "the probe in {ns}/{pod} printed nothing it was asked (phase {:?}):\n{log}",
-        done.status.and_then(|s| s.phase)
+    let waited = result_of(&lines, WAIT_ISOLATED).unwrap_or_else(|| {
+        panic!(
+            "the probe in {ns}/{pod} printed nothing it was asked (phase {:?}):\n{log}",
+            done.status.and_then(|s| s.phase)
+        )
+    });
+    assert_eq!(
+        waited.result, "ok",
+        "the sandbox {ns}/{name} was never isolated: {waited:?}"
+    );
+    assert_eq!(
+        lines.len(),
+        checks.len() + 1,
+        "the probe in {ns}/{pod} did not print every check:\n{log}"
     );
     lines
 }
@@ -263,8 +289,8 @@ pub async fn sandboxes_apply_policy(client: &Client, ns: &str, name: &str, polic
     sandboxes::apply_policy(client, ns, name, policy).await;
 }
 
-/// How long the probe waits before its checks (the start window measured by
-/// `tests/isolation.rs` must stay below it).
+/// How long ingress clients wait before they connect: the network plugin admits a new peer
+/// only once it has seen the pod (and the server's own rules take as long).
 pub const SETTLE: Duration = Duration::from_millis(3000);
 
 /// The result of `check` in `lines` (the last one printed).
@@ -300,6 +326,27 @@ pub async fn pod_gone(client: &Client, ns: &str, name: &str, uid: &str, timeout:
         },
     )
     .await
+}
+
+/// The IP of the cluster DNS pod (CoreDNS on the node).
+pub async fn cluster_dns_pod_ip(client: &Client) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    let list = pods
+        .list(&kube::api::ListParams::default().labels("k8s-app=kube-dns"))
+        .await
+        .expect("list the cluster DNS pods");
+    list.items
+        .iter()
+        .find_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .expect("a cluster DNS pod with an IP")
+}
+
+/// Deletes the test namespace (its sandboxes with it) once a test has passed, so that runs
+/// against a long-lived cluster do not fill the node.
+pub async fn cleanup(client: &Client, ns: &str) {
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(ns, &kube::api::DeleteParams::default())
+        .await;
 }
 
 /// The AgentSandbox, for status checks.

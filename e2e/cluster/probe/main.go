@@ -67,7 +67,7 @@ func main() {
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
   probe check [--timeout=2s] CHECK...     one JSON line per check
-  probe loop [--interval=100ms] [--for=30s] CHECK...
+  probe loop [--interval=100ms] [--for=30s] [--ignore-sigterm] CHECK...
                                           the checks again and again, one line per attempt
   probe serve [--tcp=ADDR:PORT,...] [--udp=ADDR:PORT,...] [--http=ADDR:PORT,...]
                                           echo servers (TCP, UDP) and a fake metadata server
@@ -87,6 +87,7 @@ checks:
   kernel           gvisor | linux (detail: /proc/version)
   syscall:NAME     allowed | eperm | enosys | error   (NAME: unshare, mount, ptrace, keyctl, personality, setns)
   sleep:DURATION   ok (waits, e.g. to outlive a timeout)
+  isolated:HOST:PORT  ok once a TCP connection there fails (the pod's rules are in place) | timeout (30 s)
 `)
 }
 
@@ -108,7 +109,11 @@ func loop(args []string) int {
 	interval := fs.Duration("interval", 100*time.Millisecond, "pause between rounds")
 	total := fs.Duration("for", 30*time.Second, "how long to go on (0: until stopped)")
 	fs.DurationVar(&timeout, "timeout", 500*time.Millisecond, "time allowed per network check")
+	ignoreTerm := fs.Bool("ignore-sigterm", false, "go on after SIGTERM (until SIGKILL)")
 	_ = fs.Parse(args)
+	if *ignoreTerm {
+		signal.Ignore(syscall.SIGTERM)
+	}
 	enc := json.NewEncoder(os.Stdout)
 	stop := time.Now().Add(*total)
 	for *total == 0 || time.Now().Before(stop) {
@@ -149,6 +154,8 @@ func run(c string) Result {
 		result, detail = kernel()
 	case "syscall":
 		result, detail = trySyscall(arg)
+	case "isolated":
+		result, detail = waitIsolated(arg)
 	case "sleep":
 		d, err := time.ParseDuration(arg)
 		if err != nil {
@@ -161,6 +168,23 @@ func run(c string) Result {
 		result, detail = "error", "unknown check "+kind
 	}
 	return Result{Check: c, Result: result, Detail: detail, Ms: time.Since(start).Milliseconds()}
+}
+
+// waitIsolated waits until a TCP connection to addr (a destination the sandbox's policy denies
+// but an unfiltered pod reaches, such as the kubernetes Service) no longer succeeds: the
+// network plugin has programmed the pod's rules. "ok" with the time waited, or "timeout" after
+// 30 s of successful connections.
+func waitIsolated(addr string) (string, string) {
+	start := time.Now()
+	for time.Since(start) < 30*time.Second {
+		conn, err := net.DialTimeout("tcp", addr, 300*time.Millisecond)
+		if err != nil {
+			return "ok", fmt.Sprintf("isolated after %d ms (%v)", time.Since(start).Milliseconds(), err)
+		}
+		conn.Close()
+		time.Sleep(20 * time.Millisecond)
+	}
+	return "timeout", "still connecting after 30 s"
 }
 
 // netResult names a network error.
@@ -510,6 +534,11 @@ func demo(args []string) int {
 	fmt.Printf("demo agent %q started with %q\n", filepath.Base(args[0]), args[1:])
 	for _, c := range checks {
 		r := run(c)
+		if strings.HasPrefix(c, "isolated:") {
+			// Not something the agent tried: the wait for the network plugin (see README).
+			fmt.Printf("%-8s %-40s -> %-10s %s\n", "waited", "for the NetworkPolicy to be enforced", r.Result, r.Detail)
+			continue
+		}
 		verdict := "allowed"
 		switch r.Result {
 		case "refused", "timeout", "unreachable", "denied", "readonly", "absent", "eperm", "nxdomain", "error":
