@@ -749,10 +749,13 @@ async fn start_window_before_the_network_plugin_enforces() {
         after_signal.is_empty(),
         "a denied destination connected after the kubernetes Service was refused: {after_signal:?}"
     );
+    // Enough attempts on both sides of the signal (once isolated, each round waits out the
+    // kubernetes Service's 300 ms timeout).
+    let before = denied.iter().filter(|l| l.at < isolated_at).count();
     assert!(
-        denied.len() > 50,
-        "the probe looped too little: {} attempts",
-        denied.len()
+        before >= 5 && denied.len() - before >= 10,
+        "the probe looped too little: {before} attempts before isolation, {} after",
+        denied.len() - before
     );
     let tail: Vec<&&Line> = denied.iter().rev().take(20).collect();
     assert!(
