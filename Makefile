@@ -28,7 +28,8 @@ e2e:
 	e2e/run.sh
 
 ## bench-e2e: throughput, created->Ready latency and peak RSS of the release operator against
-## the cluster in KUBECONFIG (COUNT=500), e.g. after make cluster-up: KUBECONFIG=target/e2e/kubeconfig
+## the cluster in KUBECONFIG (COUNT=500 on simulated nodes, then 20 under gVisor and 20 under runc
+## when the e2e real node is there), e.g. after make cluster-up: KUBECONFIG=target/e2e/kubeconfig
 bench-e2e: build
 	PALISADE_BIN=$(CURDIR)/target/release/palisade $(CARGO) run -q -p palisade-e2e --bin bench-e2e -- --count $(or $(COUNT),500)
 

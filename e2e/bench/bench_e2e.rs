@@ -346,13 +346,19 @@ async fn run(client: &Client, args: &Args, target: Target, count: usize, ns: &st
         None => println!("operator peak RSS (VmHWM)      unavailable (no /proc/<pid>/status)"),
     }
 
+    // The namespace goes while the operator runs: it removes each pod before releasing the
+    // finalizer of the NetworkPolicy that isolates it.
+    if !args.keep {
+        let deleting = Instant::now();
+        operator::delete_namespace_and_wait(&client, &ns, args.timeout).await;
+        println!(
+            "deleted namespace {ns} in {:.1} s",
+            deleting.elapsed().as_secs_f64()
+        );
+    }
     let status = op.terminate(Duration::from_secs(30)).await;
     let panicked = op.log().contains("panicked");
     println!("operator exit                  {status}");
-    if !args.keep {
-        operator::delete_namespace(&client, &ns).await;
-        println!("deleted namespace {ns}");
-    }
     if panicked {
         eprintln!(
             "bench-e2e: the operator panicked (log {})",
