@@ -996,3 +996,72 @@ async fn gvisor_without_oci_seccomp_reports_the_filter_as_not_enforced() {
     assert_result(&lines, "syscall:personality", &["allowed"]);
     node::cleanup(&client, &ns).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Network safety of the harness.
+// ---------------------------------------------------------------------------------------------
+
+/// Runs node.sh's `node_ns_has_route_out` (the check up.sh refuses to start on) for `netns`.
+fn has_route_out(netns: &str) -> bool {
+    let root = palisade_e2e::root();
+    let script =
+        "source e2e/cluster/lib.sh && source e2e/cluster/node.sh && node_ns_has_route_out \"$1\"";
+    let status = std::process::Command::new("bash")
+        .current_dir(&root)
+        .args(["-c", script, "check", netns])
+        .status()
+        .expect("run bash");
+    status.success()
+}
+
+fn ip(args: &[&str]) {
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("run ip");
+    assert!(status.success(), "ip {args:?} failed");
+}
+
+#[tokio::test]
+async fn the_harness_sees_a_route_out_and_the_node_has_none() {
+    // The node's and the world's namespaces have no route out of the machine (what up.sh
+    // checks before and after starting the node)...
+    for ns in ["palisade-node", "palisade-world"] {
+        assert!(
+            std::path::Path::new("/run/netns").join(ns).exists(),
+            "network namespace {ns} is missing"
+        );
+        assert!(!has_route_out(ns), "network namespace {ns} has a route out");
+    }
+    // ...and the check does see one: a namespace whose routes lead into a veth pair with both
+    // ends inside it (nothing can leave; a route lookup sends nothing anyway), over IPv4 and
+    // IPv6.
+    let ns = unique("palisade-routecheck");
+    ip(&["netns", "add", &ns]);
+    let result = std::panic::catch_unwind(|| {
+        ip(&[
+            "-n", &ns, "link", "add", "out0", "type", "veth", "peer", "name", "out1",
+        ]);
+        ip(&["-n", &ns, "link", "set", "out0", "up"]);
+        ip(&["-n", &ns, "link", "set", "out1", "up"]);
+        assert!(
+            !has_route_out(&ns),
+            "a namespace without routes has a route out"
+        );
+        ip(&["-n", &ns, "route", "add", "default", "dev", "out0"]);
+        assert!(has_route_out(&ns), "a default route was not seen");
+        ip(&["-n", &ns, "route", "del", "default", "dev", "out0"]);
+        ip(&["-n", &ns, "route", "add", "10.0.0.0/8", "dev", "out0"]);
+        assert!(
+            has_route_out(&ns),
+            "a route to private addresses was not seen"
+        );
+        ip(&["-n", &ns, "route", "del", "10.0.0.0/8", "dev", "out0"]);
+        ip(&["-n", &ns, "-6", "route", "add", "default", "dev", "out0"]);
+        assert!(has_route_out(&ns), "an IPv6 default route was not seen");
+    });
+    ip(&["netns", "del", &ns]);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
