@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures::{AsyncBufReadExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::Client;
 use kube::api::{Api, LogParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
 use palisade::api::AgentSandbox;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -273,7 +273,7 @@ pub async fn sandboxes_apply(
     policy: Value,
     sandbox_extra: Value,
 ) {
-    sandboxes_apply_policy(client, ns, name, policy).await;
+    sandboxes::apply_policy(client, ns, name, policy).await;
     // Small requests: the node has two CPUs, and a sandbox otherwise requests its policy's caps.
     let mut spec = json!({"policyRef": {"name": name}, "image": PROBE_IMAGE, "command": ["probe"],
         "resources": {"requests": {"cpu": "20m", "memory": "32Mi"},
@@ -282,11 +282,6 @@ pub async fn sandboxes_apply(
         s.extend(extra.clone());
     }
     sandboxes::apply_sandbox(client, ns, name, spec).await;
-}
-
-/// Applies (or changes) AgentPolicy `name`.
-pub async fn sandboxes_apply_policy(client: &Client, ns: &str, name: &str, policy: Value) {
-    sandboxes::apply_policy(client, ns, name, policy).await;
 }
 
 /// How long ingress clients wait before they connect: the network plugin admits a new peer
@@ -357,12 +352,13 @@ pub async fn sandbox(client: &Client, ns: &str, name: &str) -> AgentSandbox {
         .expect("sandbox")
 }
 
-/// Whether the sandbox's pod is still the one named, and not being deleted.
-pub async fn pod_alive(client: &Client, ns: &str, name: &str) -> bool {
-    Api::<Pod>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .ok()
-        .flatten()
-        .is_some_and(|p| p.metadata.deletion_timestamp.is_none() && p.name_any() == name)
+/// A policy whose `syscalls.block` lists personality(2), through the node's Localhost profile
+/// `palisade-e2e/deny-personality.json` (which returns EPERM for it), on `runtime`.
+pub fn deny_personality_policy(runtime: &str) -> Value {
+    json!({
+        "network": {"egress": {"default": "deny"}, "dns": "none"},
+        "isolation": {"runtime": runtime},
+        "syscalls": {"profile": "Localhost",
+            "localhostProfile": "palisade-e2e/deny-personality.json", "block": ["personality"]}
+    })
 }

@@ -688,6 +688,29 @@ async fn looping_sandbox(
     (pod, log)
 }
 
+/// What the looping sandboxes try: a destination their policy denies, the kubernetes Service
+/// (refused once the network plugin enforces the policy), and one it allows.
+const DENIED: &str = "tcp:192.0.2.20:80";
+const CANARY: &str = "tcp:10.96.0.1:443";
+const ALLOWED: &str = "tcp:192.0.2.10:80";
+
+/// When the kubernetes Service was first refused: the pod's rules were in place.
+fn isolated_at(lines: &[Line]) -> Option<i64> {
+    lines
+        .iter()
+        .find(|l| l.check == CANARY && l.result != "connected")
+        .map(|l| l.at)
+}
+
+/// Whether the allowed destination still connected among the last attempts.
+fn allowed_at_the_end(lines: &[Line]) -> bool {
+    lines
+        .iter()
+        .rev()
+        .take(10)
+        .any(|l| l.check == ALLOWED && l.result == "connected")
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -711,11 +734,7 @@ async fn start_window_before_the_network_plugin_enforces() {
         port_80_of(&["192.0.2.10"]),
         "10ms",
         "10s",
-        &[
-            "tcp:192.0.2.20:80",
-            "tcp:10.96.0.1:443",
-            "tcp:192.0.2.10:80",
-        ],
+        &[DENIED, CANARY, ALLOWED],
     )
     .await;
     node::finished_pod(&client, &ns, &pod).await;
@@ -724,17 +743,10 @@ async fn start_window_before_the_network_plugin_enforces() {
         .first()
         .map(|l| l.at - l.ms)
         .expect("the probe printed nothing");
-    let denied: Vec<&Line> = lines
-        .iter()
-        .filter(|l| l.check == "tcp:192.0.2.20:80")
-        .collect();
+    let denied: Vec<&Line> = lines.iter().filter(|l| l.check == DENIED).collect();
     let leaked: Vec<&&Line> = denied.iter().filter(|l| l.result == "connected").collect();
     let window = leaked.last().map(|l| l.at - first).unwrap_or(0);
-    let isolated_at = lines
-        .iter()
-        .find(|l| l.check == "tcp:10.96.0.1:443" && l.result != "connected")
-        .map(|l| l.at)
-        .expect("the kubernetes Service never stopped answering");
+    let isolated_at = isolated_at(&lines).expect("the kubernetes Service never stopped answering");
     eprintln!(
         "start window: {} of {} attempts to a denied address connected; the last {window} ms after the agent started; the kubernetes Service refused from {} ms",
         leaked.len(),
@@ -763,11 +775,7 @@ async fn start_window_before_the_network_plugin_enforces() {
         "the denied address was still reachable at the end: {tail:?}"
     );
     assert!(
-        lines
-            .iter()
-            .rev()
-            .take(10)
-            .any(|l| l.check == "tcp:192.0.2.10:80" && l.result == "connected"),
+        allowed_at_the_end(&lines),
         "the allowed address was not reachable at the end"
     );
     assert!(
@@ -787,18 +795,15 @@ async fn narrowing_a_running_sandbox_cuts_new_connections() {
         port_80_of(&["192.0.2.10", "192.0.2.20"]),
         "50ms",
         "40s",
-        &["tcp:192.0.2.20:80", "tcp:192.0.2.10:80"],
+        &[DENIED, ALLOWED],
     )
     .await;
     tokio::time::sleep(SETTLE + Duration::from_secs(2)).await;
     let narrowed_at = now_ms();
-    node::sandboxes_apply_policy(&client, &ns, "agent", port_80_of(&["192.0.2.10"])).await;
+    palisade_e2e::sandboxes::apply_policy(&client, &ns, "agent", port_80_of(&["192.0.2.10"])).await;
     node::finished_pod(&client, &ns, &pod).await;
     let lines = log.await.expect("log task");
-    let removed: Vec<&Line> = lines
-        .iter()
-        .filter(|l| l.check == "tcp:192.0.2.20:80")
-        .collect();
+    let removed: Vec<&Line> = lines.iter().filter(|l| l.check == DENIED).collect();
     let before: Vec<&&Line> = removed.iter().filter(|l| l.at < narrowed_at).collect();
     assert!(
         before
@@ -834,11 +839,7 @@ async fn narrowing_a_running_sandbox_cuts_new_connections() {
         "enforcement took {enforced_after} ms"
     );
     assert!(
-        lines
-            .iter()
-            .rev()
-            .take(10)
-            .any(|l| l.check == "tcp:192.0.2.10:80" && l.result == "connected"),
+        allowed_at_the_end(&lines),
         "the destination that stayed allowed was cut too"
     );
     node::cleanup(&client, &ns).await;
@@ -857,11 +858,7 @@ async fn deleting_the_network_policy_never_opens_the_sandbox() {
         port_80_of(&["192.0.2.10"]),
         "5ms",
         "60s",
-        &[
-            "tcp:192.0.2.20:80",
-            "tcp:10.96.0.1:443",
-            "tcp:192.0.2.10:80",
-        ],
+        &[DENIED, CANARY, ALLOWED],
     )
     .await;
     tokio::time::sleep(SETTLE + Duration::from_secs(1)).await;
@@ -881,16 +878,12 @@ async fn deleting_the_network_policy_never_opens_the_sandbox() {
         .expect("log task");
     let denied: Vec<&Line> = lines
         .iter()
-        .filter(|l| l.check == "tcp:192.0.2.20:80" && l.at > 0)
+        .filter(|l| l.check == DENIED && l.at > 0)
         .collect();
     let after = denied.iter().filter(|l| l.at >= deleted_at).count();
     let last = denied.iter().map(|l| l.at).max().unwrap_or(0);
     // Watched from the end of the start window: the kubernetes Service refused.
-    let watched_from = lines
-        .iter()
-        .find(|l| l.check == "tcp:10.96.0.1:443" && l.result != "connected")
-        .map(|l| l.at)
-        .expect("the sandbox was never isolated");
+    let watched_from = isolated_at(&lines).expect("the sandbox was never isolated");
     assert!(
         watched_from < deleted_at,
         "the sandbox was not yet isolated when its NetworkPolicy was deleted"
@@ -952,8 +945,7 @@ async fn runc_applies_the_blocked_syscalls() {
         &client,
         &ns,
         "blocked",
-        policy(json!({"profile": "Localhost",
-            "localhostProfile": "palisade-e2e/deny-personality.json", "block": ["personality"]})),
+        node::deny_personality_policy("runc"),
         json!({}),
         &checks,
     )
@@ -968,12 +960,7 @@ async fn gvisor_without_oci_seccomp_reports_the_filter_as_not_enforced() {
     // indeed the call goes through.
     let ns = unique("iso-seccomp-gv");
     let client = node::namespace(&ns, false).await;
-    let policy = json!({
-        "network": {"egress": {"default": "deny"}, "dns": "none"},
-        "isolation": {"runtime": "gvisor"},
-        "syscalls": {"profile": "Localhost",
-            "localhostProfile": "palisade-e2e/deny-personality.json", "block": ["personality"]}
-    });
+    let policy = node::deny_personality_policy("gvisor");
     let lines = node::run_checks(
         &client,
         &ns,

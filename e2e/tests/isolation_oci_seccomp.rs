@@ -34,12 +34,7 @@ async fn gvisor_with_oci_seccomp_applies_the_blocked_syscalls() {
         args,
         ..Options::default()
     });
-    let policy = json!({
-        "network": {"egress": {"default": "deny"}, "dns": "none"},
-        "isolation": {"runtime": "gvisor"},
-        "syscalls": {"profile": "Localhost",
-            "localhostProfile": "palisade-e2e/deny-personality.json", "block": ["personality"]}
-    });
+    let policy = node::deny_personality_policy("gvisor");
     let lines = node::run_checks(
         &client,
         &ns,
