@@ -24,7 +24,28 @@ operator_bin="$PWD/target/release/palisade"
 state="${PALISADE_E2E_STATE:-$PWD/target/e2e}"
 
 cleanup=()
-on_exit() { for ((i = ${#cleanup[@]} - 1; i >= 0; i--)); do eval "${cleanup[i]}" || true; done; }
+on_exit() {
+  status=$?
+  for ((i = ${#cleanup[@]} - 1; i >= 0; i--)); do eval "${cleanup[i]}" || true; done
+}
+# On failure, before the local cluster (and its logs) is removed: what CI needs to tell why.
+diagnose() {
+  ((status != 0)) || return 0
+  echo "e2e: failed (status ${status}); the cluster as it was:" >&2
+  kubectl get pods -A -o wide 2>&1 | grep -v -E ' (Running|Completed) ' | head -40 >&2 || true
+  kubectl get events -A --field-selector type=Warning 2>&1 | tail -30 >&2 || true
+  local f
+  for f in "$state"/logs/kubelet.log "$state"/logs/containerd.log "$state"/logs/kube-router.log; do
+    [[ -f "$f" ]] || continue
+    echo "--- errors in ${f#"$state"/} (last 20)" >&2
+    grep -E '^E[0-9]{4}|level=error' "$f" | tail -20 >&2 || true
+  done
+  if [[ -d "$state/logs/runsc" ]]; then
+    echo "--- gVisor's fatal errors (distinct, up to 10)" >&2
+    grep -rh 'FATAL ERROR' "$state/logs/runsc" 2>/dev/null | sed 's/^.*FATAL ERROR: //' |
+      sort | uniq -c | sort -rn | head -10 >&2 || true
+  fi
+}
 trap on_exit EXIT
 
 if [[ -n "${E2E_KUBECONFIG:-}" ]]; then
@@ -38,7 +59,7 @@ if [[ -n "${E2E_KUBECONFIG:-}" ]]; then
 else
   started=$(date +%s)
   e2e/cluster/up.sh
-  cleanup+=("e2e/cluster/down.sh")
+  cleanup+=("e2e/cluster/down.sh" "diagnose")
   echo "e2e: local control plane up in $(( $(date +%s) - started )) s"
   export KUBECONFIG="$state/kubeconfig"
   # shellcheck disable=SC1091

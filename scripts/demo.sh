@@ -46,6 +46,7 @@ if ((local_cluster)); then
   kubectl apply -f examples/runtimeclasses.yaml >/dev/null
   mkdir -p "$state/workspace"
   chmod 1777 "$state/workspace"
+  # (by its real path: gVisor refuses a bind mount through a symbolic link, and target/ may be one)
   kubectl apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: PersistentVolume
@@ -55,7 +56,7 @@ spec:
   capacity: {storage: 10Gi}
   accessModes: [ReadWriteOnce]
   persistentVolumeReclaimPolicy: Retain
-  hostPath: {path: $PWD/$state/workspace}
+  hostPath: {path: $(realpath "$state/workspace")}
 YAML
   # Released by an earlier run's claim (the coder sandbox deleted): free for the next one.
   if [[ "$(kubectl get pv palisade-demo-workspace -o jsonpath='{.status.phase}')" == Released ]]; then

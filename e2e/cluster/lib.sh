@@ -34,10 +34,15 @@ NODE_ENABLED="${PALISADE_E2E_NODE:-1}"
 # Nothing of the cluster goes through a proxy (every address it talks to is local).
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY all_proxy
 
-E2E_CACHE="${PALISADE_E2E_CACHE:-${HOME}/.cache/palisade/e2e}"
+# Both directories are used by their real paths (symbolic links resolved): gVisor's gofer refuses
+# a bind mount whose path goes through a symbolic link ("failed to safely mount: expected to
+# open ..., but found ..."), and down.sh finds the node's mounts in /proc/mounts, which shows
+# real paths. A checkout whose target/ is a link (as .ci/run makes it) would otherwise start no
+# gVisor pod.
+E2E_CACHE="$(realpath -m -- "${PALISADE_E2E_CACHE:-${HOME}/.cache/palisade/e2e}")"
 BIN_DIR="${E2E_CACHE}/${K8S_VERSION}/bin"
 
-STATE_DIR="${PALISADE_E2E_STATE:-${REPO_ROOT}/target/e2e}"
+STATE_DIR="$(realpath -m -- "${PALISADE_E2E_STATE:-${REPO_ROOT}/target/e2e}")"
 # Marker that makes down.sh willing to delete a state directory.
 STATE_MARKER=".palisade-e2e-state"
 
