@@ -24,6 +24,9 @@ if [[ ! -e "${STATE_DIR}" ]]; then
 fi
 COMPONENTS+=("${NODE_COMPONENTS[@]}")
 stop_components
-node_down
+# Only a node of this state directory (node_down also leaves another one's node alone).
+if node_is_ours; then
+  node_down
+fi
 remove_state
 echo "down.sh: removed ${STATE_DIR}"

@@ -16,6 +16,10 @@ NODE_WORLD_IF="pal-world"
 NODE_WORLD_IP="10.250.1.1"
 WORLD_IP="10.250.1.2"
 NODE_POD_CIDR="10.245.0.0/24"
+# The pods' bridge and CNI network (its name is in libcni's result files, see
+# node_host_state_down).
+CNI_BRIDGE="cni0"
+CNI_NETWORK="palisade"
 # Every address of the node's world: links (10.250.x), pods (10.244/14 holds the fake nodes'
 # ranges too); the host routes these into the node's link only.
 NODE_RANGES="10.244.0.0/14"
@@ -24,10 +28,12 @@ SERVICE_RANGE="10.96.0.0/16"
 # The host's iptables rules for the node, in a chain of their own (PALISADE-NODE, jumped to from
 # OUTPUT and FORWARD; created by node_network_up, removed by node_network_down).
 HOST_CHAIN="PALISADE-NODE"
+# The connmark bit (mangle PREROUTING) of connections that came in from the node's link.
+HOST_CONNMARK="0x1000/0x1000"
 HOST_RULES=(
   # Anything forwarded from or to the node, and any answer to a connection that came in from
   # the node (marked in mangle PREROUTING), unless it goes back into the link.
-  "-m connmark --mark 0x1000/0x1000 ! -o ${HOST_IF} -j DROP"
+  "-m connmark --mark ${HOST_CONNMARK} ! -o ${HOST_IF} -j DROP"
   "-o lo -j RETURN"
   "-o ${HOST_IF} -j RETURN"
   "-d ${NODE_RANGES} -j DROP"
@@ -63,11 +69,35 @@ HOST_SYSCTLS=(kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on
   kernel.keys.root_maxkeys kernel.keys.root_maxbytes
   net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables)
 NODE_BIN="${NODE_DIR}/bin"
+# containerd's shim sockets (short: at most 42 characters, which a state directory may exceed).
+NODE_SHIM_SOCKETS="${NODE_RUN}/s"
 CONTAINERD_SOCK="${NODE_DIR}/containerd/containerd.sock"
 
 # Processes of the node, in start order (down.sh stops them in reverse). Each runs a binary of
 # its own name (component_pid checks the executable), copied into NODE_BIN where needed.
 NODE_COMPONENTS=(world-servers world-dns api-forwarder registry containerd kubelet kube-proxy kube-router)
+
+# The state directory that owns the machine's real node (/run/palisade-e2e-node/owner), by its
+# real path: lib.sh resolves STATE_DIR, and an owner written through a symbolic link must still
+# match. Empty when no node is recorded.
+node_owner() {
+  local owner
+  owner="$(cat "${NODE_RUN}/owner" 2>/dev/null || true)"
+  [[ -z "${owner}" ]] || realpath -m -- "${owner}"
+}
+
+# Whether another state directory, still present, owns the real node: then its processes,
+# cgroups, namespaces and host rules are not this one's to touch.
+node_owned_elsewhere() {
+  local owner
+  owner="$(node_owner)"
+  [[ -n "${owner}" && "${owner}" != "${STATE_DIR}" && -d "${owner}" ]]
+}
+
+# Whether this state directory has (or had) a real node: its node folder, or the owner record.
+node_is_ours() {
+  [[ -d "${NODE_DIR}" || "$(node_owner)" == "${STATE_DIR}" ]]
+}
 
 # Refuses to start the node without what it needs, saying how to get it.
 node_preflight() {
@@ -79,10 +109,8 @@ node_preflight() {
   ((${#missing[@]} == 0)) ||
     die "the real node needs ${missing[*]}: apt-get install runc iptables ipset conntrack util-linux iproute2 curl"
   # One real node per machine: another state directory's node must be stopped first.
-  local owner
-  owner="$(cat "${NODE_RUN}/owner" 2>/dev/null || true)"
-  if [[ -n "${owner}" && "${owner}" != "${STATE_DIR}" && -d "${owner}" ]]; then
-    die "the real node of ${owner} is running (one per machine); stop it first: PALISADE_E2E_STATE=${owner} e2e/cluster/down.sh"
+  if node_owned_elsewhere; then
+    die "the real node of $(node_owner) is running (one per machine); stop it first: PALISADE_E2E_STATE=$(node_owner) e2e/cluster/down.sh"
   fi
   # The node's ranges must be free on this machine: no address, route or resolver in them.
   local range overlap
@@ -117,8 +145,13 @@ in_world() { nsenter --net="/run/netns/${WORLD_NS}" -- "$@"; }
 
 # Whether namespace $1 could send a packet anywhere but where the harness allows: a route to any
 # public or private address outside the e2e ranges, over IPv4 or IPv6. A route lookup sends
-# nothing.
+# nothing. Fails closed: a namespace that is missing or cannot be read counts as one with a
+# route out (what it says about the route is on stderr).
 node_ns_has_route_out() { # <netns>
+  if ! ip netns exec "$1" true 2>/dev/null; then
+    echo "network namespace $1 is missing or cannot be entered" >&2
+    return 0
+  fi
   local probe
   for probe in 1.1.1.1 8.8.8.8 10.0.0.1 172.16.0.1 192.168.0.1; do
     ip netns exec "$1" ip -4 route get "${probe}" >/dev/null 2>&1 && return 0
@@ -126,7 +159,74 @@ node_ns_has_route_out() { # <netns>
   for probe in 2606:4700::1111 fd00::1; do
     ip netns exec "$1" ip -6 route get "${probe}" >/dev/null 2>&1 && return 0
   done
+  # Sampling misses a route to an address it does not try: every route of every table, and
+  # the rules that pick the tables, against what the harness itself installs.
+  local beyond
+  beyond="$(node_ns_routes_beyond "$1")" || beyond="${beyond:-the route check itself failed}"
+  if [[ -n "${beyond}" ]]; then
+    printf 'network namespace %s: %s\n' "$1" "${beyond}" >&2
+    return 0
+  fi
   return 1
+}
+
+# Prints what in namespace $1's routing is not the harness's own (nothing when all of it is):
+# unicast routes only on the harness's links (the link to the host, to the world, the pods'
+# bridge) to its own ranges (node links, pods, the world's prefixes), or on loopback, or IPv6
+# link-local ones (never forwarded off their link); local, broadcast, multicast, anycast and
+# unreachable entries (none sends a packet off the namespace's links); only the kernel's default
+# rules. Anything it cannot read or does not know is printed too.
+node_ns_routes_beyond() { # <netns>
+  python3 - "$1" "eth0 ${NODE_WORLD_IF} ${CNI_BRIDGE}" \
+    "${NODE_RANGES} ${NODE_LINKS} ${WORLD_PREFIXES[*]}" <<'PY'
+import ipaddress, json, subprocess, sys
+ns, devs, ranges = sys.argv[1], set(sys.argv[2].split()), sys.argv[3].split()
+allowed = [ipaddress.ip_network(r) for r in ranges]
+link_local = ipaddress.ip_network("fe80::/10")
+found = []
+
+def read(*args):
+    r = subprocess.run(["ip", "-n", ns, "-j", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        # A kernel without IPv6 has no IPv6 routes.
+        if args[0] == "-6" and "not supported" in r.stderr:
+            return []
+        found.append(f"cannot read `ip {' '.join(args)}`: {r.stderr.strip()}")
+        return []
+    try:
+        return json.loads(r.stdout or "[]")
+    except ValueError:
+        found.append(f"cannot parse `ip -j {' '.join(args)}`")
+        return []
+
+for family in ("-4", "-6"):
+    for route in read(family, "route", "show", "table", "all"):
+        kind = route.get("type", "unicast")
+        if kind in ("local", "broadcast", "multicast", "anycast", "unreachable", "blackhole", "prohibit"):
+            continue
+        dst = route.get("dst", "")
+        try:
+            net = ipaddress.ip_network(
+                {"-4": "0.0.0.0/0", "-6": "::/0"}[family] if dst == "default" else dst, strict=False)
+        except ValueError:
+            net = None
+        via = [route["dev"]] if "dev" in route else [h.get("dev") for h in route.get("nexthops", [])]
+        ok = kind == "unicast" and net is not None and bool(via) and (
+            # Loopback and IPv6 link-local never leave the namespace's links.
+            all(d == "lo" for d in via)
+            or (net.version == 6 and net.subnet_of(link_local))
+            or (all(d in devs for d in via)
+                and any(net.version == a.version and net.subnet_of(a) for a in allowed)))
+        if not ok:
+            found.append(f"route {json.dumps(route, sort_keys=True)}")
+    # The kernel's own rules: local, main and (IPv4) default, for every source.
+    expected = {(0, "local"), (32766, "main"), (32767, "default")}
+    for rule in read(family, "rule", "show"):
+        if not (set(rule) == {"priority", "src", "table"} and rule["src"] == "all"
+                and (rule["priority"], rule["table"]) in expected):
+            found.append(f"rule {json.dumps(rule, sort_keys=True)}")
+print("; ".join(found))
+PY
 }
 
 # Creates the namespaces and links, or refuses when one of them could reach out.
@@ -184,9 +284,11 @@ node_network_up() {
   ip netns exec "${WORLD_NS}" ip route add 10.244.0.0/14 via "${NODE_WORLD_IP}"
   ip netns exec "${WORLD_NS}" ip route add 10.250.0.0/24 via "${NODE_WORLD_IP}"
   ip netns exec "${NODE_NS}" sysctl -qw net.ipv4.ip_forward=1
-  # Pods reach the host's end of the link (API server forwarder, registry) as the node.
+  # Pods reach the API server forwarder on the host's end of the link as the node. Only that
+  # port: the registry there is the node's (containerd's) alone, and the host accepts it only
+  # from the node's own address (node_host_rules_up), never from a pod's.
   ip netns exec "${NODE_NS}" iptables -t nat -A POSTROUTING -s "${NODE_RANGES}" -d "${HOST_IP}" \
-    -j MASQUERADE
+    -p tcp --dport "${APISERVER_PORT}" -j MASQUERADE
   # Bridged pod traffic goes through iptables (kube-proxy, kube-router): without it pods on
   # the bridge would reach each other unfiltered.
   command -v modprobe >/dev/null && modprobe br_netfilter 2>/dev/null
@@ -196,6 +298,8 @@ node_network_up() {
   # The node is IPv4 only, and kube-router filters IPv4 only: bridged IPv6 (pods' link-local
   # addresses) is dropped, so no pod reaches another over IPv6 around the NetworkPolicies.
   ip netns exec "${NODE_NS}" sysctl -qw net.bridge.bridge-nf-call-ip6tables=1 2>/dev/null || true
+  [[ "$(ip netns exec "${NODE_NS}" sysctl -n net.bridge.bridge-nf-call-ip6tables 2>/dev/null)" == 1 ]] ||
+    die "bridged IPv6 does not go through ip6tables in ${NODE_NS} (br_netfilter missing?); it could not be dropped"
   ip netns exec "${NODE_NS}" ip6tables -P FORWARD DROP ||
     die "cannot drop bridged IPv6 in ${NODE_NS} (ip6tables)"
   for ns in "${NODE_NS}" "${WORLD_NS}"; do
@@ -209,19 +313,15 @@ node_network_up() {
 }
 
 node_network_down() {
-  local owner
-  owner="$(cat "${NODE_RUN}/owner" 2>/dev/null || true)"
-  if [[ -n "${owner}" && "${owner}" != "${STATE_DIR}" && -d "${owner}" ]]; then
-    echo "the real node belongs to ${owner}: left alone" >&2
+  if node_owned_elsewhere; then
+    echo "the real node belongs to $(node_owner): left alone" >&2
     return 0
   fi
   ip netns del "${NODE_NS}" 2>/dev/null || true
   ip netns del "${WORLD_NS}" 2>/dev/null || true
+  # The host's routes into the node's ranges all go through this link: they go with it (a route
+  # deleted by its prefix alone could be one of the machine's own).
   ip link del "${HOST_IF}" 2>/dev/null || true
-  local range
-  for range in "${NODE_RANGES}" "${NODE_LINKS}" "${SERVICE_RANGE}"; do
-    ip route del "${range}" 2>/dev/null || true
-  done
   node_host_rules_down
   # The host's kernel settings as they were before the kubelet ran.
   if [[ -f "${NODE_RUN}/sysctls" ]]; then
@@ -240,23 +340,30 @@ node_host_rules_up() {
   done
   iptables -I OUTPUT -j "${HOST_CHAIN}"
   iptables -I FORWARD -j "${HOST_CHAIN}"
-  iptables -t mangle -I PREROUTING -i "${HOST_IF}" -j CONNMARK --set-mark 0x1000/0x1000
+  # The host never forwards into the link (the chain lets packets going into it pass, for the
+  # host's own): with ip_forward on, the machine's network could otherwise reach the pods.
+  iptables -I FORWARD -o "${HOST_IF}" -j DROP
+  iptables -t mangle -I PREROUTING -i "${HOST_IF}" -j CONNMARK --set-mark "${HOST_CONNMARK}"
   iptables -N "${HOST_INPUT_CHAIN}"
   iptables -A "${HOST_INPUT_CHAIN}" -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
-  iptables -A "${HOST_INPUT_CHAIN}" -d "${HOST_IP}" -p tcp -m multiport \
-    --dports "${APISERVER_PORT},${REGISTRY##*:}" -j ACCEPT
+  iptables -A "${HOST_INPUT_CHAIN}" -d "${HOST_IP}" -p tcp --dport "${APISERVER_PORT}" -j ACCEPT
+  # The registry from the node itself (containerd) only; pods reach it as nobody (no pod's
+  # traffic to it is masqueraded as the node's), so none can push or pull there.
+  iptables -A "${HOST_INPUT_CHAIN}" -s "${NODE_IP}" -d "${HOST_IP}" -p tcp --dport "${REGISTRY##*:}" \
+    -j ACCEPT
   iptables -A "${HOST_INPUT_CHAIN}" -j DROP
   iptables -I INPUT -i "${HOST_IF}" -j "${HOST_INPUT_CHAIN}"
 }
 
 node_host_rules_down() {
-  while iptables -t mangle -D PREROUTING -i "${HOST_IF}" -j CONNMARK --set-mark 0x1000/0x1000 \
+  while iptables -t mangle -D PREROUTING -i "${HOST_IF}" -j CONNMARK --set-mark "${HOST_CONNMARK}" \
     2>/dev/null; do :; done
   while iptables -D INPUT -i "${HOST_IF}" -j "${HOST_INPUT_CHAIN}" 2>/dev/null; do :; done
   iptables -F "${HOST_INPUT_CHAIN}" 2>/dev/null || true
   iptables -X "${HOST_INPUT_CHAIN}" 2>/dev/null || true
   while iptables -D OUTPUT -j "${HOST_CHAIN}" 2>/dev/null; do :; done
   while iptables -D FORWARD -j "${HOST_CHAIN}" 2>/dev/null; do :; done
+  while iptables -D FORWARD -o "${HOST_IF}" -j DROP 2>/dev/null; do :; done
   iptables -F "${HOST_CHAIN}" 2>/dev/null || true
   iptables -X "${HOST_CHAIN}" 2>/dev/null || true
 }
@@ -321,6 +428,7 @@ TOML
   sed 's/^\[runsc_config\]$/[runsc_config]\n  oci-seccomp = "true"/' \
     "${NODE_DIR}/runsc/runsc.toml" >"${NODE_DIR}/runsc/runsc-seccomp.toml"
   mkdir -p "${LOG_DIR}/runsc"
+  mkdir -p "${NODE_SHIM_SOCKETS}"
   cat >"${d}/config.toml" <<TOML
 version = 3
 root = "${d}/root"
@@ -330,6 +438,13 @@ oom_score = 0
   address = "${CONTAINERD_SOCK}"
 [ttrpc]
   address = "${CONTAINERD_SOCK}.ttrpc"
+# The node's runtime state stays off the host's own paths wherever containerd lets it: the
+# shims' sockets (runc's shim honours this; the runsc shim does not, see node_host_state_down),
+# no NRI socket (/var/run/nri), and runc's state (below).
+[plugins."io.containerd.shim.v1.manager"]
+  socket_dir = "${NODE_SHIM_SOCKETS}"
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
 [plugins."io.containerd.cri.v1.runtime"]
   enable_selinux = false
   # Pods' network namespaces live in the node's folder (unmounted with it), not /run/netns.
@@ -344,6 +459,8 @@ oom_score = 0
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
         BinaryName = "$(command -v runc)"
         SystemdCgroup = false
+        # Not /run/containerd/runc.
+        Root = "${d}/runc"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runsc]
       runtime_type = "io.containerd.runsc.v1"
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runsc.options]
@@ -365,16 +482,18 @@ oom_score = 0
     config_path = "${d}/certs.d"
 [plugins."io.containerd.grpc.v1.cri"]
   disable_tcp_service = true
-  stream_server_address = "${NODE_IP}"
+  # exec, attach and port-forward: the kubelet, in the same network namespace, proxies them;
+  # no pod can reach the streaming server on loopback (it could on the node's address).
+  stream_server_address = "127.0.0.1"
 TOML
   cat >"${NODE_DIR}/cni/net.d/10-palisade.conflist" <<JSON
 {
   "cniVersion": "1.0.0",
-  "name": "palisade",
+  "name": "${CNI_NETWORK}",
   "plugins": [
     {
       "type": "bridge",
-      "bridge": "cni0",
+      "bridge": "${CNI_BRIDGE}",
       "isGateway": true,
       "ipMasq": false,
       "hairpinMode": true,
@@ -414,7 +533,15 @@ node_kill_leftovers() {
   [[ -n "${round}" ]]
 }
 
+# Stops what is left of this state directory's node. When another state directory owns the
+# machine's node, its processes, cgroups, namespaces and host rules are left alone; only mounts
+# under this directory's own node folder are undone (so that it can be deleted).
 node_down() {
+  if node_owned_elsewhere; then
+    echo "the real node belongs to $(node_owner): left alone" >&2
+    node_unmount
+    return 0
+  fi
   [[ -d "${NODE_DIR}" ]] || {
     node_network_down
     return 0
@@ -423,7 +550,35 @@ node_down() {
   sleep 0.5
   node_unmount
   node_cgroups_down
+  node_host_state_down
   node_network_down
+}
+
+# Removes what the node's runtime wrote to the host's own paths, where no setting moves it, and
+# only what provably came from this node: files named after the sandbox and container IDs of
+# this node's containerd (random, 64 hex digits, read from its root and state folders).
+# - /var/lib/cni/results: libcni's cache (containerd's CRI has no setting for its folder),
+#   this node's networks only (CNI_NETWORK on eth0, containerd's cni-loopback on lo);
+# - /run/containerd/s: the runsc shim's sockets (the folder is fixed in the containerd library
+#   it is built with; runc's shim uses socket_dir), named by a hash of this containerd's socket
+#   path, namespace and ID;
+# - /var/log/containers: the kubelet's links (a fixed folder) into this node's pod logs.
+node_host_state_down() {
+  local id path h
+  local -a ids=()
+  mapfile -t ids < <(find "${NODE_DIR}/containerd/root" "${NODE_DIR}/containerd/state" \
+    -mindepth 1 -maxdepth 3 -type d -regextype posix-extended -regex '.*/[0-9a-f]{64}' \
+    -printf '%f\n' 2>/dev/null | sort -u)
+  for id in "${ids[@]}"; do
+    rm -f "/var/lib/cni/results/${CNI_NETWORK}-${id}-eth0" "/var/lib/cni/results/cni-loopback-${id}-lo"
+    for path in "${CONTAINERD_SOCK}/k8s.io/${id}" "${CONTAINERD_SOCK}/k8s.io/${id}/debug"; do
+      h="$(printf '%s' "${path}" | sha256sum)"
+      h="/run/containerd/s/${h%% *}"
+      [[ ! -S "${h}" ]] || rm -f "${h}"
+    done
+  done
+  find /var/log/containers -maxdepth 1 -type l -lname "${NODE_DIR}/pod-logs/*" -delete 2>/dev/null ||
+    true
 }
 
 # The kubelet's cgroup root, in every hierarchy (it must exist before the kubelet starts).
@@ -644,6 +799,7 @@ node_network_check() {
   done
   iptables -C OUTPUT -j "${HOST_CHAIN}" 2>/dev/null &&
     iptables -C FORWARD -j "${HOST_CHAIN}" 2>/dev/null &&
+    iptables -C FORWARD -o "${HOST_IF}" -j DROP 2>/dev/null &&
     iptables -C INPUT -i "${HOST_IF}" -j "${HOST_INPUT_CHAIN}" 2>/dev/null ||
     fail "" "the host's ${HOST_CHAIN} rules are missing"
 }

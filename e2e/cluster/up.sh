@@ -96,8 +96,12 @@ for p in "ETCD_PORT=${ETCD_PORT}" "ETCD_PEER_PORT=${ETCD_PEER_PORT}" \
 done
 
 # --- fresh state ------------------------------------------------------------
-# Leftovers of a crashed or failed run (nothing of it is running, see above).
-[[ ! -f "${STATE_DIR}/${STATE_MARKER}" ]] || node_down
+# Leftovers of a crashed or failed run (nothing of it is running, see above): its real node, if
+# this state directory had one (node_down leaves another state directory's node alone), whether
+# or not this run starts one.
+if [[ -f "${STATE_DIR}/${STATE_MARKER}" ]] && node_is_ours; then
+  node_down
+fi
 remove_state || die "set PALISADE_E2E_STATE to an empty or up.sh-created directory"
 mkdir -p "${PKI}" "${CONF}" "${LOG_DIR}" "${PID_DIR}" "${STATE_DIR}/etcd" "${STATE_DIR}/kwok-home"
 touch "${STATE_DIR}/${STATE_MARKER}"
