@@ -87,7 +87,8 @@ checks:
   kernel           gvisor | linux (detail: /proc/version)
   syscall:NAME     allowed | eperm | enosys | error   (NAME: unshare, mount, ptrace, keyctl, personality, setns)
   sleep:DURATION   ok (waits, e.g. to outlive a timeout)
-  isolated:HOST:PORT  ok once a TCP connection there fails (the pod's rules are in place) | timeout (30 s)
+  isolated:HOST:PORT  ok once 3 TCP connections in a row there fail (refused, timeout, unreachable:
+                   the pod's rules are in place) | timeout (30 s)
 `)
 }
 
@@ -170,21 +171,35 @@ func run(c string) Result {
 	return Result{Check: c, Result: result, Detail: detail, Ms: time.Since(start).Milliseconds()}
 }
 
-// waitIsolated waits until a TCP connection to addr (a destination the sandbox's policy denies
-// but an unfiltered pod reaches, such as the kubernetes Service) no longer succeeds: the
-// network plugin has programmed the pod's rules. "ok" with the time waited, or "timeout" after
-// 30 s of successful connections.
+// isolatedAfter is how many connections in a row must fail before waitIsolated trusts it: one
+// failure may be a passing hiccup (a dropped SYN, a slow answer) before the rules are in place.
+const isolatedAfter = 3
+
+// waitIsolated waits until TCP connections to addr (a destination the sandbox's policy denies
+// but an unfiltered pod reaches, such as the kubernetes Service) no longer succeed: the network
+// plugin has programmed the pod's rules. That is isolatedAfter attempts in a row refused, timed
+// out or unreachable; a connection, or any other error, starts the count again. "ok" with the
+// time waited, or "timeout" after 30 s without that.
 func waitIsolated(addr string) (string, string) {
 	start := time.Now()
+	failed := 0
 	for time.Since(start) < 30*time.Second {
 		conn, err := net.DialTimeout("tcp", addr, 300*time.Millisecond)
-		if err != nil {
-			return "ok", fmt.Sprintf("isolated after %d ms (%v)", time.Since(start).Milliseconds(), err)
+		if err == nil {
+			conn.Close()
+			failed = 0
+		} else if r, _ := netResult(err); r == "refused" || r == "timeout" || r == "unreachable" {
+			failed++
+			if failed == isolatedAfter {
+				return "ok", fmt.Sprintf("isolated after %d ms (%d attempts in a row failed, the last: %v)",
+					time.Since(start).Milliseconds(), failed, err)
+			}
+		} else {
+			failed = 0
 		}
-		conn.Close()
 		time.Sleep(20 * time.Millisecond)
 	}
-	return "timeout", "still connecting after 30 s"
+	return "timeout", fmt.Sprintf("not %d failed connections in a row in 30 s", isolatedAfter)
 }
 
 // netResult names a network error.
