@@ -164,37 +164,39 @@ pub async fn pod_log(client: &Client, ns: &str, name: &str) -> String {
         .unwrap_or_else(|e| panic!("log of pod {ns}/{name}: {e}"))
 }
 
-/// Follows the log of pod `name` until the container ends or the pod is removed, in a task;
-/// the lines parsed so far are in the returned handle's result.
-pub fn follow_log(client: &Client, ns: &str, name: &str) -> tokio::task::JoinHandle<Vec<Line>> {
+/// The log of a pod as [`follow_log`] saw it: every line parsed, or why the stream broke.
+pub type FollowedLog = Result<Vec<Line>, String>;
+
+/// Follows the log of pod `name` until the container ends or the pod is removed, in a task.
+/// The handle's result is the lines parsed, or an error when the stream could not be opened or
+/// broke before its end: a log cut short must fail the test that reads it, not pass for a
+/// complete one.
+pub fn follow_log(client: &Client, ns: &str, name: &str) -> tokio::task::JoinHandle<FollowedLog> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let name = name.to_string();
+    let (ns, name) = (ns.to_string(), name.to_string());
     tokio::spawn(async move {
         let params = LogParams {
             follow: true,
             ..LogParams::default()
         };
+        let stream = pods
+            .log_stream(&name, &params)
+            .await
+            .map_err(|e| format!("log of pod {ns}/{name}: {e}"))?;
         let mut out = Vec::new();
-        let stream = match pods.log_stream(&name, &params).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("log of pod {name}: {e}");
-                return out;
-            }
-        };
         let mut lines = stream.lines();
         loop {
             match lines.try_next().await {
                 Ok(Some(line)) => out.extend(parse_lines(&line)),
-                Ok(None) => break,
-                // The pod went away mid-stream: what came before stands.
+                Ok(None) => return Ok(out),
                 Err(e) => {
-                    eprintln!("log of pod {name} ended: {e}");
-                    break;
+                    return Err(format!(
+                        "log of pod {ns}/{name} broke off after {} lines: {e}",
+                        out.len()
+                    ));
                 }
             }
         }
-        out
     })
 }
 

@@ -14,6 +14,7 @@ mod egress_reference;
 use std::time::{Duration, Instant};
 
 use egress_reference::{Net, Packet, Proto, pkt, policy_allows, removed, rule_matches};
+use k8s_openapi::api::core::v1::{Pod, SeccompProfile};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams};
 use palisade::api::policy::{DefaultAction, DnsMode, EgressPolicy};
@@ -104,9 +105,16 @@ async fn egress_matrix(label: &str, policy: Value) {
     )
     .await;
     let peer_ip = node::running_pod_ip(&client, &ns, "peer").await;
-    let egress: EgressPolicy =
-        serde_json::from_value(policy["network"]["egress"].clone()).unwrap_or_default();
-    let dns: Option<DnsMode> = serde_json::from_value(policy["network"]["dns"].clone()).ok();
+    // No egress section is the default one; one that does not parse is a broken test, never
+    // the default (the matrix would then judge the sandbox against another policy).
+    let egress: EgressPolicy = match &policy["network"]["egress"] {
+        Value::Null => EgressPolicy::default(),
+        e => serde_json::from_value(e.clone()).unwrap_or_else(|err| {
+            panic!("the policy's network.egress does not parse ({err}): {e}")
+        }),
+    };
+    let dns: Option<DnsMode> = serde_json::from_value(policy["network"]["dns"].clone())
+        .unwrap_or_else(|err| panic!("the policy's network.dns does not parse ({err}): {policy}"));
     let runc = policy["isolation"]["runtime"] == "runc";
     let checks = matrix(&peer_ip);
     let mut names: Vec<String> = checks.iter().map(|(c, _)| c.clone()).collect();
@@ -663,7 +671,7 @@ async fn looping_sandbox(
     interval: &str,
     for_: &str,
     checks: &[&str],
-) -> (String, tokio::task::JoinHandle<Vec<Line>>) {
+) -> (String, tokio::task::JoinHandle<node::FollowedLog>) {
     // The loop goes on after SIGTERM (until the kubelet's SIGKILL), so a pod being stopped is
     // watched to its end.
     let mut args = vec![
@@ -686,6 +694,13 @@ async fn looping_sandbox(
     node::running_pod_ip(client, ns, &pod).await;
     let log = node::follow_log(client, ns, &pod);
     (pod, log)
+}
+
+/// The lines a followed log gave, failing the test when the stream broke off.
+async fn followed(log: tokio::task::JoinHandle<node::FollowedLog>) -> Vec<Line> {
+    log.await
+        .expect("log task")
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// What the looping sandboxes try: a destination their policy denies, the kubernetes Service
@@ -738,7 +753,7 @@ async fn start_window_before_the_network_plugin_enforces() {
     )
     .await;
     node::finished_pod(&client, &ns, &pod).await;
-    let lines = log.await.expect("log task");
+    let lines = followed(log).await;
     let first = lines
         .first()
         .map(|l| l.at - l.ms)
@@ -802,9 +817,15 @@ async fn narrowing_a_running_sandbox_cuts_new_connections() {
     let narrowed_at = now_ms();
     palisade_e2e::sandboxes::apply_policy(&client, &ns, "agent", port_80_of(&["192.0.2.10"])).await;
     node::finished_pod(&client, &ns, &pod).await;
-    let lines = log.await.expect("log task");
+    let lines = followed(log).await;
     let removed: Vec<&Line> = lines.iter().filter(|l| l.check == DENIED).collect();
     let before: Vec<&&Line> = removed.iter().filter(|l| l.at < narrowed_at).collect();
+    // Reachable before: enough attempts to say so (none at all would pass the check below).
+    assert!(
+        before.len() >= 5,
+        "the probe tried the destination only {} times before the policy was narrowed",
+        before.len()
+    );
     assert!(
         before
             .iter()
@@ -845,6 +866,11 @@ async fn narrowing_a_running_sandbox_cuts_new_connections() {
     node::cleanup(&client, &ns).await;
 }
 
+/// How long before the pod is seen gone its log's last attempt may be: a round of the loop
+/// (two 300 ms timeouts), the kill and the pod's removal, and the 200 ms poll that sees it. A run
+/// here measured 1.4 s; a log cut off at the deletion ends the grace period (30 s) earlier.
+const WATCHED_TO_THE_END: Duration = Duration::from_secs(3);
+
 #[tokio::test]
 async fn deleting_the_network_policy_never_opens_the_sandbox() {
     // Someone deletes the sandbox's NetworkPolicy while the agent tries a denied destination in
@@ -872,10 +898,9 @@ async fn deleting_the_network_policy_never_opens_the_sandbox() {
     // sandbox again behind a new one.
     node::pod_gone(&client, &ns, &pod, &uid, Duration::from_secs(90)).await;
     let gone_at = now_ms();
-    let lines = tokio::time::timeout(Duration::from_secs(30), log)
+    let lines = tokio::time::timeout(Duration::from_secs(30), followed(log))
         .await
-        .expect("the log stream ends with the pod")
-        .expect("log task");
+        .expect("the log stream ends with the pod");
     let denied: Vec<&Line> = lines
         .iter()
         .filter(|l| l.check == DENIED && l.at > 0)
@@ -908,6 +933,13 @@ async fn deleting_the_network_policy_never_opens_the_sandbox() {
         denied.len(),
         last - deleted_at
     );
+    // ...and the log shows it to the end: its last attempt came right before the pod was seen
+    // gone, not when a cut-off stream stopped telling (then every later attempt went unseen).
+    assert!(
+        gone_at - last <= WATCHED_TO_THE_END.as_millis() as i64,
+        "the log stops {} ms before the pod was seen gone: the attempts after it were not watched",
+        gone_at - last
+    );
     assert!(
         leaked.is_empty(),
         "the denied destination was reached: {leaked:?}"
@@ -920,7 +952,11 @@ async fn deleting_the_network_policy_never_opens_the_sandbox() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn runc_applies_the_blocked_syscalls() {
+async fn runc_applies_the_nodes_localhost_profile() {
+    // What this proves: the operator puts the policy's Localhost profile on the pod, and runc
+    // applies that file of the node (the harness's deny-personality.json), which blocks what
+    // the policy's `syscalls.block` lists. It does not prove `block` itself is enforced: the
+    // operator cannot read a node's file, and the status says so (`notEnforced`).
     let ns = unique("iso-seccomp");
     let client = node::namespace(&ns, true).await;
     let policy = |syscalls: Value| {
@@ -951,6 +987,47 @@ async fn runc_applies_the_blocked_syscalls() {
     )
     .await;
     assert_result(&blocked, "syscall:personality", &["eperm"]);
+    let s = node::sandbox(&client, &ns, "blocked").await;
+    let status = s.status.unwrap_or_default();
+    let pod_name = status.pod_name.clone().expect("the sandbox names its pod");
+    let pod = Api::<Pod>::namespaced(client.clone(), &ns)
+        .get(&pod_name)
+        .await
+        .expect("the sandbox's pod");
+    let spec = pod.spec.expect("pod spec");
+    let wanted = Some(("Localhost", Some("palisade-e2e/deny-personality.json")));
+    fn profile(p: Option<&SeccompProfile>) -> Option<(&str, Option<&str>)> {
+        p.map(|p| (p.type_.as_str(), p.localhost_profile.as_deref()))
+    }
+    assert_eq!(
+        profile(
+            spec.security_context
+                .as_ref()
+                .and_then(|c| c.seccomp_profile.as_ref())
+        ),
+        wanted,
+        "the pod's seccomp profile is not the policy's Localhost profile"
+    );
+    for c in &spec.containers {
+        let own = profile(
+            c.security_context
+                .as_ref()
+                .and_then(|c| c.seccomp_profile.as_ref()),
+        );
+        assert!(
+            own.is_none() || own == wanted,
+            "container {} overrides the Localhost profile with {own:?}",
+            c.name
+        );
+    }
+    let report = status.enforcement.unwrap_or_default();
+    assert!(
+        report
+            .not_enforced
+            .iter()
+            .any(|e| e.field == "syscalls.block"),
+        "the operator cannot know what a node's Localhost profile blocks, and the status should say so: {report:?}"
+    );
     node::cleanup(&client, &ns).await;
 }
 
