@@ -32,8 +32,8 @@ on_exit() {
 diagnose() {
   ((status != 0)) || return 0
   echo "e2e: failed (status ${status}); the cluster as it was:" >&2
-  kubectl get pods -A -o wide 2>&1 | grep -v -E ' (Running|Completed) ' | head -40 >&2 || true
-  kubectl get events -A --field-selector type=Warning 2>&1 | tail -30 >&2 || true
+  kubectl --request-timeout=10s get pods -A -o wide 2>&1 | grep -v -E ' (Running|Completed) ' | head -40 >&2 || true
+  kubectl --request-timeout=10s get events -A --field-selector type=Warning 2>&1 | tail -30 >&2 || true
   local f
   for f in "$state"/logs/kubelet.log "$state"/logs/containerd.log "$state"/logs/kube-router.log; do
     [[ -f "$f" ]] || continue
