@@ -44,18 +44,23 @@ pub enum Attempt {
     Connected,
     /// Refused, unreachable, unanswered or not permitted: something stopped the connection.
     Stopped(&'static str),
+    /// Failed for a reason that says nothing about filtering (no free port, no memory, ...):
+    /// neither evidence of isolation nor of its absence.
+    Inconclusive,
 }
 
 impl Attempt {
     fn from_error(kind: ErrorKind) -> Attempt {
-        Attempt::Stopped(match kind {
-            ErrorKind::ConnectionRefused => "refused",
-            ErrorKind::TimedOut | ErrorKind::WouldBlock => "unanswered",
-            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => "unreachable",
-            ErrorKind::PermissionDenied => "not permitted",
-            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => "reset",
-            _ => "failed",
-        })
+        match kind {
+            ErrorKind::ConnectionRefused => Attempt::Stopped("refused"),
+            ErrorKind::TimedOut | ErrorKind::WouldBlock => Attempt::Stopped("unanswered"),
+            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+                Attempt::Stopped("unreachable")
+            }
+            ErrorKind::PermissionDenied => Attempt::Stopped("not permitted"),
+            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => Attempt::Stopped("reset"),
+            _ => Attempt::Inconclusive,
+        }
     }
 }
 
@@ -84,6 +89,7 @@ impl Confirmation {
                 self.connected += 1;
             }
             Attempt::Stopped(_) => self.in_row += 1,
+            Attempt::Inconclusive => self.in_row = 0,
         }
         self.in_row >= self.needed
     }
@@ -132,10 +138,8 @@ pub fn run(args: WaitIsolatedArgs) -> Result<(), String> {
     let mut confirmation = Confirmation::new(args.confirmations);
     loop {
         let result = attempt(&addr, attempt_timeout);
-        if confirmation.observe(result) {
-            let Attempt::Stopped(how) = result else {
-                unreachable!("observe confirms only stopped attempts")
-            };
+        let confirmed = confirmation.observe(result);
+        if let (true, Attempt::Stopped(how)) = (confirmed, result) {
             println!(
                 "isolation check: the NetworkPolicy is enforced: the canary {addr} was {how} {} times in a row after {} ms (it connected {} times before)",
                 args.confirmations,
@@ -193,6 +197,19 @@ mod tests {
         ] {
             assert!(matches!(Attempt::from_error(kind), Attempt::Stopped(_)));
         }
+        // Local failures say nothing about the network plugin.
+        for kind in [
+            ErrorKind::AddrNotAvailable,
+            ErrorKind::OutOfMemory,
+            ErrorKind::Other,
+        ] {
+            assert_eq!(Attempt::from_error(kind), Attempt::Inconclusive);
+        }
+        let mut c = Confirmation::new(2);
+        assert!(!c.observe(Attempt::Stopped("refused")));
+        assert!(!c.observe(Attempt::Inconclusive));
+        assert!(!c.observe(Attempt::Stopped("refused")));
+        assert!(c.observe(Attempt::Stopped("refused")));
     }
 
     #[test]
