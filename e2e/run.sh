@@ -133,6 +133,16 @@ for arg in container.get("command", [])[1:] + container["args"]:
     if not arg.startswith("--metrics-addr"):
         print(arg)')
 echo "e2e: palisade ${chart_args[*]}"
+if ((node)); then
+  # Sandbox pods on the real node start with the isolation check, which runs the operator's
+  # image: the binary under test, under the name the chart gives it.
+  check_image="$(printf '%s\n' "${chart_args[@]}" | sed -n 's/^--isolation-check-image=//p')"
+  if [[ -z "$check_image" ]]; then
+    echo "e2e: the chart passes no --isolation-check-image" >&2
+    exit 1
+  fi
+  e2e/cluster/operator-image.sh "$operator_bin" "$check_image"
+fi
 operator_log="$state/operator.log"
 KUBECONFIG="$operator_kubeconfig" POD_NAME=e2e-shared-operator \
   "$operator_bin" "${chart_args[@]}" --metrics-addr 127.0.0.1:18080 >"$operator_log" 2>&1 &

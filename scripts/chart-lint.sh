@@ -21,6 +21,7 @@ all_features=(
   --set "cluster.nodeCidrs={192.168.0.0/24}"
   --set "sandboxPods.labelAllow={team,example.com/*}"
   --set "sandboxPods.annotationAllow={example.com/owner}"
+  --set "sandboxPods.isolationCheck.image=registry.example/palisade:0.1.0"
   --set "admissionPolicy.runtimeClassNames={gvisor-custom,kata-*}"
   --set "networkPolicy.apiServer.cidrs={192.0.2.10/32}"
   --set "cluster.apiAudiences={https://oidc.example.com/id/ABC}"
@@ -28,6 +29,7 @@ all_features=(
 "$helm" lint --strict "$chart"
 "$helm" lint --strict "$chart" "${all_features[@]}"
 "$helm" lint --strict "$chart" --set replicas=1,leaderElection.enabled=false
+"$helm" lint --strict "$chart" --set sandboxPods.isolationCheck.enabled=false
 
 # Values the schema or the templates must refuse.
 refused=(
@@ -42,6 +44,8 @@ refused=(
   "podLabels.app\\.kubernetes\\.io/name=other"
   "sandboxPods.annotationAllow={k8s.v1.cni.cncf.io/networks}"
   "sandboxPods.labelAllow={app.kubernetes.io/*}"
+  "sandboxPods.isolationCheck.enabled=maybe"
+  "sandboxPods.isolationCheck.image=a b"
   "admissionPolicy.runtimeClassNames={gvisor')||true||('}"
   "fullnameOverride=a-name-that-is-far-too-long-for-a-service-with-the-metrics-suffix"
 )

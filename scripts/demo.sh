@@ -83,6 +83,9 @@ YAML
       IMAGE_AS=coder IMAGE_CHECKS=e2e/cluster/node/demo/coder.checks \
         node_image palisade-dev/examples/coder:0.1.0 "${BIN_DIR}/probe" /usr/local/bin/coder
     )
+    # The sandboxes' isolation check runs the operator's image (by default of this version).
+    e2e/cluster/operator-image.sh target/debug/palisade \
+      "ghcr.io/palisade-dev/palisade:$(sed -n 's/^version = "\(.*\)"/\1/p' controller/Cargo.toml | head -1)"
     echo "demo: pushed the demo agent images to the node's registry (ghcr.io/palisade-dev/examples/{analyst,coder}:0.1.0)"
     # The one Secret the coding-agent policy lets its sandboxes read.
     kubectl -n "$ns" create secret generic coder-credentials --from-literal=token=demo-token \

@@ -44,7 +44,11 @@ fn assert_hardened(plan: &Plan) {
     assert_eq!(spec.enable_service_links, Some(false));
     assert_eq!(spec.host_network, Some(false));
     assert!(spec.volumes.iter().flatten().all(|v| v.host_path.is_none()));
-    for c in &spec.containers {
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
         let sc = c
             .security_context
             .as_ref()
@@ -343,6 +347,99 @@ fn a_new_syscall_filter_needs_a_new_pod() {
 }
 
 #[test]
+fn the_agent_starts_after_the_isolation_check_which_is_outside_the_hash() {
+    let facts = ClusterFacts::default();
+    let plan = compile(
+        &policy(AgentPolicySpec::default()),
+        &sandbox("p"),
+        &facts,
+        0,
+    )
+    .expect("compiles");
+    let spec = plan.pod.spec.as_ref().expect("spec");
+    let init = spec.init_containers.as_deref().unwrap_or_default();
+    assert_eq!(init.len(), 1, "{init:?}");
+    let check = &init[0];
+    assert_eq!(check.name, "isolation-check");
+    assert_eq!(check.image, facts.isolation_check_image);
+    assert_eq!(
+        check.command.as_deref(),
+        Some(&["palisade".to_string(), "wait-isolated".to_string()][..])
+    );
+    let sc = check.security_context.as_ref().expect("security context");
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(
+        sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_string()])
+    );
+    assert!(
+        plan.report
+            .not_enforced
+            .iter()
+            .all(|e| e.field != "network")
+    );
+
+    // Another image (an operator upgrade) or no check at all leaves running pods alone.
+    let other = ClusterFacts {
+        isolation_check_image: Some("registry.example/palisade:9".into()),
+        ..ClusterFacts::default()
+    };
+    let off = ClusterFacts {
+        isolation_check_image: None,
+        ..ClusterFacts::default()
+    };
+    for facts in [other, off] {
+        let p = compile(
+            &policy(AgentPolicySpec::default()),
+            &sandbox("p"),
+            &facts,
+            0,
+        )
+        .expect("compiles");
+        assert_eq!(p.pod_hash, plan.pod_hash);
+    }
+    // Off, the pod has no check, and the report says the NetworkPolicy may lag the agent.
+    let off = ClusterFacts {
+        isolation_check_image: None,
+        ..ClusterFacts::default()
+    };
+    let p = compile(&policy(AgentPolicySpec::default()), &sandbox("p"), &off, 0).expect("compiles");
+    assert!(p.pod.spec.as_ref().expect("spec").init_containers.is_none());
+    assert!(
+        p.report
+            .not_enforced
+            .iter()
+            .any(|e| e.field == "network" && e.message.contains("isolation check is off")),
+        "{:?}",
+        p.report
+    );
+}
+
+#[test]
+fn the_isolation_check_never_asks_for_more_than_the_agents_limits() {
+    let spec = AgentPolicySpec {
+        resources: Some(ResourceCaps {
+            cpu: Some(q("50m")),
+            memory: Some(q("16Mi")),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let plan =
+        compile(&policy(spec), &sandbox("p"), &ClusterFacts::default(), 0).expect("compiles");
+    let pod = plan.pod.spec.as_ref().expect("spec");
+    let check = &pod.init_containers.as_ref().expect("init containers")[0];
+    let limits = check
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .expect("limits");
+    assert_eq!(limits.get("cpu"), Some(&q("50m")));
+    assert_eq!(limits.get("memory"), Some(&q("16Mi")));
+}
+
+#[test]
 fn every_pod_starts_behind_the_isolation_gate_outside_its_hash() {
     let plan = compile(
         &policy(AgentPolicySpec::default()),
@@ -365,6 +462,7 @@ fn every_pod_starts_behind_the_isolation_gate_outside_its_hash() {
     let mut spec = plan.pod.spec.clone().expect("spec");
     spec.scheduling_gates = None;
     spec.active_deadline_seconds = None;
+    spec.init_containers = None;
     let labels = plan.pod.metadata.labels.clone().expect("labels");
     let mut annotations = plan.pod.metadata.annotations.clone().expect("annotations");
     annotations.remove(palisade::api::POLICY_HASH_ANNOTATION);

@@ -630,6 +630,29 @@ node_image() {
   rm -rf "${work}"
 }
 
+# The operator's image, as the Dockerfile makes it (the release binary in /usr/local/bin with the
+# C libraries it links, no shell, user 65532), pushed to the local registry: <repository:tag>
+# <binary>. Sandbox pods on the real node run it as their isolation check.
+node_operator_image() {
+  local ref="$1" binary="$2" work lib
+  work="$(mktemp -d "${NODE_DIR}/image.XXXXXX")"
+  mkdir -p "${work}/root/usr/local/bin" "${work}/root/tmp"
+  cp "${binary}" "${work}/root/usr/local/bin/palisade"
+  # The shared libraries and the dynamic loader, at the paths the binary looks for them.
+  for lib in $(ldd "${binary}" | grep -oE '/[^ ]+'); do
+    mkdir -p "${work}/root$(dirname "${lib}")"
+    cp -L "${lib}" "${work}/root${lib}"
+  done
+  chmod -R a+rX,go-w "${work}/root"
+  chmod 1777 "${work}/root/tmp"
+  tar --owner=0 --group=0 --numeric-owner -C "${work}/root" -cf "${work}/layer.tar" .
+  "${BIN_DIR}/crane" append --insecure --platform linux/amd64 -f "${work}/layer.tar" \
+    -t "${REGISTRY}/${ref}" >/dev/null 2>>"${LOG_DIR}/crane.log"
+  "${BIN_DIR}/crane" mutate --insecure --entrypoint=/usr/local/bin/palisade --user 65532:65532 \
+    --env PATH=/usr/local/bin:/usr/bin:/bin "${REGISTRY}/${ref}" >/dev/null 2>>"${LOG_DIR}/crane.log"
+  rm -rf "${work}"
+}
+
 node_up() {
   say "starting the real node ${NODE_NAME} (containerd ${CONTAINERD_VERSION}, gVisor, kube-router ${KUBE_ROUTER_VERSION})"
   mkdir -p "${NODE_DIR}" "${NODE_BIN}"

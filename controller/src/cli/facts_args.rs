@@ -52,6 +52,20 @@ pub struct FactsArgs {
     /// The nodes of this runtime apply the pod's seccomp profile (e.g. runsc --oci-seccomp).
     #[arg(long = "seccomp-applied", env = "PALISADE_SECCOMP_APPLIED", value_delimiter = ',', value_name = "RUNTIME", value_parser = parse_runtime)]
     pub seccomp_applied: Vec<Runtime>,
+    /// Image of the sandbox pods' `isolation-check` init container (`palisade wait-isolated`),
+    /// which starts the agent only once the network plugin enforces the pod's NetworkPolicy.
+    /// Default: the operator image of this version (the chart passes its own image).
+    #[arg(long, env = "PALISADE_ISOLATION_CHECK_IMAGE", value_name = "IMAGE")]
+    pub isolation_check_image: Option<String>,
+    /// Start agents without the isolation check, for network plugins that filter a pod from
+    /// its first packet. Every sandbox then reports that its NetworkPolicy may not be enforced
+    /// while it starts.
+    #[arg(
+        long,
+        env = "PALISADE_NO_ISOLATION_CHECK",
+        conflicts_with = "isolation_check_image"
+    )]
+    pub no_isolation_check: bool,
 }
 
 fn parse_runtime(s: &str) -> Result<Runtime, String> {
@@ -108,6 +122,15 @@ impl FactsArgs {
         facts
             .seccomp_applied
             .extend(self.seccomp_applied.iter().copied());
+        if self.no_isolation_check {
+            facts.isolation_check_image = None;
+        } else if let Some(image) = self
+            .isolation_check_image
+            .as_ref()
+            .filter(|i| !i.is_empty())
+        {
+            facts.isolation_check_image = Some(image.clone());
+        }
         facts
     }
 }

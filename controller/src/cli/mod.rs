@@ -6,6 +6,7 @@ pub mod output;
 pub mod policy_cmd;
 pub mod render_cmd;
 pub mod run_cmd;
+pub mod wait_isolated;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,10 @@ pub enum Command {
     Crd,
     /// Run the operator: reconcile AgentSandboxes and AgentPolicies until SIGTERM/SIGINT.
     Run(Box<run_cmd::RunArgs>),
+    /// Wait until the pod's NetworkPolicy is enforced (the `isolation-check` init container of
+    /// every sandbox pod): exit 0 once a canary the policy denies stops answering, 1 if it
+    /// stays reachable.
+    WaitIsolated(wait_isolated::WaitIsolatedArgs),
 }
 
 /// Runs the command; the error is the message for standard error.
@@ -40,6 +45,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("cannot start the async runtime: {e}"))?;
             runtime.block_on(run_cmd::run(*args))
         }
+        Command::WaitIsolated(args) => wait_isolated::run(args),
         Command::Crd => {
             let yaml = crate::api::crd::crds_yaml().map_err(|e| e.to_string())?;
             output::emit(&yaml)

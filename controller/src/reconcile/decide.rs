@@ -547,7 +547,12 @@ impl PodDecision<'_> {
                 };
                 let detail = pod
                     .message
-                    .as_ref()
+                    .clone()
+                    .or_else(|| {
+                        pod.isolation_check_failure
+                            .as_ref()
+                            .map(|m| format!("the isolation check failed: {m}"))
+                    })
                     .map(|m| format!(": {m}"))
                     .unwrap_or_default();
                 return self.replace(
@@ -618,7 +623,14 @@ impl PodDecision<'_> {
             (None, Some(np)) => PodStep::Bind(np.uid.clone()),
             _ => PodStep::Keep,
         };
-        let mut outcome = self.starting("Starting", "waiting for the pod to become ready");
+        let waiting = match (&pod.isolation_check_failure, pod.checking_isolation) {
+            (_, true) => "waiting for the network plugin to enforce the isolating NetworkPolicy (the isolation check runs before the agent)".to_string(),
+            (Some(failure), false) if !pod.ever_ran => format!(
+                "the isolation check failed and is retried before the agent starts: {failure}"
+            ),
+            _ => "waiting for the pod to become ready".to_string(),
+        };
+        let mut outcome = self.starting("Starting", &waiting);
         outcome.pod_ip = pod.ip.clone();
         if pod.phase == PodPhase::Running && pod.ready {
             outcome.phase = SandboxPhase::Running;
@@ -1096,6 +1108,66 @@ mod tests {
         }))
         .unwrap();
         LivePod::read(&pod, "sb")
+    }
+
+    #[test]
+    fn the_isolation_check_is_reported_while_it_waits_and_when_it_fails() {
+        let s = sandbox(None, false);
+        let p = policy();
+        let np = LiveIsolation {
+            uid: "np".into(),
+            ours: true,
+            deleting: false,
+        };
+        let d = decide_with(&s, PolicyState::Found(&p), Some(&np), None);
+        let Step::Run(plan, PodStep::Create) = d.step else {
+            panic!("{:?}", d.step);
+        };
+        let live = |status: serde_json::Value| {
+            let mut pod = plan.pod.clone();
+            pod.metadata.uid = Some("pod".into());
+            pod.metadata.owner_references = Some(vec![
+                serde_json::from_value(serde_json::json!({"apiVersion": "palisade.dev/v1alpha1",
+                    "kind": "AgentSandbox", "name": "a", "uid": "sb", "controller": true}))
+                .unwrap(),
+            ]);
+            pod.metadata
+                .annotations
+                .get_or_insert_default()
+                .insert("palisade.dev/network-policy-uid".into(), "np".into());
+            pod.spec.as_mut().unwrap().scheduling_gates = None;
+            pod.status = Some(serde_json::from_value(status).unwrap());
+            LivePod::read(&pod, "sb")
+        };
+        let check = |state: serde_json::Value| {
+            serde_json::json!([{"name": "isolation-check", "image": "x", "imageID": "",
+                "ready": false, "restartCount": 0, "state": state}])
+        };
+        let waiting = live(serde_json::json!({"phase": "Pending",
+            "initContainerStatuses": check(serde_json::json!({"running": {}}))}));
+        let d = decide_with(&s, PolicyState::Found(&p), Some(&np), Some(&waiting));
+        assert_eq!(d.outcome.phase, SandboxPhase::Starting);
+        assert!(
+            d.outcome
+                .message
+                .contains("enforce the isolating NetworkPolicy"),
+            "{}",
+            d.outcome.message
+        );
+        // Under restartPolicy Never the pod fails; it is replaced, and the status says why.
+        let failed = live(serde_json::json!({"phase": "Failed",
+            "initContainerStatuses": check(serde_json::json!({"terminated": {"exitCode": 1,
+                "message": "isolation check: the canary 10.96.0.1:443 was still reachable after 120 s\n"}}))}));
+        assert!(!failed.ever_ran);
+        let d = decide_with(&s, PolicyState::Found(&p), Some(&np), Some(&failed));
+        assert!(
+            d.outcome
+                .message
+                .contains("the isolation check failed: isolation check: the canary 10.96.0.1:443 was still reachable"),
+            "{}",
+            d.outcome.message
+        );
+        assert_ne!(d.outcome.phase, SandboxPhase::Running);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use crate::api::{ISOLATION_GATE, NETWORK_POLICY_UID_ANNOTATION, POLICY_HASH_ANNOTATION};
+use crate::render::pod::ISOLATION_CHECK;
 
 use super::ownership::controlled_by;
 
@@ -105,6 +106,11 @@ pub struct LivePod {
     pub start_time: Option<Timestamp>,
     /// Whether a container of it ever started (a pod the node refused never ran).
     pub ever_ran: bool,
+    /// The `isolation-check` init container is running: the network plugin does not yet
+    /// enforce the pod's NetworkPolicy.
+    pub checking_isolation: bool,
+    /// Why the `isolation-check` init container last failed, if it did.
+    pub isolation_check_failure: Option<String>,
     pub guard: Guard,
 }
 
@@ -130,6 +136,26 @@ impl LivePod {
             .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
             .map(|t| t.0)
             .max();
+        let check = status
+            .and_then(|s| s.init_container_statuses.as_ref())
+            .and_then(|all| all.iter().find(|c| c.name == ISOLATION_CHECK));
+        let checking_isolation = check
+            .and_then(|c| c.state.as_ref())
+            .is_some_and(|st| st.running.is_some());
+        let isolation_check_failure = check.and_then(|c| {
+            [c.state.as_ref(), c.last_state.as_ref()]
+                .into_iter()
+                .flatten()
+                .filter_map(|st| st.terminated.as_ref())
+                .find(|t| t.exit_code != 0)
+                .map(|t| {
+                    t.message
+                        .as_deref()
+                        .map(str::trim)
+                        .filter(|m| !m.is_empty())
+                        .map_or_else(|| format!("exit code {}", t.exit_code), str::to_string)
+                })
+        });
         let annotations = pod.annotations();
         Self {
             uid: pod.uid().unwrap_or_default(),
@@ -167,6 +193,8 @@ impl LivePod {
                     };
                     started(c.state.as_ref()) || started(c.last_state.as_ref())
                 }),
+            checking_isolation,
+            isolation_check_failure,
             guard: Guard::of(pod),
         }
     }

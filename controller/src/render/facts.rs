@@ -68,7 +68,15 @@ pub struct ClusterFacts {
     pub api_audiences: Vec<String>,
     /// The pod labels and annotations sandboxes may set.
     pub pod_keys: PodKeyAllowlist,
+    /// Image of the `isolation-check` init container (`palisade wait-isolated`), which holds
+    /// the agent back until the network plugin enforces the pod's NetworkPolicy; `None` when
+    /// turned off (reported as not enforced).
+    pub isolation_check_image: Option<String>,
 }
+
+/// The operator's image of this version, which also runs the isolation check.
+pub const DEFAULT_OPERATOR_IMAGE: &str =
+    concat!("ghcr.io/palisade-dev/palisade:", env!("CARGO_PKG_VERSION"));
 
 /// Audiences of the API server in common clusters (its `--api-audiences`, which default to the
 /// service account issuer); operator configuration adds the cluster's own.
@@ -107,6 +115,7 @@ impl Default for ClusterFacts {
                 .map(|a| a.to_string())
                 .collect(),
             pod_keys: PodKeyAllowlist::default(),
+            isolation_check_image: Some(DEFAULT_OPERATOR_IMAGE.into()),
         }
     }
 }

@@ -284,7 +284,14 @@ pub fn compile_checked(
         seccomp: &seccomp.pod_profile,
         proxy_env: net.proxy_env.clone(),
         active_deadline_seconds: deadline,
+        isolation_check_image: facts.isolation_check_image.as_deref(),
     };
+    if facts.isolation_check_image.is_none() {
+        report.not_enforced(
+            "network",
+            "the isolation check is off (--no-isolation-check): the agent may start before the network plugin enforces the NetworkPolicy, and be unfiltered for that moment",
+        );
+    }
     let (pod, pod_hash) = pod::build_pod(&pod_input)?;
     Ok(Plan {
         service_account: children::service_account(spec, sandbox),

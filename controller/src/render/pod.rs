@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapKeySelector, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, PersistentVolumeClaimVolumeSource, Pod, PodSchedulingGate, PodSecurityContext,
-    PodSpec, ProjectedVolumeSource, SeccompProfile, SecretKeySelector, SecurityContext,
-    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    PodSpec, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -37,6 +37,63 @@ pub struct PodInput<'a> {
     pub seccomp: &'a SeccompProfile,
     pub proxy_env: Vec<EnvVar>,
     pub active_deadline_seconds: Option<i64>,
+    /// Image of the `isolation-check` init container; none when the check is off.
+    pub isolation_check_image: Option<&'a str>,
+}
+
+/// Name of the init container that holds the agent back until the NetworkPolicy is enforced.
+pub const ISOLATION_CHECK: &str = "isolation-check";
+
+/// The `isolation-check` init container: `palisade wait-isolated`, as unprivileged as the agent,
+/// with small resources (capped by the agent's own limits).
+fn isolation_check(image: &str, agent: &Container) -> Container {
+    let limits = agent.resources.as_ref().and_then(|r| r.limits.as_ref());
+    let capped = |key: &str, own: &str| {
+        let own = Quantity(own.into());
+        match limits.and_then(|l| l.get(key)) {
+            Some(agent) => match (quantity::nanos(agent), quantity::nanos(&own)) {
+                (Some(a), Some(o)) if a < o => agent.clone(),
+                _ => own,
+            },
+            None => own,
+        }
+    };
+    let limits = BTreeMap::from([
+        ("cpu".to_string(), capped("cpu", "100m")),
+        ("memory".to_string(), capped("memory", "32Mi")),
+    ]);
+    let requests = BTreeMap::from([
+        ("cpu".to_string(), capped("cpu", "10m")),
+        ("memory".to_string(), capped("memory", "16Mi")),
+    ]);
+    Container {
+        name: ISOLATION_CHECK.into(),
+        image: Some(image.into()),
+        command: Some(vec!["palisade".into(), "wait-isolated".into()]),
+        resources: Some(ResourceRequirements {
+            limits: Some(limits),
+            requests: Some(requests),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            // The policy's seccomp profile is for the agent; the check needs only sockets.
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
 }
 
 /// A byte count as a readable quantity (`512Mi`, `2Gi`).
@@ -317,7 +374,13 @@ pub fn build_pod(input: &PodInput) -> Result<(Pod, String), Blocked> {
     annotations.insert(POLICY_HASH_ANNOTATION.into(), pod_hash.clone());
     meta.labels = Some(labels);
     meta.annotations = Some(annotations);
+    // The isolation check stays out of the hash too: it matters only while a pod starts, so
+    // turning it on or off, or a new operator image, does not recreate running sandboxes.
+    let init_containers = input
+        .isolation_check_image
+        .map(|image| vec![isolation_check(image, &spec.containers[0])]);
     let spec = PodSpec {
+        init_containers,
         active_deadline_seconds: input.active_deadline_seconds,
         scheduling_gates: Some(vec![PodSchedulingGate {
             name: ISOLATION_GATE.into(),
