@@ -789,6 +789,18 @@ async fn the_agent_starts_only_once_the_network_plugin_enforces() {
         check_log.contains("the NetworkPolicy is enforced"),
         "{check_log}"
     );
+    // The control: the canary answered the check at first, so there was a window to close (on
+    // this node kube-router takes 0.5-1.4 s; a test that never saw one would prove nothing).
+    let answered: u32 = check_log
+        .split("it connected ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of connections in the check's log: {check_log}"));
+    assert!(
+        answered > 0,
+        "the canary never answered the isolation check, so this run had no start window to close: {check_log}"
+    );
     assert!(
         leaked.is_empty(),
         "the agent reached a denied address before the network plugin enforced its policy: {leaked:?}"

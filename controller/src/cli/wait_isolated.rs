@@ -46,20 +46,19 @@ pub enum Attempt {
     Stopped(&'static str),
     /// Failed for a reason that says nothing about filtering (no free port, no memory, ...):
     /// neither evidence of isolation nor of its absence.
-    Inconclusive,
+    Inconclusive(ErrorKind),
 }
 
 impl Attempt {
+    /// Only what network plugins answer a denied connection with counts: a refusal (a reject
+    /// rule's reset or port-unreachable) or silence (a drop rule). No route, a tentative IPv6
+    /// address, a local firewall (EPERM) or no free local port (EAGAIN) say nothing about the
+    /// pod's NetworkPolicy.
     fn from_error(kind: ErrorKind) -> Attempt {
         match kind {
             ErrorKind::ConnectionRefused => Attempt::Stopped("refused"),
-            ErrorKind::TimedOut | ErrorKind::WouldBlock => Attempt::Stopped("unanswered"),
-            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
-                Attempt::Stopped("unreachable")
-            }
-            ErrorKind::PermissionDenied => Attempt::Stopped("not permitted"),
-            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => Attempt::Stopped("reset"),
-            _ => Attempt::Inconclusive,
+            ErrorKind::TimedOut => Attempt::Stopped("unanswered"),
+            other => Attempt::Inconclusive(other),
         }
     }
 }
@@ -89,7 +88,7 @@ impl Confirmation {
                 self.connected += 1;
             }
             Attempt::Stopped(_) => self.in_row += 1,
-            Attempt::Inconclusive => self.in_row = 0,
+            Attempt::Inconclusive(_) => self.in_row = 0,
         }
         self.in_row >= self.needed
     }
@@ -149,10 +148,20 @@ pub fn run(args: WaitIsolatedArgs) -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() >= deadline {
+            let what = if confirmation.connected() > 0 {
+                format!(
+                    "was still reachable after {} s ({} connections)",
+                    args.timeout_seconds,
+                    confirmation.connected()
+                )
+            } else {
+                format!(
+                    "gave no conclusive answer in {} s (the last attempt: {result:?})",
+                    args.timeout_seconds
+                )
+            };
             return Err(format!(
-                "isolation check: the canary {addr} was still reachable after {} s ({} connections), so the network plugin does not enforce the sandbox's NetworkPolicy on this pod; the agent was not started",
-                args.timeout_seconds,
-                confirmation.connected()
+                "isolation check: the canary {addr} {what}: either the network plugin does not enforce the sandbox's NetworkPolicy on this pod, or the policy allows the canary (the API server's addresses must lie in the operator's --cluster-cidr/--node-cidr ranges); the agent was not started"
             ));
         }
         std::thread::sleep(Duration::from_millis(args.interval_ms));
@@ -187,27 +196,25 @@ mod tests {
     }
 
     #[test]
-    fn errors_that_stop_a_connection_count_as_stopped() {
+    fn only_a_refusal_or_silence_counts_as_filtering() {
+        for kind in [ErrorKind::ConnectionRefused, ErrorKind::TimedOut] {
+            assert!(matches!(Attempt::from_error(kind), Attempt::Stopped(_)));
+        }
+        // Failures of the pod's own stack say nothing about the network plugin.
         for kind in [
-            ErrorKind::ConnectionRefused,
-            ErrorKind::TimedOut,
             ErrorKind::HostUnreachable,
             ErrorKind::NetworkUnreachable,
             ErrorKind::PermissionDenied,
-        ] {
-            assert!(matches!(Attempt::from_error(kind), Attempt::Stopped(_)));
-        }
-        // Local failures say nothing about the network plugin.
-        for kind in [
+            ErrorKind::WouldBlock,
             ErrorKind::AddrNotAvailable,
             ErrorKind::OutOfMemory,
             ErrorKind::Other,
         ] {
-            assert_eq!(Attempt::from_error(kind), Attempt::Inconclusive);
+            assert_eq!(Attempt::from_error(kind), Attempt::Inconclusive(kind));
         }
         let mut c = Confirmation::new(2);
         assert!(!c.observe(Attempt::Stopped("refused")));
-        assert!(!c.observe(Attempt::Inconclusive));
+        assert!(!c.observe(Attempt::Inconclusive(ErrorKind::HostUnreachable)));
         assert!(!c.observe(Attempt::Stopped("refused")));
         assert!(c.observe(Attempt::Stopped("refused")));
     }

@@ -31,6 +31,7 @@ use super::live::{Guard, LiveIsolation, LivePod, PodPhase};
 use super::ownership::controlled_by;
 use super::record::PodRecord;
 use super::status::{Outcome, PlanFacts, REPORT_CHARS, REPORT_ENTRIES, Standing};
+use crate::render::pod::ISOLATION_CHECK;
 
 /// The sandbox's policy as found.
 #[derive(Clone, Copy, Debug)]
@@ -542,6 +543,8 @@ impl PodDecision<'_> {
                 let why = pod.reason.clone().unwrap_or_else(|| "Failed".into());
                 let what = if pod.ever_ran {
                     "it was stopped from outside"
+                } else if pod.isolation_check_failure.is_some() {
+                    "its isolation check failed, so the agent never started"
                 } else {
                     "the node refused it before it ran"
                 };
@@ -610,6 +613,23 @@ impl PodDecision<'_> {
             _ => {}
         }
         if pod.gate.is_some() {
+            let planned_check = self
+                .plan
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.init_containers.as_ref())
+                .is_some_and(|all| all.iter().any(|c| c.name == ISOLATION_CHECK));
+            if planned_check && !pod.has_isolation_check {
+                // Created by an operator without the check (an upgrade): its agent could start
+                // before the network plugin enforces the NetworkPolicy.
+                return self.replace(
+                    "it was created without the isolation check",
+                    false,
+                    lifetime,
+                    record,
+                );
+            }
             if self.hold {
                 return self.held(lifetime, record);
             }
@@ -624,6 +644,10 @@ impl PodDecision<'_> {
             _ => PodStep::Keep,
         };
         let waiting = match (&pod.isolation_check_failure, pod.checking_isolation) {
+            _ if pod.isolation_check_waiting.is_some() => format!(
+                "the isolation check cannot start ({}); the agent starts after it",
+                pod.isolation_check_waiting.as_deref().unwrap_or_default()
+            ),
             (_, true) => "waiting for the network plugin to enforce the isolating NetworkPolicy (the isolation check runs before the agent)".to_string(),
             (Some(failure), false) if !pod.ever_ran => format!(
                 "the isolation check failed and is retried before the agent starts: {failure}"
@@ -1167,7 +1191,74 @@ mod tests {
             "{}",
             d.outcome.message
         );
+        assert!(
+            d.outcome.message.contains("its isolation check failed"),
+            "{}",
+            d.outcome.message
+        );
         assert_ne!(d.outcome.phase, SandboxPhase::Running);
+        // An image the node cannot pull is named, not hidden behind "waiting".
+        let pulling = live(serde_json::json!({"phase": "Pending",
+            "initContainerStatuses": check(serde_json::json!({"waiting": {"reason": "ImagePullBackOff",
+                "message": "Back-off pulling image"}}))}));
+        let d = decide_with(&s, PolicyState::Found(&p), Some(&np), Some(&pulling));
+        assert!(
+            d.outcome.message.contains(
+                "the isolation check cannot start (ImagePullBackOff: Back-off pulling image)"
+            ),
+            "{}",
+            d.outcome.message
+        );
+    }
+
+    #[test]
+    fn a_gated_pod_created_without_the_isolation_check_is_replaced_not_released() {
+        // An operator upgrade: the old operator created the pod, the new one would release it.
+        let s = sandbox(None, false);
+        let p = policy();
+        let np = LiveIsolation {
+            uid: "np".into(),
+            ours: true,
+            deleting: false,
+        };
+        let d = decide_with(&s, PolicyState::Found(&p), Some(&np), None);
+        let Step::Run(plan, PodStep::Create) = d.step else {
+            panic!("{:?}", d.step);
+        };
+        let mut pod = plan.pod.clone();
+        pod.metadata.uid = Some("pod".into());
+        pod.metadata.owner_references = Some(vec![
+            serde_json::from_value(serde_json::json!({"apiVersion": "palisade.dev/v1alpha1",
+                "kind": "AgentSandbox", "name": "a", "uid": "sb", "controller": true}))
+            .unwrap(),
+        ]);
+        pod.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("palisade.dev/network-policy-uid".into(), "np".into());
+        let with_check = LivePod::read(&pod, "sb");
+        assert!(with_check.has_isolation_check && with_check.gate.is_some());
+        let d = decide_with(&s, PolicyState::Found(&p), Some(&np), Some(&with_check));
+        assert!(
+            matches!(d.step, Step::Run(_, PodStep::Ungate)),
+            "{:?}",
+            d.step
+        );
+        pod.spec.as_mut().unwrap().init_containers = None;
+        let without = LivePod::read(&pod, "sb");
+        let d = decide_with(&s, PolicyState::Found(&p), Some(&np), Some(&without));
+        assert!(
+            !matches!(d.step, Step::Run(_, PodStep::Ungate)),
+            "{:?}",
+            d.step
+        );
+        assert!(
+            d.outcome
+                .message
+                .contains("created without the isolation check"),
+            "{}",
+            d.outcome.message
+        );
     }
 
     #[test]

@@ -111,6 +111,11 @@ pub struct LivePod {
     pub checking_isolation: bool,
     /// Why the `isolation-check` init container last failed, if it did.
     pub isolation_check_failure: Option<String>,
+    /// Why the `isolation-check` init container waits to start, when it is not the usual
+    /// (`ImagePullBackOff`, `ErrImagePull`, `CrashLoopBackOff`, ...), with the kubelet's message.
+    pub isolation_check_waiting: Option<String>,
+    /// The pod has the `isolation-check` init container.
+    pub has_isolation_check: bool,
     pub guard: Guard,
 }
 
@@ -156,6 +161,22 @@ impl LivePod {
                         .map_or_else(|| format!("exit code {}", t.exit_code), str::to_string)
                 })
         });
+        let isolation_check_waiting = check
+            .and_then(|c| c.state.as_ref()?.waiting.as_ref())
+            .filter(|w| {
+                !matches!(
+                    w.reason.as_deref(),
+                    None | Some("PodInitializing" | "ContainerCreating")
+                )
+            })
+            .map(|w| match (&w.reason, &w.message) {
+                (Some(r), Some(m)) => format!("{r}: {m}"),
+                (Some(r), None) => r.clone(),
+                (None, _) => "waiting".into(),
+            });
+        let has_isolation_check = spec
+            .and_then(|s| s.init_containers.as_ref())
+            .is_some_and(|all| all.iter().any(|c| c.name == ISOLATION_CHECK));
         let annotations = pod.annotations();
         Self {
             uid: pod.uid().unwrap_or_default(),
@@ -195,6 +216,8 @@ impl LivePod {
                 }),
             checking_isolation,
             isolation_check_failure,
+            isolation_check_waiting,
+            has_isolation_check,
             guard: Guard::of(pod),
         }
     }
