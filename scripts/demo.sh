@@ -117,12 +117,12 @@ if ((node)); then
   for sandbox in offline-analyst coder; do
     pod="$(kubectl -n "$ns" get agentsandbox "$sandbox" -o jsonpath='{.status.podName}')"
     for _ in $(seq 1 60); do
-      [[ -n "$pod" ]] && kubectl -n "$ns" logs "$pod" 2>/dev/null | grep -q "demo agent done" && break
+      [[ -n "$pod" ]] && kubectl -n "$ns" logs "$pod" -c agent 2>/dev/null | grep -q "demo agent done" && break
       sleep 1
       pod="$(kubectl -n "$ns" get agentsandbox "$sandbox" -o jsonpath='{.status.podName}')"
     done
-    echo "--- kubectl -n $ns logs $pod   (sandbox $sandbox, on the real node)"
-    kubectl -n "$ns" logs "$pod" 2>/dev/null || echo "(no log yet: kubectl -n $ns describe agentsandbox $sandbox)"
+    echo "--- kubectl -n $ns logs $pod -c agent   (sandbox $sandbox, on the real node)"
+    kubectl -n "$ns" logs "$pod" -c agent 2>/dev/null || echo "(no log yet: kubectl -n $ns describe agentsandbox $sandbox)"
     echo
   done
   echo "The Kata example (browser, namespace $kata_ns) runs on a simulated node: Kata needs a guest"
