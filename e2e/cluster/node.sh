@@ -69,9 +69,15 @@ HOST_SYSCTLS=(kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on
   kernel.keys.root_maxkeys kernel.keys.root_maxbytes
   net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables)
 NODE_BIN="${NODE_DIR}/bin"
-# containerd's shim sockets (short: at most 42 characters, which a state directory may exceed).
+# Folders with Unix sockets live under NODE_RUN, not the state directory: a socket's path may
+# have at most 104-108 characters, and a state directory's real path (e.g. a checkout's target/
+# linked into ~/.cache, as in CI) can leave too few. containerd's shim sockets (at most 42),
+# containerd's socket, the kubelet's root (its device-plugin and pod-resources sockets) and
+# gVisor's root (its control sockets). They belong to the node that owns NODE_RUN.
 NODE_SHIM_SOCKETS="${NODE_RUN}/s"
-CONTAINERD_SOCK="${NODE_DIR}/containerd/containerd.sock"
+CONTAINERD_SOCK="${NODE_RUN}/containerd.sock"
+KUBELET_DIR="${NODE_RUN}/kubelet"
+RUNSC_ROOT="${NODE_RUN}/runsc"
 
 # Processes of the node, in start order (down.sh stops them in reverse). Each runs a binary of
 # its own name (component_pid checks the executable), copied into NODE_BIN where needed.
@@ -327,6 +333,8 @@ node_network_down() {
   if [[ -f "${NODE_RUN}/sysctls" ]]; then
     sysctl -q -p "${NODE_RUN}/sysctls" >/dev/null 2>&1 || true
   fi
+  # (The kubelet's pod volumes are mounted under it: never delete through a mount.)
+  unmount_under "${NODE_RUN}"
   rm -rf "${NODE_RUN}"
 }
 
@@ -371,9 +379,15 @@ node_host_rules_down() {
 # Unmounts everything under the node's directory (pods' volumes, containerd's snapshots), the
 # deepest first, so removing the state directory removes nothing else.
 node_unmount() {
-  [[ -d "${NODE_DIR}" ]] || return 0
+  unmount_under "${NODE_DIR}"
+  node_owned_elsewhere || unmount_under "${NODE_RUN}"
+}
+
+# Unmounts everything mounted at or under folder $1, the deepest first.
+unmount_under() {
+  [[ -d "$1" ]] || return 0
   local m
-  awk -v d="${NODE_DIR}" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/self/mounts |
+  awk -v d="$1" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/self/mounts |
     sort -r | while read -r m; do
     umount -l "${m}" 2>/dev/null || true
   done
@@ -401,7 +415,8 @@ node_binary() { # <component> <source binary>
 
 node_containerd_config() {
   local d="${NODE_DIR}/containerd"
-  mkdir -p "${d}/root" "${d}/state" "${d}/certs.d" "${NODE_DIR}/cni/net.d" "${NODE_DIR}/runsc"
+  mkdir -p "${d}/root" "${d}/state" "${d}/certs.d" "${NODE_DIR}/cni/net.d" "${NODE_DIR}/runsc" \
+    "${RUNSC_ROOT}" "${KUBELET_DIR}"
   # Every registry the examples and tests name is mirrored to the local one; if the mirror
   # lacks an image, the fall-back to the real registry fails at once (no route out).
   local r
@@ -419,7 +434,7 @@ TOML
 log_path = "${LOG_DIR}/runsc/%ID%/shim.log"
 log_level = "info"
 binary_name = "${BIN_DIR}/runsc"
-root = "${NODE_DIR}/runsc/root"
+root = "${RUNSC_ROOT}"
 [runsc_config]
   platform = "systrap"
   debug-log = "${LOG_DIR}/runsc/%ID%/"
@@ -715,10 +730,10 @@ CNF
     API_URL="https://${HOST_IP}:${APISERVER_PORT}" write_kubeconfig "${CONF}/${c}.kubeconfig" "${c}"
   done
   printf 'nameserver %s\n' "${WORLD_IP}" >"${NODE_DIR}/resolv.conf"
-  mkdir -p "${NODE_DIR}/kubelet/seccomp/palisade-e2e"
+  mkdir -p "${KUBELET_DIR}/seccomp/palisade-e2e"
   # A Localhost seccomp profile for the isolation suite: everything allowed but personality(2),
   # which fails with EPERM (a call the runtimes' default profiles allow).
-  cat >"${NODE_DIR}/kubelet/seccomp/palisade-e2e/deny-personality.json" <<JSON
+  cat >"${KUBELET_DIR}/seccomp/palisade-e2e/deny-personality.json" <<JSON
 {"defaultAction": "SCMP_ACT_ALLOW",
  "syscalls": [{"names": ["personality"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}
 JSON
@@ -764,8 +779,8 @@ YAML
     --kubeconfig="${CONF}/kubelet.kubeconfig" \
     --hostname-override="${NODE_NAME}" \
     --node-ip="${NODE_IP}" \
-    --root-dir="${NODE_DIR}/kubelet" \
-    --cert-dir="${NODE_DIR}/kubelet/pki" \
+    --root-dir="${KUBELET_DIR}" \
+    --cert-dir="${KUBELET_DIR}/pki" \
     --node-labels="palisade.dev/runtime=gvisor,palisade.dev/node=real" \
     --v="${VERBOSITY}"
   wait_for kubelet "node ${NODE_NAME} to register" "${KUBECTL[@]}" get node "${NODE_NAME}"
