@@ -90,6 +90,8 @@ if ((node)); then
   # The cluster's ranges, as an admin states them: pods (the node's and the fake nodes'),
   # Services, and the node's links, so no CIDR allow reaches into the cluster.
   node_values=(--set "cluster.cidrs={10.244.0.0/14,10.96.0.0/16}" --set "cluster.nodeCidrs={10.250.0.0/16}")
+  # kube-router programs a pod after it starts: the isolation check can require the transition.
+  node_values+=(--set sandboxPods.isolationCheck.mode=transition)
 else
   echo "e2e: no real node (PALISADE_E2E_NODE=0 or E2E_KUBECONFIG): the isolation suite (tests/isolation.rs) does not run"
 fi

@@ -22,6 +22,7 @@ all_features=(
   --set "sandboxPods.labelAllow={team,example.com/*}"
   --set "sandboxPods.annotationAllow={example.com/owner}"
   --set "sandboxPods.isolationCheck.image=registry.example/palisade:0.1.0"
+  --set "sandboxPods.isolationCheck.mode=transition"
   --set "admissionPolicy.runtimeClassNames={gvisor-custom,kata-*}"
   --set "networkPolicy.apiServer.cidrs={192.0.2.10/32}"
   --set "cluster.apiAudiences={https://oidc.example.com/id/ABC}"
@@ -46,6 +47,7 @@ refused=(
   "sandboxPods.labelAllow={app.kubernetes.io/*}"
   "sandboxPods.isolationCheck.enabled=maybe"
   "sandboxPods.isolationCheck.image=a b"
+  "sandboxPods.isolationCheck.mode=sometimes"
   "admissionPolicy.runtimeClassNames={gvisor')||true||('}"
   "fullnameOverride=a-name-that-is-far-too-long-for-a-service-with-the-metrics-suffix"
 )

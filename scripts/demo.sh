@@ -91,7 +91,8 @@ YAML
     kubectl -n "$ns" create secret generic coder-credentials --from-literal=token=demo-token \
       --dry-run=client -o yaml | kubectl apply -f - >/dev/null
     # The cluster's ranges, so no CIDR allow reaches into the cluster or the node.
-    operator_args=(--cluster-cidr=10.244.0.0/14,10.96.0.0/16 --node-cidr=10.250.0.0/16)
+    operator_args=(--cluster-cidr=10.244.0.0/14,10.96.0.0/16 --node-cidr=10.250.0.0/16
+      --isolation-check-mode=transition)
   fi
 fi
 

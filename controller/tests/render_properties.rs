@@ -399,6 +399,32 @@ fn the_agent_starts_after_the_isolation_check_which_is_outside_the_hash() {
         .expect("compiles");
         assert_eq!(p.pod_hash, plan.pod_hash);
     }
+    // In transition mode the check needs the canary to answer first.
+    let transition = ClusterFacts {
+        isolation_check_open_first: true,
+        ..ClusterFacts::default()
+    };
+    let p = compile(
+        &policy(AgentPolicySpec::default()),
+        &sandbox("p"),
+        &transition,
+        0,
+    )
+    .expect("compiles");
+    let spec = p.pod.spec.as_ref().expect("spec");
+    assert_eq!(
+        spec.init_containers.as_ref().expect("init")[0]
+            .command
+            .as_deref(),
+        Some(
+            &[
+                "palisade".to_string(),
+                "wait-isolated".to_string(),
+                "--require-open-first".to_string()
+            ][..]
+        )
+    );
+    assert_eq!(p.pod_hash, plan.pod_hash);
     // Off, the pod has no check, and the report says the NetworkPolicy may lag the agent.
     let off = ClusterFacts {
         isolation_check_image: None,

@@ -66,6 +66,22 @@ pub struct FactsArgs {
         conflicts_with = "isolation_check_image"
     )]
     pub no_isolation_check: bool,
+    /// What the isolation check waits for: `denied` (the canary, the kubernetes Service, is
+    /// refused or unanswered three times in a row) or `transition` (it answered first, then was
+    /// denied: proof that the pod became filtered, for plugins that program a pod after it
+    /// starts, such as kube-router; wrong for plugins that filter from the first packet).
+    #[arg(long, env = "PALISADE_ISOLATION_CHECK_MODE", value_enum, default_value_t = CheckMode::Denied)]
+    pub isolation_check_mode: CheckMode,
+}
+
+/// What the isolation check waits for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CheckMode {
+    /// The canary refused or unanswered.
+    #[default]
+    Denied,
+    /// The canary answered, then was refused or unanswered.
+    Transition,
 }
 
 fn parse_runtime(s: &str) -> Result<Runtime, String> {
@@ -122,6 +138,7 @@ impl FactsArgs {
         facts
             .seccomp_applied
             .extend(self.seccomp_applied.iter().copied());
+        facts.isolation_check_open_first = self.isolation_check_mode == CheckMode::Transition;
         if self.no_isolation_check {
             facts.isolation_check_image = None;
         } else if let Some(image) = self

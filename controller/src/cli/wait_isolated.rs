@@ -35,6 +35,14 @@ pub struct WaitIsolatedArgs {
     /// Pause between attempts.
     #[arg(long, default_value_t = 50, value_name = "MS")]
     pub interval_ms: u64,
+    /// Count refusals only after the canary has answered once: proof that the pod was
+    /// unfiltered and then became filtered, for network plugins that program a pod after it
+    /// starts (kube-router, ...). A canary stopped for another reason (a Service without
+    /// endpoints, a proxy not synced yet, rules left from a deleted pod with the same address)
+    /// then fails the check instead of passing it. Wrong for plugins that filter a pod from
+    /// its first packet: the canary never answers there.
+    #[arg(long)]
+    pub require_open_first: bool,
 }
 
 /// What one connection attempt to the canary found.
@@ -67,14 +75,17 @@ impl Attempt {
 #[derive(Debug)]
 pub struct Confirmation {
     needed: u32,
+    open_first: bool,
     in_row: u32,
     connected: u32,
 }
 
 impl Confirmation {
-    pub fn new(needed: u32) -> Self {
+    /// `needed` stopped attempts in a row confirm; with `open_first`, only after one connected.
+    pub fn new(needed: u32, open_first: bool) -> Self {
         Self {
             needed: needed.max(1),
+            open_first,
             in_row: 0,
             connected: 0,
         }
@@ -87,6 +98,7 @@ impl Confirmation {
                 self.in_row = 0;
                 self.connected += 1;
             }
+            Attempt::Stopped(_) if self.open_first && self.connected == 0 => {}
             Attempt::Stopped(_) => self.in_row += 1,
             Attempt::Inconclusive(_) => self.in_row = 0,
         }
@@ -134,7 +146,7 @@ pub fn run(args: WaitIsolatedArgs) -> Result<(), String> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_seconds);
     let attempt_timeout = Duration::from_millis(args.attempt_timeout_ms);
-    let mut confirmation = Confirmation::new(args.confirmations);
+    let mut confirmation = Confirmation::new(args.confirmations, args.require_open_first);
     loop {
         let result = attempt(&addr, attempt_timeout);
         let confirmed = confirmation.observe(result);
@@ -148,7 +160,12 @@ pub fn run(args: WaitIsolatedArgs) -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            let what = if confirmation.connected() > 0 {
+            let what = if args.require_open_first && confirmation.connected() == 0 {
+                format!(
+                    "never answered in {} s, so it cannot show the pod becoming filtered (--require-open-first; the last attempt: {result:?})",
+                    args.timeout_seconds
+                )
+            } else if confirmation.connected() > 0 {
                 format!(
                     "was still reachable after {} s ({} connections)",
                     args.timeout_seconds,
@@ -180,12 +197,35 @@ mod tests {
             confirmations: 3,
             attempt_timeout_ms: 200,
             interval_ms: 10,
+            require_open_first: false,
         }
     }
 
     #[test]
+    fn requiring_the_canary_open_first_ignores_refusals_before_it_answered() {
+        let mut c = Confirmation::new(2, true);
+        for _ in 0..10 {
+            assert!(!c.observe(Attempt::Stopped("refused")));
+        }
+        assert!(!c.observe(Attempt::Connected));
+        assert!(!c.observe(Attempt::Stopped("refused")));
+        assert!(c.observe(Attempt::Stopped("unanswered")));
+        // A canary that never answers fails the check.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let err = run(WaitIsolatedArgs {
+            require_open_first: true,
+            ..args(addr.to_string())
+        })
+        .unwrap_err();
+        assert!(err.contains("never answered"), "{err}");
+    }
+
+    #[test]
     fn a_connection_starts_the_count_again() {
-        let mut c = Confirmation::new(3);
+        let mut c = Confirmation::new(3, false);
         assert!(!c.observe(Attempt::Stopped("refused")));
         assert!(!c.observe(Attempt::Stopped("refused")));
         assert!(!c.observe(Attempt::Connected));
@@ -212,7 +252,7 @@ mod tests {
         ] {
             assert_eq!(Attempt::from_error(kind), Attempt::Inconclusive(kind));
         }
-        let mut c = Confirmation::new(2);
+        let mut c = Confirmation::new(2, false);
         assert!(!c.observe(Attempt::Stopped("refused")));
         assert!(!c.observe(Attempt::Inconclusive(ErrorKind::HostUnreachable)));
         assert!(!c.observe(Attempt::Stopped("refused")));

@@ -72,6 +72,9 @@ pub struct ClusterFacts {
     /// the agent back until the network plugin enforces the pod's NetworkPolicy; `None` when
     /// turned off (reported as not enforced).
     pub isolation_check_image: Option<String>,
+    /// The check requires the canary to answer before it counts refusals (`--isolation-check-mode
+    /// transition`), for network plugins that program a pod after it starts.
+    pub isolation_check_open_first: bool,
 }
 
 /// The operator's image of this version, which also runs the isolation check.
@@ -116,6 +119,7 @@ impl Default for ClusterFacts {
                 .collect(),
             pod_keys: PodKeyAllowlist::default(),
             isolation_check_image: Some(DEFAULT_OPERATOR_IMAGE.into()),
+            isolation_check_open_first: false,
         }
     }
 }

@@ -285,6 +285,7 @@ pub fn compile_checked(
         proxy_env: net.proxy_env.clone(),
         active_deadline_seconds: deadline,
         isolation_check_image: facts.isolation_check_image.as_deref(),
+        isolation_check_open_first: facts.isolation_check_open_first,
     };
     if facts.isolation_check_image.is_none() {
         report.not_enforced(

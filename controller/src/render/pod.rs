@@ -39,6 +39,8 @@ pub struct PodInput<'a> {
     pub active_deadline_seconds: Option<i64>,
     /// Image of the `isolation-check` init container; none when the check is off.
     pub isolation_check_image: Option<&'a str>,
+    /// The check waits for the canary to answer before it counts refusals.
+    pub isolation_check_open_first: bool,
 }
 
 /// Name of the init container that holds the agent back until the NetworkPolicy is enforced.
@@ -46,7 +48,7 @@ pub const ISOLATION_CHECK: &str = "isolation-check";
 
 /// The `isolation-check` init container: `palisade wait-isolated`, as unprivileged as the agent,
 /// with small resources (capped by the agent's own limits).
-fn isolation_check(image: &str, agent: &Container) -> Container {
+fn isolation_check(image: &str, open_first: bool, agent: &Container) -> Container {
     let limits = agent.resources.as_ref().and_then(|r| r.limits.as_ref());
     let capped = |key: &str, own: &str| {
         let own = Quantity(own.into());
@@ -69,7 +71,13 @@ fn isolation_check(image: &str, agent: &Container) -> Container {
     Container {
         name: ISOLATION_CHECK.into(),
         image: Some(image.into()),
-        command: Some(vec!["palisade".into(), "wait-isolated".into()]),
+        command: Some(
+            ["palisade", "wait-isolated"]
+                .into_iter()
+                .chain(open_first.then_some("--require-open-first"))
+                .map(String::from)
+                .collect(),
+        ),
         resources: Some(ResourceRequirements {
             limits: Some(limits),
             requests: Some(requests),
@@ -376,9 +384,13 @@ pub fn build_pod(input: &PodInput) -> Result<(Pod, String), Blocked> {
     meta.annotations = Some(annotations);
     // The isolation check stays out of the hash too: it matters only while a pod starts, so
     // turning it on or off, or a new operator image, does not recreate running sandboxes.
-    let init_containers = input
-        .isolation_check_image
-        .map(|image| vec![isolation_check(image, &spec.containers[0])]);
+    let init_containers = input.isolation_check_image.map(|image| {
+        vec![isolation_check(
+            image,
+            input.isolation_check_open_first,
+            &spec.containers[0],
+        )]
+    });
     let spec = PodSpec {
         init_containers,
         active_deadline_seconds: input.active_deadline_seconds,
