@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod gateway;
 pub mod mxc;
 pub mod ops;
 pub mod policy;

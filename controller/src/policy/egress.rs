@@ -61,6 +61,10 @@ pub struct CompiledEgress {
     /// Addresses no allow reaches whatever it says (metadata unless allowed, the cluster's and
     /// the nodes' ranges): what names must not resolve to either (Cilium `egressDeny`).
     pub floor: AddrSet,
+    /// What the CIDR rules reach directly, as address sets with the services allowed there
+    /// (deny rules and the floor removed, before NetworkPolicy's limits): what the egress
+    /// gateway lets IP literals and private addresses through on.
+    pub direct: Vec<(AddrSet, Services)>,
 }
 
 /// Domain names reachable on a set of ports.
@@ -294,6 +298,7 @@ pub fn compile_egress(
             to: Some(ip_block_peers(&addrs)),
             ports: np_ports(&services),
         });
+        out.direct.push((addrs, services));
     }
 
     // Selector destinations cannot have CIDRs cut out of them: deny rules that may reach

@@ -1,0 +1,860 @@
+//! The gateway in-process against real TLS and HTTP servers and a real DNS server, all on
+//! loopback. Upstream addresses are documentation addresses that the test connector maps to
+//! loopback servers (nothing is ever dialled elsewhere); sandbox pods are loopback addresses
+//! (127.0.0.1 is sandbox s1, 127.0.0.2 is s2, 127.0.0.3 nobody).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use palisade::api::{AgentPolicy, AgentSandbox};
+use palisade::gateway::audit::{AuditSink, Auditor, GatewayMetrics};
+use palisade::gateway::credential::CredentialKey;
+use palisade::gateway::directory::{Directory, RulesCache, build};
+use palisade::gateway::proxy::{Connect, Dial, Gateway, Timeouts, serve};
+use palisade::gateway::resolve::DnsResolver;
+use palisade::policy::egress::ClusterRanges;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::sync::watch;
+use tokio_rustls::rustls;
+use tokio_util::sync::CancellationToken;
+
+const KEY: [u8; 32] = [42; 32];
+
+// ---- the outside world: DNS, TLS and HTTP servers on loopback -------------------------------
+
+/// Answers A and AAAA questions from a table; a name with several answer lists gives the next
+/// list on each question (the last one repeats), with TTL 0.
+async fn dns_server(table: HashMap<&'static str, Vec<Vec<IpAddr>>>) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut asked: HashMap<String, usize> = HashMap::new();
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let q = &buf[..n];
+            // Question: labels, then type and class.
+            let mut at = 12;
+            let mut labels = Vec::new();
+            while at < n && q[at] != 0 {
+                let len = q[at] as usize;
+                labels.push(String::from_utf8_lossy(&q[at + 1..at + 1 + len]).to_lowercase());
+                at += 1 + len;
+            }
+            let qtype = u16::from_be_bytes([q[at + 1], q[at + 2]]);
+            let question_end = at + 5;
+            let name = labels.join(".");
+            let answers: Vec<IpAddr> = match table.get(name.as_str()) {
+                Some(lists) => {
+                    let i = if qtype == 1 {
+                        asked.entry(name.clone()).or_insert(0)
+                    } else {
+                        &mut 0
+                    };
+                    let list = lists[(*i).min(lists.len() - 1)].clone();
+                    if qtype == 1 {
+                        *i += 1;
+                    }
+                    list.into_iter()
+                        .filter(|ip| {
+                            matches!((ip, qtype), (IpAddr::V4(_), 1) | (IpAddr::V6(_), 28))
+                        })
+                        .collect()
+                }
+                None => Vec::new(),
+            };
+            let rcode = if table.contains_key(name.as_str()) {
+                0
+            } else {
+                3
+            };
+            let mut r = Vec::new();
+            r.extend_from_slice(&q[..2]);
+            r.extend_from_slice(&[0x81, 0x80 | rcode]);
+            r.extend_from_slice(&[0, 1]);
+            r.extend_from_slice(&(answers.len() as u16).to_be_bytes());
+            r.extend_from_slice(&[0, 0, 0, 0]);
+            r.extend_from_slice(&q[12..question_end]);
+            for ip in answers {
+                r.extend_from_slice(&[0xc0, 12]);
+                let (t, data) = match ip {
+                    IpAddr::V4(v4) => (1u16, v4.octets().to_vec()),
+                    IpAddr::V6(v6) => (28u16, v6.octets().to_vec()),
+                };
+                r.extend_from_slice(&t.to_be_bytes());
+                r.extend_from_slice(&[0, 1, 0, 0, 0, 0]);
+                r.extend_from_slice(&(data.len() as u16).to_be_bytes());
+                r.extend_from_slice(&data);
+            }
+            let _ = socket.send_to(&r, from).await;
+        }
+    });
+    addr
+}
+
+fn ips(list: &[&str]) -> Vec<IpAddr> {
+    list.iter().map(|s| s.parse().unwrap()).collect()
+}
+
+/// What the upstream servers saw: connections that carried bytes, by server.
+#[derive(Default)]
+struct Seen {
+    with_data: usize,
+    requests: Vec<String>,
+}
+
+fn crypto() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+struct Certs {
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+fn certs() -> Certs {
+    let names = vec![
+        "api.example.com".to_string(),
+        "a.pkg.example.com".to_string(),
+        "rebind.example.com".to_string(),
+        "192.0.2.99".to_string(),
+    ];
+    let ck = rcgen::generate_simple_self_signed(names).unwrap();
+    Certs {
+        cert: ck.cert.der().clone(),
+        key: rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into()),
+    }
+}
+
+/// A TLS server answering one line with `hello <what it read>`.
+async fn tls_server(certs: &Certs, seen: Arc<Mutex<Seen>>) -> SocketAddr {
+    let config = rustls::ServerConfig::builder_with_provider(crypto())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certs.cert.clone()], certs.key.clone_key())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut one = [0u8; 1];
+                if stream.peek(&mut one).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                seen.lock().unwrap().with_data += 1;
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut lines = BufReader::new(tls);
+                let mut line = String::new();
+                if lines.read_line(&mut line).await.is_ok() {
+                    let _ = lines
+                        .get_mut()
+                        .write_all(format!("hello {line}").as_bytes())
+                        .await;
+                    let _ = lines.get_mut().flush().await;
+                }
+                // Stay open until the client goes.
+                let mut rest = Vec::new();
+                let _ = lines.read_to_end(&mut rest).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A plain HTTP server that answers every request with its request line and headers.
+async fn http_server(seen: Arc<Mutex<Seen>>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut r = BufReader::new(stream);
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push_str(&line);
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                seen.lock().unwrap().requests.push(head.clone());
+                let body = format!("seen:\n{head}");
+                let _ = r
+                    .get_mut()
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Maps the documentation addresses the gateway checked to loopback servers, and records every
+/// address it was asked for. Anything unmapped fails: nothing leaves the machine.
+struct MapConnector {
+    map: HashMap<SocketAddr, SocketAddr>,
+    asked: Mutex<Vec<SocketAddr>>,
+}
+
+impl Connect for MapConnector {
+    fn connect(&self, address: SocketAddr) -> Dial<'_> {
+        self.asked.lock().unwrap().push(address);
+        let target = self.map.get(&address).copied();
+        Box::pin(async move {
+            match target {
+                Some(t) => TcpStream::connect(t).await,
+                None => Err(std::io::Error::other("not a test server")),
+            }
+        })
+    }
+}
+
+// ---- the cluster: sandboxes, policies, pods ------------------------------------------------
+
+fn sandbox(name: &str, uid: &str, policy: &str) -> Arc<AgentSandbox> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox",
+            "metadata": {"namespace": "team", "name": name, "uid": uid},
+            "spec": {"policyRef": {"name": policy}, "image": "registry.example.com/agent:1"}
+        }))
+        .unwrap(),
+    )
+}
+
+fn policy(name: &str, rv: &str, egress: Value) -> Arc<AgentPolicy> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentPolicy",
+            "metadata": {"namespace": "team", "name": name, "uid": format!("uid-{name}"), "resourceVersion": rv},
+            "spec": {"network": {"egress": egress}}
+        }))
+        .unwrap(),
+    )
+}
+
+fn pod(name: &str, owner: &str, ip: &str) -> Arc<k8s_openapi::api::core::v1::Pod> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "team", "name": name,
+                "labels": {"palisade.dev/sandbox": name},
+                "ownerReferences": [{"apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox",
+                    "name": name, "uid": owner, "controller": true}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+        }))
+        .unwrap(),
+    )
+}
+
+fn s1_egress(with_api: bool) -> Value {
+    let mut names = vec![
+        json!({"fqdn": "*.pkg.example.com"}),
+        json!({"fqdn": "rebind.example.com"}),
+        json!({"fqdn": "local.example.com"}),
+        json!({"fqdn": "ten.example.com"}),
+        json!({"fqdn": "mapped.example.com"}),
+        json!({"fqdn": "denied.example.com"}),
+        json!({"fqdn": "mixed.example.com"}),
+    ];
+    if with_api {
+        names.push(json!({"fqdn": "api.example.com"}));
+    }
+    json!({
+        "allow": [
+            {"to": names, "ports": [{"port": 443}]},
+            {"to": [{"fqdn": "plain.example.com"}], "ports": [{"port": 80}]},
+            {"to": [{"cidr": "192.0.2.99/32"}], "ports": [{"port": 443}]}
+        ],
+        "deny": [{"to": [{"cidr": "198.51.100.0/24"}]}]
+    })
+}
+
+fn directory(with_api: bool, cache: &mut RulesCache) -> Directory {
+    build(
+        &[pod("s1", "u1", "127.0.0.1"), pod("s2", "u2", "127.0.0.2")],
+        &[sandbox("s1", "u1", "p1"), sandbox("s2", "u2", "p2")],
+        &[
+            policy("p1", if with_api { "1" } else { "2" }, s1_egress(with_api)),
+            policy(
+                "p2",
+                "1",
+                json!({"allow": [{"to": [{"fqdn": "other.example.com"}], "ports": [{"port": 443}]}]}),
+            ),
+        ],
+        ClusterRanges::default(),
+        cache,
+    )
+}
+
+struct World {
+    proxy: SocketAddr,
+    directory: watch::Sender<Arc<Directory>>,
+    cache: RulesCache,
+    audit: Arc<Mutex<Vec<Value>>>,
+    tls_seen: Arc<Mutex<Seen>>,
+    http_seen: Arc<Mutex<Seen>>,
+    connector: Arc<MapConnector>,
+    roots: rustls::RootCertStore,
+    key: CredentialKey,
+    metrics: GatewayMetrics,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+async fn world() -> World {
+    let certs = certs();
+    let tls_seen = Arc::new(Mutex::new(Seen::default()));
+    let http_seen = Arc::new(Mutex::new(Seen::default()));
+    let tls = tls_server(&certs, tls_seen.clone()).await;
+    let http = http_server(http_seen.clone()).await;
+    let dns = dns_server(HashMap::from([
+        ("api.example.com", vec![ips(&["192.0.2.10"])]),
+        ("a.pkg.example.com", vec![ips(&["192.0.2.10"])]),
+        ("other.example.com", vec![ips(&["192.0.2.10"])]),
+        ("plain.example.com", vec![ips(&["192.0.2.20"])]),
+        (
+            "rebind.example.com",
+            vec![ips(&["192.0.2.10"]), ips(&["169.254.169.254"])],
+        ),
+        ("local.example.com", vec![ips(&["127.0.0.1"])]),
+        ("ten.example.com", vec![ips(&["10.0.0.5"])]),
+        ("mapped.example.com", vec![ips(&["::ffff:169.254.169.254"])]),
+        ("denied.example.com", vec![ips(&["198.51.100.7"])]),
+        (
+            "mixed.example.com",
+            vec![ips(&["192.0.2.10", "169.254.169.254"])],
+        ),
+    ]))
+    .await;
+    let connector = Arc::new(MapConnector {
+        map: HashMap::from([
+            ("192.0.2.10:443".parse().unwrap(), tls),
+            ("192.0.2.99:443".parse().unwrap(), tls),
+            ("192.0.2.20:80".parse().unwrap(), http),
+        ]),
+        asked: Mutex::new(Vec::new()),
+    });
+    let mut cache = RulesCache::default();
+    let (tx, rx) = watch::channel(Arc::new(directory(true, &mut cache)));
+    let audit = Arc::new(Mutex::new(Vec::new()));
+    let metrics = GatewayMetrics::new();
+    let key = CredentialKey::from_bytes(&KEY).unwrap();
+    let gw = Arc::new(Gateway {
+        directory: rx,
+        resolver: Arc::new(DnsResolver::new(&[dns]).unwrap()),
+        connector: connector.clone(),
+        key: key.clone(),
+        auditor: Auditor {
+            sink: AuditSink::Memory(audit.clone()),
+            metrics: metrics.clone(),
+        },
+        timeouts: Timeouts {
+            hello: Duration::from_secs(3),
+            ..Timeouts::default()
+        },
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(serve(listener, gw, stop.clone()));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certs.cert.clone()).unwrap();
+    World {
+        proxy,
+        directory: tx,
+        cache,
+        audit,
+        tls_seen,
+        http_seen,
+        connector,
+        roots,
+        key,
+        metrics,
+        _stop: stop.drop_guard(),
+    }
+}
+
+// ---- clients ---------------------------------------------------------------------------
+
+enum Cred<'a> {
+    None,
+    Of(&'a str),
+    Raw(&'a str),
+}
+
+impl World {
+    fn auth(&self, cred: &Cred<'_>) -> String {
+        match cred {
+            Cred::None => String::new(),
+            Cred::Of(uid) => format!(
+                "Proxy-Authorization: Basic {}\r\n",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{uid}:{}", self.key.password(uid)))
+            ),
+            Cred::Raw(h) => format!("Proxy-Authorization: {h}\r\n"),
+        }
+    }
+
+    async fn dial_from(&self, from: &str) -> TcpStream {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        socket.connect(self.proxy).await.unwrap()
+    }
+
+    /// Sends a request head and returns the status code and the head, with the stream.
+    async fn request(&self, from: &str, head: String) -> (u16, String, TcpStream) {
+        let mut s = self.dial_from(from).await;
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte))
+                .await
+                .expect("the gateway answers")
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            got.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&got).to_string();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, head, s)
+    }
+
+    async fn connect(&self, from: &str, target: &str, cred: Cred<'_>) -> (u16, String, TcpStream) {
+        let auth = self.auth(&cred);
+        self.request(
+            from,
+            format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n"),
+        )
+        .await
+    }
+
+    /// TLS through an open tunnel, naming `sni` (or an IP: no SNI); the server's answer.
+    async fn tls_ping(&self, stream: TcpStream, sni: &str) -> Result<String, String> {
+        let config = rustls::ClientConfig::builder_with_provider(crypto())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(self.roots.clone())
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+        let mut tls =
+            tokio::time::timeout(Duration::from_secs(10), connector.connect(name, stream))
+                .await
+                .map_err(|_| "timeout".to_string())?
+                .map_err(|e| e.to_string())?;
+        tls.write_all(b"ping\n").await.map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(&mut tls)
+            .read_line(&mut line)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(line)
+    }
+
+    fn denials(&self) -> Vec<String> {
+        self.audit
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l["action"] == "Denied")
+            .map(|l| l["status_detail"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    async fn wait_for_denial(&self, reason: &str) {
+        for _ in 0..100 {
+            if self.denials().iter().any(|d| d == reason) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        panic!("no {reason} in the audit: {:?}", self.denials());
+    }
+
+    fn dialled(&self) -> Vec<SocketAddr> {
+        self.connector.asked.lock().unwrap().clone()
+    }
+}
+
+fn denial_header(head: &str) -> &str {
+    head.lines()
+        .find_map(|l| l.strip_prefix("x-palisade-denial: "))
+        .unwrap_or("")
+}
+
+// ---- tests ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_allowed_name_is_tunnelled_with_its_sni_and_audited() {
+    let w = world().await;
+    let (status, _, s) = w
+        .connect("127.0.0.1", "api.example.com:443", Cred::Of("u1"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        w.tls_ping(s, "api.example.com").await,
+        Ok("hello ping\n".into())
+    );
+    // The wildcard allows one label.
+    let (status, _, s) = w
+        .connect("127.0.0.1", "a.pkg.example.com:443", Cred::Of("u1"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        w.tls_ping(s, "a.pkg.example.com").await,
+        Ok("hello ping\n".into())
+    );
+    let lines = w.audit.lock().unwrap().clone();
+    let open = lines
+        .iter()
+        .find(|l| {
+            l["activity_name"] == "Open" && l["dst_endpoint"]["hostname"] == "api.example.com"
+        })
+        .expect("an Open line");
+    assert_eq!(open["action"], "Allowed");
+    assert_eq!(open["dst_endpoint"]["ip"], "192.0.2.10");
+    assert_eq!(open["unmapped"]["sandbox"], "s1");
+    assert!(
+        w.dialled()
+            .iter()
+            .all(|a| a.ip().to_string() == "192.0.2.10")
+    );
+    assert!(
+        w.metrics
+            .render()
+            .contains("palisade_gateway_decisions_total{outcome=\"allowed\",reason=\"Allowed\"} 2")
+    );
+}
+
+#[tokio::test]
+async fn names_the_policy_does_not_allow_are_refused_before_any_lookup() {
+    let w = world().await;
+    for (target, reason) in [
+        ("evil.example.com:443", "NoMatchingRule"),
+        ("pkg.example.com:443", "NoMatchingRule"),
+        ("a.b.pkg.example.com:443", "NoMatchingRule"),
+        ("api.example.com:8443", "PortNotAllowed"),
+        ("other.example.com:443", "NoMatchingRule"),
+    ] {
+        let (status, head, _) = w.connect("127.0.0.1", target, Cred::Of("u1")).await;
+        assert_eq!((status, denial_header(&head)), (403, reason), "{target}");
+    }
+    assert!(w.dialled().is_empty());
+}
+
+#[tokio::test]
+async fn a_rebinding_answer_is_refused_and_never_dialled() {
+    let w = world().await;
+    let (status, _, s) = w
+        .connect("127.0.0.1", "rebind.example.com:443", Cred::Of("u1"))
+        .await;
+    assert_eq!(status, 200, "the first answer is a public address");
+    assert!(w.tls_ping(s, "rebind.example.com").await.is_ok());
+    let (status, head, _) = w
+        .connect("127.0.0.1", "rebind.example.com:443", Cred::Of("u1"))
+        .await;
+    assert_eq!((status, denial_header(&head)), (403, "FloorAddress"));
+    assert!(
+        w.dialled()
+            .iter()
+            .all(|a| a.ip().to_string() == "192.0.2.10"),
+        "{:?}",
+        w.dialled()
+    );
+}
+
+#[tokio::test]
+async fn names_resolving_into_the_floor_private_ranges_or_deny_rules_are_refused() {
+    let w = world().await;
+    for (target, reason) in [
+        ("local.example.com:443", "SpecialAddress"),
+        ("ten.example.com:443", "PrivateAddress"),
+        ("mapped.example.com:443", "FloorAddress"),
+        ("denied.example.com:443", "DeniedAddress"),
+        ("mixed.example.com:443", "FloorAddress"),
+    ] {
+        let (status, head, _) = w.connect("127.0.0.1", target, Cred::Of("u1")).await;
+        assert_eq!((status, denial_header(&head)), (403, reason), "{target}");
+    }
+    assert!(w.dialled().is_empty(), "{:?}", w.dialled());
+}
+
+#[tokio::test]
+async fn ip_literals_pass_only_through_cidr_rules() {
+    let w = world().await;
+    let (status, _, s) = w
+        .connect("127.0.0.1", "192.0.2.99:443", Cred::Of("u1"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(w.tls_ping(s, "192.0.2.99").await, Ok("hello ping\n".into()));
+    for target in ["192.0.2.10:443", "[::ffff:192.0.2.99]:443", "192.0.2.99:80"] {
+        let (status, head, _) = w.connect("127.0.0.1", target, Cred::Of("u1")).await;
+        assert_eq!(
+            (status, denial_header(&head)),
+            (403, "AddressNotAllowed"),
+            "{target}"
+        );
+    }
+    let (status, head, _) = w
+        .connect("127.0.0.1", "169.254.169.254:443", Cred::Of("u1"))
+        .await;
+    assert_eq!((status, denial_header(&head)), (403, "FloorAddress"));
+}
+
+#[tokio::test]
+async fn a_tunnel_whose_client_hello_does_not_name_the_target_sends_nothing_upstream() {
+    let w = world().await;
+    // Another name in the SNI.
+    let (status, _, s) = w
+        .connect("127.0.0.1", "api.example.com:443", Cred::Of("u1"))
+        .await;
+    assert_eq!(status, 200);
+    assert!(w.tls_ping(s, "a.pkg.example.com").await.is_err());
+    w.wait_for_denial("SniMismatch").await;
+    // No SNI at all (a client naming an IP address sends none).
+    let (_, _, s) = w
+        .connect("127.0.0.1", "api.example.com:443", Cred::Of("u1"))
+        .await;
+    assert!(w.tls_ping(s, "192.0.2.10").await.is_err());
+    w.wait_for_denial("SniMissing").await;
+    // Encrypted Client Hello offered.
+    let (_, _, mut s) = w
+        .connect("127.0.0.1", "api.example.com:443", Cred::Of("u1"))
+        .await;
+    s.write_all(&ech_hello("api.example.com")).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty());
+    w.wait_for_denial("EchOffered").await;
+    // Not TLS at all.
+    let (_, _, mut s) = w
+        .connect("127.0.0.1", "api.example.com:443", Cred::Of("u1"))
+        .await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty());
+    w.wait_for_denial("NotTls").await;
+    assert_eq!(
+        w.tls_seen.lock().unwrap().with_data,
+        0,
+        "bytes reached the upstream server"
+    );
+}
+
+/// A ClientHello naming `name` and offering Encrypted Client Hello.
+fn ech_hello(name: &str) -> Vec<u8> {
+    let mut sni = vec![0];
+    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni.extend_from_slice(name.as_bytes());
+    let mut sni_body = (sni.len() as u16).to_be_bytes().to_vec();
+    sni_body.extend_from_slice(&sni);
+    let mut ext = Vec::new();
+    for (t, body) in [(0u16, sni_body), (0xfe0d, vec![0, 0, 1, 0, 1, 7])] {
+        ext.extend_from_slice(&t.to_be_bytes());
+        ext.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        ext.extend_from_slice(&body);
+    }
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[9; 32]);
+    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut record = vec![22, 3, 1];
+    record.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    record.extend_from_slice(&hs);
+    record
+}
+
+#[tokio::test]
+async fn credentials_and_source_addresses_must_agree() {
+    let w = world().await;
+    let cases = [
+        ("127.0.0.1", Cred::None, 407, "Unauthenticated"),
+        (
+            "127.0.0.1",
+            Cred::Raw("Basic dTE6d3Jvbmc="),
+            407,
+            "Unauthenticated",
+        ),
+        ("127.0.0.1", Cred::Raw("Bearer x"), 407, "Unauthenticated"),
+        // Sandbox s1's credential from s2's address, and the other way round.
+        ("127.0.0.2", Cred::Of("u1"), 403, "WrongSandbox"),
+        ("127.0.0.1", Cred::Of("u2"), 403, "WrongSandbox"),
+        ("127.0.0.3", Cred::Of("u1"), 403, "UnknownSource"),
+    ];
+    for (from, cred, status, reason) in cases {
+        let (got, head, _) = w.connect(from, "api.example.com:443", cred).await;
+        assert_eq!((got, denial_header(&head)), (status, reason), "from {from}");
+        if status == 407 {
+            assert!(head.contains("proxy-authenticate: Basic"), "{head}");
+        }
+    }
+    assert!(w.dialled().is_empty());
+}
+
+#[tokio::test]
+async fn nothing_is_decided_before_the_caches_have_listed() {
+    let w = world().await;
+    w.directory.send_replace(Arc::new(Directory::default()));
+    let (status, head, _) = w
+        .connect("127.0.0.1", "api.example.com:443", Cred::Of("u1"))
+        .await;
+    assert_eq!((status, denial_header(&head)), (503, "NotSynced"));
+}
+
+#[tokio::test]
+async fn a_narrowed_policy_closes_an_open_tunnel() {
+    let mut w = world().await;
+    let (status, _, s) = w
+        .connect("127.0.0.1", "api.example.com:443", Cred::Of("u1"))
+        .await;
+    assert_eq!(status, 200);
+    let config = rustls::ClientConfig::builder_with_provider(crypto())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(w.roots.clone())
+        .with_no_client_auth();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("api.example.com".try_into().unwrap(), s)
+        .await
+        .unwrap();
+    tls.write_all(b"ping\n").await.unwrap();
+    let mut line = String::new();
+    let mut reader = BufReader::new(tls);
+    reader.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "hello ping\n");
+    // The policy loses api.example.com: the tunnel is cut, and new tunnels are refused.
+    let narrowed = directory(false, &mut w.cache);
+    w.directory.send_replace(Arc::new(narrowed));
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the tunnel stayed open");
+    w.wait_for_denial("PolicyChanged").await;
+    let (status, head, _) = w
+        .connect("127.0.0.1", "api.example.com:443", Cred::Of("u1"))
+        .await;
+    assert_eq!((status, denial_header(&head)), (403, "NoMatchingRule"));
+    assert!(
+        w.metrics
+            .render()
+            .contains("palisade_gateway_tunnels_closed_by_policy_total 1")
+    );
+}
+
+#[tokio::test]
+async fn plain_http_only_on_port_80_with_a_matching_host_and_no_credential_upstream() {
+    let w = world().await;
+    let auth = w.auth(&Cred::Of("u1"));
+    let (status, _, mut s) = w
+        .request(
+            "127.0.0.1",
+            format!("GET http://plain.example.com/simple?x=1 HTTP/1.1\r\nHost: plain.example.com\r\n{auth}\r\n"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut body = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut body)).await;
+    let seen = w.http_seen.lock().unwrap().requests.clone();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0].starts_with("GET /simple?x=1 HTTP/1.1\r\n"),
+        "{}",
+        seen[0]
+    );
+    assert!(
+        !seen[0].to_ascii_lowercase().contains("proxy-authorization"),
+        "{}",
+        seen[0]
+    );
+    for (request, status, reason) in [
+        (
+            "GET http://plain.example.com/ HTTP/1.1\r\nHost: api.example.com\r\n",
+            403,
+            "HostMismatch",
+        ),
+        (
+            "GET http://plain.example.com:8080/ HTTP/1.1\r\nHost: plain.example.com:8080\r\n",
+            403,
+            "PortNotAllowed",
+        ),
+        (
+            "GET http://api.example.com/ HTTP/1.1\r\nHost: api.example.com\r\n",
+            403,
+            "PortNotAllowed",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: plain.example.com\r\n",
+            400,
+            "BadRequest",
+        ),
+        (
+            "GET https://api.example.com/ HTTP/1.1\r\nHost: api.example.com\r\n",
+            400,
+            "BadRequest",
+        ),
+    ] {
+        let (got, head, _) = w.request("127.0.0.1", format!("{request}{auth}\r\n")).await;
+        assert_eq!((got, denial_header(&head)), (status, reason), "{request}");
+    }
+    assert_eq!(w.http_seen.lock().unwrap().requests.len(), 1);
+}
+
+#[tokio::test]
+async fn bytes_that_are_not_http_get_400_and_a_close() {
+    let w = world().await;
+    for garbage in [
+        &b"SSH-2.0-OpenSSH_9.6\r\n\r\n"[..],
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\r\n\r\n"[..],
+    ] {
+        let mut s = w.dial_from("127.0.0.1").await;
+        s.write_all(garbage).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text:?}");
+    }
+    w.wait_for_denial("BadRequest").await;
+    assert!(w.dialled().is_empty());
+}
