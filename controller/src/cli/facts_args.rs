@@ -109,7 +109,7 @@ fn parse_runtime_class(s: &str) -> Result<(Runtime, String), String> {
     Ok((runtime, name.to_string()))
 }
 
-fn parse_cidr(s: &str) -> Result<Cidr, String> {
+pub(crate) fn parse_cidr(s: &str) -> Result<Cidr, String> {
     Cidr::parse(s).map_err(|e| e.to_string())
 }
 

@@ -2,6 +2,7 @@
 
 pub mod documents;
 pub mod facts_args;
+pub mod gateway_cmd;
 pub mod output;
 pub mod policy_cmd;
 pub mod render_cmd;
@@ -33,6 +34,9 @@ pub enum Command {
     /// every sandbox pod): exit 0 once a canary the policy denies stops answering, 1 if it
     /// stays reachable.
     WaitIsolated(wait_isolated::WaitIsolatedArgs),
+    /// Run the egress gateway: an HTTP proxy that lets each sandbox reach the domain names its
+    /// policy allows, on any network plugin, until SIGTERM/SIGINT.
+    Gateway(Box<gateway_cmd::GatewayArgs>),
 }
 
 /// Runs the command; the error is the message for standard error.
@@ -46,6 +50,11 @@ pub fn run(cli: Cli) -> Result<(), String> {
             runtime.block_on(run_cmd::run(*args))
         }
         Command::WaitIsolated(args) => wait_isolated::run(args),
+        Command::Gateway(args) => {
+            let runtime = tokio::runtime::Runtime::new()
+                .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+            runtime.block_on(gateway_cmd::run(*args))
+        }
         Command::Crd => {
             let yaml = crate::api::crd::crds_yaml().map_err(|e| e.to_string())?;
             output::emit(&yaml)

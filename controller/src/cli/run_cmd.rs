@@ -63,7 +63,7 @@ async fn check_crds(client: &Client) -> Result<(), String> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c().map(|_| ());
     #[cfg(unix)]
     {

@@ -1,0 +1,278 @@
+//! `palisade gateway`: the egress proxy for domain-name egress on any network plugin. Watches
+//! sandbox pods, AgentSandboxes and AgentPolicies, and serves CONNECT and plain HTTP on
+//! `--listen` until SIGTERM/SIGINT, then lets open tunnels drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::routing::get;
+use clap::Args;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{AgentPolicy, AgentSandbox, SANDBOX_LABEL};
+use crate::gateway::audit::{AuditSink, Auditor, GatewayMetrics};
+use crate::gateway::credential::CredentialKey;
+use crate::gateway::directory::{Directory, RulesCache, build};
+use crate::gateway::proxy::{Direct, Gateway, Timeouts, serve};
+use crate::gateway::resolve::DnsResolver;
+use crate::ops::health::METRICS_CONTENT_TYPE;
+use crate::policy::egress::ClusterRanges;
+use crate::policy::net::Cidr;
+use crate::reconcile::lenient;
+
+use super::facts_args::parse_cidr;
+
+#[derive(Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// Address the proxy listens on (sandboxes' HTTP_PROXY/HTTPS_PROXY point here).
+    #[arg(long, env = "PALISADE_GATEWAY_LISTEN", default_value = "0.0.0.0:3128")]
+    pub listen: SocketAddr,
+    /// Address of /metrics, /healthz and /readyz (ready once pods, sandboxes and policies are
+    /// listed).
+    #[arg(long, env = "PALISADE_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+    /// File holding the key of the sandboxes' proxy credentials (at least 32 bytes), the same
+    /// one the operator reads.
+    #[arg(long, env = "PALISADE_GATEWAY_KEY_FILE", value_name = "PATH")]
+    pub credential_key_file: std::path::PathBuf,
+    /// Serve only sandboxes of this namespace (default: all).
+    #[arg(long, env = "PALISADE_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// DNS server to resolve names with, IP:PORT (default: the system's resolvers). Repeatable.
+    #[arg(
+        long = "dns-server",
+        env = "PALISADE_GATEWAY_DNS_SERVER",
+        value_delimiter = ',',
+        value_name = "IP:PORT"
+    )]
+    pub dns_server: Vec<SocketAddr>,
+    /// A pod or service CIDR of the cluster: names never resolve into it. Repeatable.
+    #[arg(long = "cluster-cidr", env = "PALISADE_CLUSTER_CIDR", value_delimiter = ',', value_name = "CIDR", value_parser = parse_cidr)]
+    pub cluster_cidr: Vec<Cidr>,
+    /// A range holding the nodes' addresses: names never resolve into it. Repeatable.
+    #[arg(long = "node-cidr", env = "PALISADE_NODE_CIDR", value_delimiter = ',', value_name = "CIDR", value_parser = parse_cidr)]
+    pub node_cidr: Vec<Cidr>,
+    /// Seconds open tunnels get to finish after SIGTERM.
+    #[arg(long, env = "PALISADE_GATEWAY_DRAIN_SECONDS", default_value_t = 20)]
+    pub drain_seconds: u64,
+    /// Log as JSON lines (audit lines are JSON on standard output either way).
+    #[arg(long, env = "PALISADE_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+fn read_key(path: &std::path::Path) -> Result<CredentialKey, String> {
+    let raw = std::fs::read(path)
+        .map_err(|e| format!("cannot read the credential key {}: {e}", path.display()))?;
+    CredentialKey::from_bytes(&raw)
+}
+
+pub async fn run(args: GatewayArgs) -> Result<(), String> {
+    crate::ops::telemetry::init(args.log_json);
+    let key = read_key(&args.credential_key_file)?;
+    let resolver = DnsResolver::new(&args.dns_server)?;
+    let client = Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the cluster (in-cluster config or KUBECONFIG): {e}"))?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let metrics = GatewayMetrics::new();
+    let (tx, rx) = watch::channel(Arc::new(Directory::default()));
+    let stop = CancellationToken::new();
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        super::run_cmd::shutdown_signal().await;
+        tracing::info!("shutting down: refusing new connections, draining tunnels");
+        signal_stop.cancel();
+    });
+    let probes = tokio::spawn(serve_probes(
+        args.metrics_addr,
+        metrics.clone(),
+        rx.clone(),
+        stop.clone(),
+    ));
+    let ranges = (args.cluster_cidr.clone(), args.node_cidr.clone());
+    tokio::spawn(keep_directory(
+        client,
+        args.namespace.clone(),
+        ranges,
+        tx,
+        stop.clone(),
+    ));
+    let gateway = Arc::new(Gateway {
+        directory: rx,
+        resolver: Arc::new(resolver),
+        connector: Arc::new(Direct),
+        key,
+        auditor: Auditor {
+            sink: AuditSink::Stdout,
+            metrics,
+        },
+        timeouts: Timeouts {
+            drain: Duration::from_secs(args.drain_seconds),
+            ..Timeouts::default()
+        },
+    });
+    tracing::info!(listen = %args.listen, namespace = args.namespace.as_deref().unwrap_or("(all)"), "palisade gateway starting");
+    serve(listener, gateway, stop.clone()).await;
+    stop.cancel();
+    let _ = probes.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve_probes(
+    addr: SocketAddr,
+    metrics: GatewayMetrics,
+    directory: watch::Receiver<Arc<Directory>>,
+    stop: CancellationToken,
+) {
+    let Ok(listener) = TcpListener::bind(addr).await else {
+        tracing::error!(%addr, "cannot listen for probes and metrics");
+        return;
+    };
+    let router = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let text = metrics.render();
+                async move { ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let synced = directory.borrow().synced;
+                async move {
+                    if synced {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "listing pods, sandboxes and policies\n",
+                        )
+                    }
+                }
+            }),
+        );
+    let _ = axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Keeps the directory current: reflects pods (only Palisade's sandbox pods), sandboxes and
+/// policies, and publishes a new directory after each burst of changes. Until all three have
+/// listed, the published directory is unsynced and every request is refused.
+async fn keep_directory(
+    client: Client,
+    namespace: Option<String>,
+    ranges: (Vec<Cidr>, Vec<Cidr>),
+    tx: watch::Sender<Arc<Directory>>,
+    stop: CancellationToken,
+) {
+    let ns = namespace.as_deref();
+    let changed = Arc::new(Notify::new());
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let (sandboxes, sandbox_writer) = reflector::store::<AgentSandbox>();
+    let (policies, policy_writer) = reflector::store::<AgentPolicy>();
+    let pod_config = watcher::Config::default().labels(SANDBOX_LABEL);
+    let streams = [
+        reflector::reflector(
+            pod_writer,
+            watcher::watcher(api::<Pod>(&client, ns), pod_config).default_backoff(),
+        )
+        .map(|e| e.is_ok())
+        .boxed(),
+        reflector::reflector(
+            sandbox_writer,
+            lenient::watch::<AgentSandbox>(client.clone(), ns, watcher::Config::default()),
+        )
+        .map(|e| e.is_ok())
+        .boxed(),
+        reflector::reflector(
+            policy_writer,
+            lenient::watch::<AgentPolicy>(client.clone(), ns, watcher::Config::default()),
+        )
+        .map(|e| e.is_ok())
+        .boxed(),
+    ];
+    for stream in streams {
+        let changed = changed.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut stream = stream;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    next = stream.next() => match next {
+                        Some(_) => changed.notify_one(),
+                        None => return,
+                    },
+                }
+            }
+        });
+    }
+    let ready = async {
+        let _ = pods.wait_until_ready().await;
+        let _ = sandboxes.wait_until_ready().await;
+        let _ = policies.wait_until_ready().await;
+    };
+    tokio::select! {
+        () = stop.cancelled() => return,
+        () = ready => {}
+    }
+    tracing::info!("pods, sandboxes and policies listed: serving");
+    let mut cache = RulesCache::default();
+    loop {
+        publish(&pods, &sandboxes, &policies, &ranges, &mut cache, &tx);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = changed.notified() => {}
+        }
+        // Coalesce a burst of events into one rebuild.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn publish(
+    pods: &Store<Pod>,
+    sandboxes: &Store<AgentSandbox>,
+    policies: &Store<AgentPolicy>,
+    ranges: &(Vec<Cidr>, Vec<Cidr>),
+    cache: &mut RulesCache,
+    tx: &watch::Sender<Arc<Directory>>,
+) {
+    let directory = build(
+        &pods.state(),
+        &sandboxes.state(),
+        &policies.state(),
+        ClusterRanges {
+            pods_and_services: &ranges.0,
+            nodes: &ranges.1,
+        },
+        cache,
+    );
+    tx.send_replace(Arc::new(directory));
+}
