@@ -115,6 +115,7 @@ fn settings() -> Settings {
         config: OperatorConfig {
             facts,
             namespace: None,
+            gateway: None,
         },
         instance: "test".into(),
     }

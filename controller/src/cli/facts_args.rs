@@ -1,6 +1,6 @@
 //! Flags that state cluster facts for offline compilation.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use clap::Args;
@@ -8,7 +8,7 @@ use clap::Args;
 use crate::api::policy::Runtime;
 use crate::policy::net::Cidr;
 use crate::policy::pod_keys::{KeyPattern, parse_pattern};
-use crate::render::facts::{ClusterFacts, DnsEndpoints, RuntimeClasses};
+use crate::render::facts::{ClusterFacts, DnsEndpoints, FqdnBackend, GatewayFacts, RuntimeClasses};
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct FactsArgs {
@@ -72,6 +72,55 @@ pub struct FactsArgs {
     /// starts, such as kube-router; wrong for plugins that filter from the first packet).
     #[arg(long, env = "PALISADE_ISOLATION_CHECK_MODE", value_enum, default_value_t = CheckMode::Denied)]
     pub isolation_check_mode: CheckMode,
+    /// What carries egress to domain names: `auto` (Cilium when installed and usable, else the
+    /// egress gateway when deployed), `cilium` or `gateway`. Without one, such sandboxes are
+    /// blocked.
+    #[arg(long, env = "PALISADE_FQDN_BACKEND", value_enum, default_value_t = FqdnBackend::Auto)]
+    pub fqdn_backend: FqdnBackend,
+    /// Namespace of the egress gateway (default: the operator's own; offline: palisade-system).
+    #[arg(long, env = "PALISADE_GATEWAY_NAMESPACE", value_name = "NAMESPACE")]
+    pub gateway_namespace: Option<String>,
+    /// A label of the egress gateway's pods, KEY=VALUE (default:
+    /// app.kubernetes.io/name=palisade and app.kubernetes.io/component=gateway). Repeatable.
+    #[arg(long = "gateway-pod-label", env = "PALISADE_GATEWAY_POD_LABEL", value_delimiter = ',', value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub gateway_pod_label: Vec<(String, String)>,
+    /// The port the egress gateway's pods listen on.
+    #[arg(long, env = "PALISADE_GATEWAY_TARGET_PORT", default_value_t = 3128)]
+    pub gateway_target_port: u16,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}`: expected KEY=VALUE")),
+    }
+}
+
+/// Where the gateway lives, without its address (which the operator reads from its Service).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayPlacement {
+    pub namespace: String,
+    pub pod_labels: BTreeMap<String, String>,
+    pub target_port: u16,
+}
+
+impl GatewayPlacement {
+    pub fn at(
+        &self,
+        address: std::net::SocketAddr,
+        key: Option<crate::render::facts::KeyBytes>,
+    ) -> GatewayFacts {
+        GatewayFacts {
+            address,
+            namespace_labels: BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                self.namespace.clone(),
+            )]),
+            pod_labels: self.pod_labels.clone(),
+            target_port: self.target_port,
+            key,
+        }
+    }
 }
 
 /// What the isolation check waits for.
@@ -139,6 +188,7 @@ impl FactsArgs {
             .seccomp_applied
             .extend(self.seccomp_applied.iter().copied());
         facts.isolation_check_open_first = self.isolation_check_mode == CheckMode::Transition;
+        facts.fqdn_backend = self.fqdn_backend;
         if self.no_isolation_check {
             facts.isolation_check_image = None;
         } else if let Some(image) = self
@@ -149,6 +199,32 @@ impl FactsArgs {
             facts.isolation_check_image = Some(image.clone());
         }
         facts
+    }
+}
+
+impl FactsArgs {
+    /// Where the gateway lives; `namespace` when no namespace is given.
+    pub fn gateway_placement(&self, namespace: &str) -> GatewayPlacement {
+        let pod_labels = if self.gateway_pod_label.is_empty() {
+            BTreeMap::from([
+                ("app.kubernetes.io/name".to_string(), "palisade".to_string()),
+                (
+                    "app.kubernetes.io/component".to_string(),
+                    "gateway".to_string(),
+                ),
+            ])
+        } else {
+            self.gateway_pod_label.iter().cloned().collect()
+        };
+        GatewayPlacement {
+            namespace: self
+                .gateway_namespace
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| namespace.to_string()),
+            pod_labels,
+            target_port: self.gateway_target_port,
+        }
     }
 }
 
@@ -164,6 +240,11 @@ pub struct OfflineFactsArgs {
     /// Cilium (CiliumNetworkPolicy CRD) is installed, so FQDN egress can be enforced.
     #[arg(long)]
     pub cilium: bool,
+    /// The egress gateway's Service address, IP:PORT: domain names go through it (with
+    /// --fqdn-backend auto, when Cilium is not given). The proxy URL's credential is shown as a
+    /// placeholder.
+    #[arg(long, value_name = "IP:PORT")]
+    pub gateway: Option<std::net::SocketAddr>,
 }
 
 impl OfflineFactsArgs {

@@ -123,7 +123,12 @@ pub fn run(args: RenderArgs) -> Result<(), String> {
     for n in &loaded.notes {
         eprintln!("note: {n}");
     }
-    let facts = args.offline.apply(args.facts.facts());
+    let mut facts = args.offline.apply(args.facts.facts());
+    facts.gateway = args.offline.gateway.map(|address| {
+        args.facts
+            .gateway_placement("palisade-system")
+            .at(address, None)
+    });
     let mut out = String::new();
     let mut errors = Vec::new();
     for doc in &loaded.documents {

@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::policy::Runtime;
 use crate::ops::leader::{LeaderConfig, default_identity, run_with_leadership};
 use crate::ops::metrics::Metrics;
-use crate::reconcile::OperatorConfig;
 use crate::reconcile::controllers::{self, Settings};
+use crate::reconcile::{GatewaySettings, OperatorConfig};
+use crate::render::facts::KeyBytes;
 
 use super::facts_args::FactsArgs;
 
@@ -43,8 +44,53 @@ pub struct RunArgs {
     /// Log as JSON lines.
     #[arg(long, env = "PALISADE_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+    /// The egress gateway's Service (in --gateway-namespace): sandboxes reach domain names
+    /// through its ClusterIP. Unset: no gateway.
+    #[arg(
+        long,
+        env = "PALISADE_GATEWAY_SERVICE",
+        value_name = "NAME",
+        requires = "gateway_key_file"
+    )]
+    pub gateway_service: Option<String>,
+    /// File holding the key of the sandboxes' proxy credentials (the gateway reads the same).
+    #[arg(long, env = "PALISADE_GATEWAY_KEY_FILE", value_name = "PATH")]
+    pub gateway_key_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub facts: FactsArgs,
+}
+
+/// The namespace this process runs in (its ServiceAccount's), if it runs in a pod.
+fn own_namespace() -> Option<String> {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .ok()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+}
+
+fn gateway_settings(args: &RunArgs) -> Result<Option<GatewaySettings>, String> {
+    let Some(service) = args.gateway_service.clone().filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let Some(path) = &args.gateway_key_file else {
+        return Err("--gateway-service needs --gateway-key-file".into());
+    };
+    let raw = std::fs::read(path).map_err(|e| {
+        format!(
+            "cannot read the gateway credential key {}: {e}",
+            path.display()
+        )
+    })?;
+    // The same checks the gateway makes.
+    crate::gateway::credential::CredentialKey::from_bytes(&raw)?;
+    let raw = crate::gateway::credential::key_bytes(&raw).to_vec();
+    Ok(Some(GatewaySettings {
+        placement: args
+            .facts
+            .gateway_placement(&own_namespace().unwrap_or_else(|| "palisade-system".into())),
+        service,
+        key: KeyBytes(Arc::new(raw)),
+    }))
 }
 
 async fn check_crds(client: &Client) -> Result<(), String> {
@@ -79,22 +125,24 @@ pub(crate) async fn shutdown_signal() {
 }
 
 /// The controllers' settings from the command line.
-fn settings(args: &RunArgs) -> Settings {
+fn settings(args: &RunArgs) -> Result<Settings, String> {
     let mut facts = args.facts.facts();
     facts.seccomp_applied.insert(Runtime::Runc);
-    Settings {
+    Ok(Settings {
         namespace: args.namespace.clone(),
         concurrency: args.concurrency,
         config: OperatorConfig {
             facts,
             namespace: args.namespace.clone(),
+            gateway: gateway_settings(args)?,
         },
         instance: default_identity(),
-    }
+    })
 }
 
 pub async fn run(args: RunArgs) -> Result<(), String> {
     crate::ops::telemetry::init(args.log_json);
+    let settings = settings(&args)?;
     let client = Client::try_default()
         .await
         .map_err(|e| format!("cannot reach the cluster (in-cluster config or KUBECONFIG): {e}"))?;
@@ -119,15 +167,11 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         leader_elect = args.leader_elect,
         "palisade operator starting"
     );
-    let settings = settings(&args);
     if args.leader_elect {
         let lease_namespace = args
             .lease_namespace
             .clone()
-            .or_else(|| {
-                std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-                    .ok()
-            })
+            .or_else(own_namespace)
             .unwrap_or_else(|| "default".into());
         let config = LeaderConfig {
             namespace: lease_namespace.trim().to_string(),

@@ -14,6 +14,12 @@ const CONTEXT: &[u8] = b"palisade.dev/gateway-credential/v1\n";
 /// Shortest key accepted, in bytes.
 pub const MIN_KEY_BYTES: usize = 32;
 
+/// The key in a key file's bytes: a final line ending is not part of it.
+pub fn key_bytes(raw: &[u8]) -> &[u8] {
+    raw.strip_suffix(b"\n")
+        .map_or(raw, |r| r.strip_suffix(b"\r").unwrap_or(r))
+}
+
 #[derive(Clone)]
 pub struct CredentialKey(hmac::Key);
 
@@ -24,9 +30,9 @@ impl std::fmt::Debug for CredentialKey {
 }
 
 impl CredentialKey {
-    /// A key from the mounted file's bytes (surrounding whitespace ignored).
+    /// A key from the mounted file's bytes (one final line ending ignored).
     pub fn from_bytes(raw: &[u8]) -> Result<Self, String> {
-        let trimmed = raw.trim_ascii();
+        let trimmed = key_bytes(raw);
         if trimmed.len() < MIN_KEY_BYTES {
             return Err(format!(
                 "the gateway credential key has {} bytes; at least {MIN_KEY_BYTES} are needed",
@@ -107,7 +113,13 @@ mod tests {
     #[test]
     fn short_keys_are_refused() {
         assert!(CredentialKey::from_bytes(&[1; 31]).is_err());
-        assert!(CredentialKey::from_bytes(b"  short  \n").is_err());
+        assert!(CredentialKey::from_bytes(&[b'k'; 32]).is_ok());
+        assert!(CredentialKey::from_bytes(b"0123456789012345678901234567890\n").is_err());
+        // A final line ending is not part of the key.
+        let with_newline =
+            CredentialKey::from_bytes(b"01234567890123456789012345678901\r\n").unwrap();
+        let without = CredentialKey::from_bytes(b"01234567890123456789012345678901").unwrap();
+        assert_eq!(with_newline.password("u"), without.password("u"));
     }
 
     #[test]

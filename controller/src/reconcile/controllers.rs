@@ -327,7 +327,14 @@ pub async fn run(
     let (services, service_writer) = reflector::store::<Service>();
     let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
 
-    let optional_crds = OptionalCrds::default();
+    let optional_crds = OptionalCrds {
+        gateway_service: settings
+            .config
+            .gateway
+            .as_ref()
+            .map(|g| Arc::new((g.placement.namespace.clone(), g.service.clone()))),
+        ..OptionalCrds::default()
+    };
     let facts_checked = Gate::default();
     let gate = |_: &str| Gate::default();
     let (g_policies, g_sandboxes, g_rcs, g_nps) = (gate("p"), gate("s"), gate("rc"), gate("np"));

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
@@ -49,6 +50,10 @@ pub struct OptionalCrds {
     /// one of the read kinds is readable and the operator may list and watch namespaces (the
     /// watched one, with `--namespace`).
     pub namespaces: Arc<AtomicBool>,
+    /// The egress gateway's Service (namespace, name), when one is configured.
+    pub gateway_service: Option<Arc<(String, String)>>,
+    /// Its ClusterIP and port, as last read; `None` while it is missing or has no ClusterIP.
+    pub gateway_address: Arc<std::sync::RwLock<Option<std::net::SocketAddr>>>,
 }
 
 /// A kind the operator only reads: whether its CRD is installed, and whether the operator may
@@ -128,6 +133,21 @@ impl OptionalCrds {
         changed |= self.cilium.swap(usable, Ordering::SeqCst) != usable;
         let readable = cilium && cnp(&["list", "watch"]).await?;
         changed |= self.cilium_policies.set(cilium, readable);
+        if let Some(service) = &self.gateway_service {
+            let (ns, name) = service.as_ref();
+            let found = Api::<Service>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await?
+                .as_ref()
+                .and_then(gateway_address);
+            if found.is_none() {
+                tracing::warn!(service = %format!("{ns}/{name}"), "the egress gateway's Service is missing or has no ClusterIP: sandboxes that reach domain names through it are blocked");
+            }
+            if let Ok(mut known) = self.gateway_address.write() {
+                changed |= *known != found;
+                *known = found;
+            }
+        }
         Ok(changed)
     }
 
@@ -185,6 +205,21 @@ impl OptionalCrds {
         changed |= self.namespaces.swap(namespaces, Ordering::SeqCst) != namespaces;
         Ok(changed)
     }
+}
+
+/// The ClusterIP and proxy port (the port named `proxy`, else the first) of the gateway's
+/// Service.
+pub fn gateway_address(service: &Service) -> Option<std::net::SocketAddr> {
+    let spec = service.spec.as_ref()?;
+    let ip: std::net::IpAddr = spec.cluster_ip.as_deref()?.parse().ok()?;
+    let ports = spec.ports.as_ref()?;
+    let port = ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some("proxy"))
+        .or(ports.first())?;
+    u16::try_from(port.port)
+        .ok()
+        .map(|p| std::net::SocketAddr::new(ip, p))
 }
 
 async fn installed(client: &Client, crd: &str) -> Result<bool, kube::Error> {
@@ -251,6 +286,43 @@ impl Context {
         facts.runtime_classes = RuntimeClasses::Known(runtime_classes);
         facts.seccomp_profile_crd = self.optional_crds.seccomp_profile.load(Ordering::SeqCst);
         facts.cilium = self.optional_crds.cilium.load(Ordering::SeqCst);
+        let address = self
+            .optional_crds
+            .gateway_address
+            .read()
+            .ok()
+            .and_then(|a| *a);
+        facts.gateway = match (&self.config.gateway, address) {
+            (Some(g), Some(address)) => Some(g.placement.at(address, Some(g.key.clone()))),
+            _ => None,
+        };
         facts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn service(spec: serde_json::Value) -> Service {
+        serde_json::from_value(json!({"metadata": {"name": "gw"}, "spec": spec})).unwrap()
+    }
+
+    #[test]
+    fn the_gateway_is_reached_at_its_cluster_ip_and_proxy_port() {
+        let s = service(json!({"clusterIP": "10.96.0.50", "ports": [
+            {"name": "metrics", "port": 9090}, {"name": "proxy", "port": 3128}]}));
+        assert_eq!(gateway_address(&s), Some("10.96.0.50:3128".parse().unwrap()));
+        let s = service(json!({"clusterIP": "10.96.0.50", "ports": [{"port": 8080}]}));
+        assert_eq!(gateway_address(&s), Some("10.96.0.50:8080".parse().unwrap()));
+        // Headless, not yet allocated, or without ports: no address, so no gateway.
+        for spec in [
+            json!({"clusterIP": "None", "ports": [{"port": 3128}]}),
+            json!({"ports": [{"port": 3128}]}),
+            json!({"clusterIP": "10.96.0.50"}),
+        ] {
+            assert_eq!(gateway_address(&service(spec.clone())), None, "{spec}");
+        }
     }
 }

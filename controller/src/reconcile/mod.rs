@@ -121,6 +121,18 @@ pub struct OperatorConfig {
     pub facts: ClusterFacts,
     /// The one namespace watched, if not all: where the operator's rights are asked about.
     pub namespace: Option<String>,
+    /// The egress gateway, when configured (`--gateway-service`): where it lives and the key of
+    /// the sandboxes' credentials. Its address is read from its Service.
+    pub gateway: Option<GatewaySettings>,
+}
+
+/// The egress gateway as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewaySettings {
+    pub placement: crate::cli::facts_args::GatewayPlacement,
+    /// The gateway's Service in `placement.namespace`.
+    pub service: String,
+    pub key: crate::render::facts::KeyBytes,
 }
 
 /// Shared by every reconcile.

@@ -33,6 +33,44 @@ impl Default for DnsEndpoints {
     }
 }
 
+/// Which backend carries egress to domain names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FqdnBackend {
+    /// Cilium when its CRD is installed and usable, else the gateway when deployed, else none
+    /// (sandboxes with domain names are blocked).
+    #[default]
+    Auto,
+    /// Cilium `toFQDNs` only.
+    Cilium,
+    /// `palisade gateway` only.
+    Gateway,
+}
+
+/// The key of the sandboxes' proxy credentials; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyBytes(pub std::sync::Arc<Vec<u8>>);
+
+impl std::fmt::Debug for KeyBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyBytes(..)")
+    }
+}
+
+/// Where sandboxes reach the egress gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayFacts {
+    /// The gateway Service's ClusterIP and port: the proxy URL's host, so that sandboxes need
+    /// no DNS to find it.
+    pub address: std::net::SocketAddr,
+    /// Labels of the gateway's namespace and pods, and the pods' port (the NetworkPolicy
+    /// allows egress to those pods on that port, and to the ClusterIP on the Service port).
+    pub namespace_labels: BTreeMap<String, String>,
+    pub pod_labels: BTreeMap<String, String>,
+    pub target_port: u16,
+    /// The credential key; `None` offline, where the URL carries a placeholder.
+    pub key: Option<KeyBytes>,
+}
+
 /// Which RuntimeClasses exist.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RuntimeClasses {
@@ -61,6 +99,10 @@ pub struct ClusterFacts {
     pub seccomp_profile_crd: bool,
     /// Cilium's `CiliumNetworkPolicy` CRD is installed (FQDN egress).
     pub cilium: bool,
+    /// The FQDN backend chosen by configuration.
+    pub fqdn_backend: FqdnBackend,
+    /// The egress gateway, when deployed and found.
+    pub gateway: Option<GatewayFacts>,
     /// Cluster DNS domain for Service names.
     pub cluster_domain: String,
     /// Audiences the API server accepts tokens for: `identity.tokenAudience` may name none of
@@ -112,6 +154,8 @@ impl Default for ClusterFacts {
             node_cidrs: Vec::new(),
             seccomp_profile_crd: false,
             cilium: false,
+            fqdn_backend: FqdnBackend::Auto,
+            gateway: None,
             cluster_domain: "cluster.local".into(),
             api_audiences: DEFAULT_API_AUDIENCES
                 .iter()

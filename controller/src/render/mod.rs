@@ -4,6 +4,7 @@
 pub mod children;
 pub mod explain;
 pub mod facts;
+pub mod gateway;
 pub mod hash;
 pub mod network;
 pub mod pod;

@@ -20,7 +20,7 @@ use crate::policy::net::{AddrSet, Cidr, Family, IntervalSet, to_blocks};
 use crate::policy::peers::np_ports;
 use crate::policy::services::{L4, Services};
 
-use super::facts::{ClusterFacts, DnsEndpoints};
+use super::facts::{ClusterFacts, DnsEndpoints, FqdnBackend, GatewayFacts};
 use super::{BlockReason, Blocked, CheckedPolicy, children::object_meta};
 
 pub struct CompiledNetwork {
@@ -237,23 +237,36 @@ pub fn compile_network(
 
     let fqdn_policy = if egress.fqdn.is_empty() {
         None
-    } else if !facts.cilium {
-        let names: Vec<&str> = egress
-            .fqdn
-            .iter()
-            .flat_map(|f| f.names.iter().map(String::as_str))
-            .collect();
-        return Err(Blocked::new(
-            BlockReason::FqdnBackendMissing,
-            format!(
-                "egress to domain names ({}) needs an FQDN-capable backend (Cilium) the operator can use: the CiliumNetworkPolicy CRD is not installed, or the operator may not create those objects",
-                names.join(", ")
-            ),
-        ));
     } else {
-        Some(cilium_policy(
-            &name, sandbox, &egress, facts, net.dns, want_dns, report,
-        )?)
+        match choose_backend(facts, &egress)? {
+            Backend::Cilium => Some(cilium_policy(
+                &name, sandbox, &egress, facts, net.dns, want_dns, report,
+            )?),
+            Backend::Gateway(gw) => {
+                if !proxy_env.is_empty() {
+                    return Err(Blocked::new(
+                        BlockReason::PolicyInvalid,
+                        "a policy with runtimeConfig.networkProxy cannot also reach domain names through the egress gateway: both set HTTP_PROXY",
+                    ));
+                }
+                let through = super::gateway::compile_gateway(
+                    gw,
+                    sandbox,
+                    &egress,
+                    &facts.cluster_domain,
+                    report,
+                )?;
+                egress_rules.extend(through.rules);
+                proxy_env = through.env;
+                if !want_dns {
+                    report.added(
+                        "network.dns",
+                        "none: the egress gateway resolves the domain names itself, so the sandbox gets no DNS for them and DNS cannot carry data out",
+                    );
+                }
+                None
+            }
+        }
     };
 
     let ingress_rules = compile_ingress(net.ingress.as_ref(), report);
@@ -282,6 +295,42 @@ pub fn compile_network(
         fqdn_policy,
         proxy_env,
     })
+}
+
+enum Backend<'a> {
+    Cilium,
+    Gateway(&'a GatewayFacts),
+}
+
+/// The backend for domain-name egress, as configured and as the cluster has it.
+fn choose_backend<'a>(
+    facts: &'a ClusterFacts,
+    egress: &CompiledEgress,
+) -> Result<Backend<'a>, Blocked> {
+    let names: Vec<&str> = egress
+        .fqdn
+        .iter()
+        .flat_map(|f| f.names.iter().map(String::as_str))
+        .collect();
+    let missing = |what: &str| {
+        Blocked::new(
+            BlockReason::FqdnBackendMissing,
+            format!("egress to domain names ({}) needs {what}", names.join(", ")),
+        )
+    };
+    match (facts.fqdn_backend, facts.cilium, &facts.gateway) {
+        (FqdnBackend::Cilium | FqdnBackend::Auto, true, _) => Ok(Backend::Cilium),
+        (FqdnBackend::Gateway | FqdnBackend::Auto, _, Some(gw)) => Ok(Backend::Gateway(gw)),
+        (FqdnBackend::Cilium, false, _) => Err(missing(
+            "Cilium, the configured backend: the CiliumNetworkPolicy CRD is not installed, or the operator may not create those objects",
+        )),
+        (FqdnBackend::Gateway, _, None) => Err(missing(
+            "the egress gateway, the configured backend: it is not deployed, its Service has no ClusterIP, or the operator has no credential key",
+        )),
+        (FqdnBackend::Auto, false, None) => Err(missing(
+            "an FQDN-capable backend the operator can use: the egress gateway (palisade gateway, the chart's gateway.enabled) or Cilium (its CiliumNetworkPolicy CRD, with the operator allowed to create those objects)",
+        )),
+    }
 }
 
 fn cilium_ports(services: &Services) -> Option<Value> {
