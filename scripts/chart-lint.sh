@@ -26,11 +26,16 @@ all_features=(
   --set "admissionPolicy.runtimeClassNames={gvisor-custom,kata-*}"
   --set "networkPolicy.apiServer.cidrs={192.0.2.10/32}"
   --set "cluster.apiAudiences={https://oidc.example.com/id/ABC}"
+  --set "gateway.dnsServers={192.0.2.53:53,[2001:db8::53]:5353}"
+  --set gateway.credentialKey.existingSecret=gateway-key
+  --set gateway.replicas=3
+  --set gateway.fqdnBackend=gateway
 )
 "$helm" lint --strict "$chart"
 "$helm" lint --strict "$chart" "${all_features[@]}"
 "$helm" lint --strict "$chart" --set replicas=1,leaderElection.enabled=false
 "$helm" lint --strict "$chart" --set sandboxPods.isolationCheck.enabled=false
+"$helm" lint --strict "$chart" --set gateway.enabled=false,gateway.replicas=1
 
 # Values the schema or the templates must refuse.
 refused=(
@@ -50,6 +55,11 @@ refused=(
   "sandboxPods.isolationCheck.mode=sometimes"
   "admissionPolicy.runtimeClassNames={gvisor')||true||('}"
   "fullnameOverride=a-name-that-is-far-too-long-for-a-service-with-the-metrics-suffix"
+  "gateway.fqdnBackend=istio"
+  "gateway.port=0"
+  "gateway.replicas=0"
+  "gateway.dnsServers={dns.example.com:53}"
+  "gateway.credentialKey.existingSecret=Bad_Name"
 )
 for values in "${refused[@]}"; do
   if "$helm" template palisade "$chart" --set "$values" >/dev/null 2>&1; then

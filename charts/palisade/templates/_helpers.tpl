@@ -137,3 +137,28 @@ admissionPolicy.runtimeClassNames, where a trailing * means a prefix).
 object.spec.runtimeClassName in [{{ range $i, $n := $exact }}{{ if $i }}, {{ end }}'{{ $n }}'{{ end }}]
 {{- range $prefixes }} || object.spec.runtimeClassName.startsWith('{{ . }}'){{ end }}
 {{- end -}}
+
+{{/* Prefix of the egress gateway's objects. */}}
+{{- define "palisade.gatewayName" -}}
+{{- printf "%s-gateway" (include "palisade.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels that select the gateway pods (distinct from the operator's). */}}
+{{- define "palisade.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-gateway" (include "palisade.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Labels of every gateway object. */}}
+{{- define "palisade.gatewayLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "palisade.gatewaySelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: gateway
+app.kubernetes.io/part-of: palisade
+{{- end -}}
+
+{{/* The Secret holding the key of the sandboxes' proxy credentials. */}}
+{{- define "palisade.gatewayKeySecret" -}}
+{{- default (printf "%s-key" (include "palisade.gatewayName" .)) .Values.gateway.credentialKey.existingSecret -}}
+{{- end -}}

@@ -81,7 +81,7 @@ pub struct FactsArgs {
     #[arg(long, env = "PALISADE_GATEWAY_NAMESPACE", value_name = "NAMESPACE")]
     pub gateway_namespace: Option<String>,
     /// A label of the egress gateway's pods, KEY=VALUE (default:
-    /// app.kubernetes.io/name=palisade and app.kubernetes.io/component=gateway). Repeatable.
+    /// app.kubernetes.io/name=palisade-gateway). Repeatable.
     #[arg(long = "gateway-pod-label", env = "PALISADE_GATEWAY_POD_LABEL", value_delimiter = ',', value_name = "KEY=VALUE", value_parser = parse_label)]
     pub gateway_pod_label: Vec<(String, String)>,
     /// The port the egress gateway's pods listen on.
