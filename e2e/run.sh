@@ -134,6 +134,19 @@ container = json.load(sys.stdin)["spec"]["template"]["spec"]["containers"][0]
 for arg in container.get("command", [])[1:] + container["args"]:
     if not arg.startswith("--metrics-addr"):
         print(arg)')
+# The gateway credential key the chart mounts into the operator's pod, for the operator run here.
+gateway_key="$state/gateway-key"
+for i in "${!chart_args[@]}"; do
+  if [[ "${chart_args[$i]}" == --gateway-key-file=* ]]; then
+    secret="$(kubectl -n "$release_ns" get deployment "$release" -o json | python3 -c '
+import json, sys
+for v in json.load(sys.stdin)["spec"]["template"]["spec"].get("volumes", []):
+    if v["name"] == "gateway-key":
+        print(v["secret"]["secretName"])')"
+    (umask 077 && kubectl -n "$release_ns" get secret "$secret" -o jsonpath='{.data.key}' | base64 -d >"$gateway_key")
+    chart_args[$i]="--gateway-key-file=$gateway_key"
+  fi
+done
 echo "e2e: palisade ${chart_args[*]}"
 if ((node)); then
   # Sandbox pods on the real node start with the isolation check, which runs the operator's

@@ -107,35 +107,69 @@ async fn the_chart_grants_exactly_the_allowlist() {
     let (ns, release) = release();
     let allow = allowlist();
 
+    // The operator's ClusterRole and the gateway's (`<release>-gateway`).
     let cluster_roles = Api::<ClusterRole>::all(client.clone())
         .list(&selector(&release))
         .await
         .expect("list ClusterRoles");
+    let mut names: Vec<String> = cluster_roles
+        .items
+        .iter()
+        .filter_map(|r| r.metadata.name.clone())
+        .collect();
+    names.sort();
     assert_eq!(
-        cluster_roles.items.len(),
-        1,
-        "expected one ClusterRole of release {release}"
+        names,
+        vec![release.clone(), format!("{release}-gateway")],
+        "expected the operator's and the gateway's ClusterRoles of release {release}"
     );
-    let rules = cluster_roles.items[0].rules.clone().unwrap_or_default();
-    let diff = differences(&grants(&rules, "the ClusterRole"), &allow["clusterRole"]);
-    assert!(diff.is_empty(), "ClusterRole:\n{}", diff.join("\n"));
+    for role in &cluster_roles.items {
+        let gateway = role.metadata.name.as_deref() != Some(release.as_str());
+        let key = if gateway {
+            "gatewayClusterRole"
+        } else {
+            "clusterRole"
+        };
+        let rules = role.rules.clone().unwrap_or_default();
+        let diff = differences(&grants(&rules, key), &allow[key]);
+        assert!(diff.is_empty(), "{key}:\n{}", diff.join("\n"));
+    }
 
+    // In the release namespace: the leader-election Role, and the Role that lets the operator
+    // read the gateway's Service.
     let roles = Api::<Role>::namespaced(client.clone(), &ns)
         .list(&selector(&release))
         .await
         .expect("list Roles");
+    let mut names: Vec<String> = roles
+        .items
+        .iter()
+        .filter_map(|r| r.metadata.name.clone())
+        .collect();
+    names.sort();
     assert_eq!(
-        roles.items.len(),
-        1,
-        "expected the leader-election Role only"
+        names,
+        vec![
+            format!("{release}-gateway-service-reader"),
+            format!("{release}-leader-election"),
+        ],
+        "expected the leader-election and gateway-service-reader Roles"
     );
-    let rules = roles.items[0].rules.clone().unwrap_or_default();
-    let diff = differences(&grants(&rules, "the Role"), &allow["leaderElectionRole"]);
-    assert!(
-        diff.is_empty(),
-        "leader-election Role:\n{}",
-        diff.join("\n")
-    );
+    for role in &roles.items {
+        let key = if role
+            .metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| n.ends_with("-service-reader"))
+        {
+            "gatewayServiceReaderRole"
+        } else {
+            "leaderElectionRole"
+        };
+        let rules = role.rules.clone().unwrap_or_default();
+        let diff = differences(&grants(&rules, key), &allow[key]);
+        assert!(diff.is_empty(), "{key}:\n{}", diff.join("\n"));
+    }
 
     // Nothing that reads credentials, runs commands in pods, or grants more rights.
     for (res, verbs) in allow.values().flatten() {

@@ -313,9 +313,15 @@ mod tests {
     fn the_gateway_is_reached_at_its_cluster_ip_and_proxy_port() {
         let s = service(json!({"clusterIP": "10.96.0.50", "ports": [
             {"name": "metrics", "port": 9090}, {"name": "proxy", "port": 3128}]}));
-        assert_eq!(gateway_address(&s), Some("10.96.0.50:3128".parse().unwrap()));
+        assert_eq!(
+            gateway_address(&s),
+            Some("10.96.0.50:3128".parse().unwrap())
+        );
         let s = service(json!({"clusterIP": "10.96.0.50", "ports": [{"port": 8080}]}));
-        assert_eq!(gateway_address(&s), Some("10.96.0.50:8080".parse().unwrap()));
+        assert_eq!(
+            gateway_address(&s),
+            Some("10.96.0.50:8080".parse().unwrap())
+        );
         // Headless, not yet allocated, or without ports: no address, so no gateway.
         for spec in [
             json!({"clusterIP": "None", "ports": [{"port": 3128}]}),
