@@ -37,11 +37,12 @@ mkdir -p "$out/chart" "$out/render"
   --set runtimeClasses.kata.create=true --set "cluster.cidrs={10.244.0.0/16}" \
   >"$out/chart/all-features.yaml"
 
-# What the operator creates for every example: with the default cluster facts, and on a cluster
-# with Cilium, the Security Profiles Operator and runtimes that apply seccomp.
+# What the operator creates for every example: with the default cluster facts (and the egress
+# gateway), and on a cluster with Cilium, the Security Profiles Operator and runtimes that apply
+# seccomp.
 for f in examples/*.yaml; do
   name="$(basename "$f" .yaml)"
-  "$palisade" render -n agents -f "$f" >"$out/render/$name.yaml" 2>/dev/null
+  "$palisade" render -n agents -f "$f" --gateway 10.96.0.50:3128 >"$out/render/$name.yaml" 2>/dev/null
   "$palisade" render -n agents -f "$f" --cilium --seccomp-profile-crd --seccomp-applied gvisor,kata \
     --cluster-cidr 10.244.0.0/16 >"$out/render/$name-full-cluster.yaml" 2>/dev/null
 done

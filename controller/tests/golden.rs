@@ -41,9 +41,20 @@ fn check_golden(name: &str, actual: &str) {
 
 #[test]
 fn each_example_renders_to_its_golden_output() {
-    let examples = ["no-network.yaml", "coding-agent.yaml", "kata-agent.yaml"];
+    let examples = [
+        "no-network.yaml",
+        "coding-agent.yaml",
+        "kata-agent.yaml",
+        "package-registry.yaml",
+    ];
     for ex in examples {
-        let (stdout, stderr, ok) = render(&["-f", &format!("examples/{ex}")]);
+        // Domain names need a backend: the egress gateway at a ClusterIP.
+        let (stdout, stderr, ok) = render(&[
+            "-f",
+            &format!("examples/{ex}"),
+            "--gateway",
+            "10.96.0.50:3128",
+        ]);
         assert!(ok, "render of {ex} failed: {stderr}");
         check_golden(&ex.replace(".yaml", ".out.yaml"), &stdout);
     }
@@ -51,7 +62,7 @@ fn each_example_renders_to_its_golden_output() {
 
 #[test]
 fn the_examples_directory_renders_with_notes_for_other_groups() {
-    let (stdout, stderr, ok) = render(&["-f", "examples/"]);
+    let (stdout, stderr, ok) = render(&["-f", "examples/", "--gateway", "10.96.0.50:3128"]);
     assert!(ok, "{stderr}");
     assert!(
         stderr.contains("skipping RuntimeClass gvisor (node.k8s.io/v1)"),
@@ -61,7 +72,7 @@ fn the_examples_directory_renders_with_notes_for_other_groups() {
         !stderr.contains("sandbox-policy.json"),
         "examples/mxc must not be read without -R: {stderr}"
     );
-    for sandbox in ["coder", "offline-analyst", "browser"] {
+    for sandbox in ["coder", "offline-analyst", "browser", "pip-installer"] {
         assert!(
             stdout.contains(&format!("palisade.dev/sandbox: {sandbox}")),
             "{sandbox} missing"

@@ -206,13 +206,10 @@ impl FactsArgs {
     /// Where the gateway lives; `namespace` when no namespace is given.
     pub fn gateway_placement(&self, namespace: &str) -> GatewayPlacement {
         let pod_labels = if self.gateway_pod_label.is_empty() {
-            BTreeMap::from([
-                ("app.kubernetes.io/name".to_string(), "palisade".to_string()),
-                (
-                    "app.kubernetes.io/component".to_string(),
-                    "gateway".to_string(),
-                ),
-            ])
+            BTreeMap::from([(
+                "app.kubernetes.io/name".to_string(),
+                "palisade-gateway".to_string(),
+            )])
         } else {
             self.gateway_pod_label.iter().cloned().collect()
         };
