@@ -13,12 +13,13 @@ use palisade::api::{AgentPolicy, AgentSandbox};
 use palisade::gateway::audit::{AuditSink, Auditor, GatewayMetrics};
 use palisade::gateway::credential::CredentialKey;
 use palisade::gateway::directory::{Directory, RulesCache, build};
-use palisade::gateway::proxy::{Connect, Dial, Gateway, Timeouts, serve};
+use palisade::gateway::proxy::{Gateway, Limits, Timeouts, serve};
 use palisade::gateway::resolve::DnsResolver;
+use palisade::gateway::testing::{MapConnector, dns_server};
 use palisade::policy::egress::ClusterRanges;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
@@ -26,78 +27,6 @@ use tokio_util::sync::CancellationToken;
 const KEY: [u8; 32] = [42; 32];
 
 // ---- the outside world: DNS, TLS and HTTP servers on loopback -------------------------------
-
-/// Answers A and AAAA questions from a table; a name with several answer lists gives the next
-/// list on each question (the last one repeats), with TTL 0.
-async fn dns_server(table: HashMap<&'static str, Vec<Vec<IpAddr>>>) -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut asked: HashMap<String, usize> = HashMap::new();
-        let mut buf = [0u8; 1500];
-        loop {
-            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
-                return;
-            };
-            let q = &buf[..n];
-            // Question: labels, then type and class.
-            let mut at = 12;
-            let mut labels = Vec::new();
-            while at < n && q[at] != 0 {
-                let len = q[at] as usize;
-                labels.push(String::from_utf8_lossy(&q[at + 1..at + 1 + len]).to_lowercase());
-                at += 1 + len;
-            }
-            let qtype = u16::from_be_bytes([q[at + 1], q[at + 2]]);
-            let question_end = at + 5;
-            let name = labels.join(".");
-            let answers: Vec<IpAddr> = match table.get(name.as_str()) {
-                Some(lists) => {
-                    let i = if qtype == 1 {
-                        asked.entry(name.clone()).or_insert(0)
-                    } else {
-                        &mut 0
-                    };
-                    let list = lists[(*i).min(lists.len() - 1)].clone();
-                    if qtype == 1 {
-                        *i += 1;
-                    }
-                    list.into_iter()
-                        .filter(|ip| {
-                            matches!((ip, qtype), (IpAddr::V4(_), 1) | (IpAddr::V6(_), 28))
-                        })
-                        .collect()
-                }
-                None => Vec::new(),
-            };
-            let rcode = if table.contains_key(name.as_str()) {
-                0
-            } else {
-                3
-            };
-            let mut r = Vec::new();
-            r.extend_from_slice(&q[..2]);
-            r.extend_from_slice(&[0x81, 0x80 | rcode]);
-            r.extend_from_slice(&[0, 1]);
-            r.extend_from_slice(&(answers.len() as u16).to_be_bytes());
-            r.extend_from_slice(&[0, 0, 0, 0]);
-            r.extend_from_slice(&q[12..question_end]);
-            for ip in answers {
-                r.extend_from_slice(&[0xc0, 12]);
-                let (t, data) = match ip {
-                    IpAddr::V4(v4) => (1u16, v4.octets().to_vec()),
-                    IpAddr::V6(v6) => (28u16, v6.octets().to_vec()),
-                };
-                r.extend_from_slice(&t.to_be_bytes());
-                r.extend_from_slice(&[0, 1, 0, 0, 0, 0]);
-                r.extend_from_slice(&(data.len() as u16).to_be_bytes());
-                r.extend_from_slice(&data);
-            }
-            let _ = socket.send_to(&r, from).await;
-        }
-    });
-    addr
-}
 
 fn ips(list: &[&str]) -> Vec<IpAddr> {
     list.iter().map(|s| s.parse().unwrap()).collect()
@@ -219,26 +148,6 @@ async fn http_server(seen: Arc<Mutex<Seen>>) -> SocketAddr {
     addr
 }
 
-/// Maps the documentation addresses the gateway checked to loopback servers, and records every
-/// address it was asked for. Anything unmapped fails: nothing leaves the machine.
-struct MapConnector {
-    map: HashMap<SocketAddr, SocketAddr>,
-    asked: Mutex<Vec<SocketAddr>>,
-}
-
-impl Connect for MapConnector {
-    fn connect(&self, address: SocketAddr) -> Dial<'_> {
-        self.asked.lock().unwrap().push(address);
-        let target = self.map.get(&address).copied();
-        Box::pin(async move {
-            match target {
-                Some(t) => TcpStream::connect(t).await,
-                None => Err(std::io::Error::other("not a test server")),
-            }
-        })
-    }
-}
-
 // ---- the cluster: sandboxes, policies, pods ------------------------------------------------
 
 fn sandbox(name: &str, uid: &str, policy: &str) -> Arc<AgentSandbox> {
@@ -327,16 +236,21 @@ struct World {
     roots: rustls::RootCertStore,
     key: CredentialKey,
     metrics: GatewayMetrics,
-    _stop: tokio_util::sync::DropGuard,
+    stop: CancellationToken,
+    served: tokio::task::JoinHandle<()>,
 }
 
 async fn world() -> World {
+    world_with(Limits::default()).await
+}
+
+async fn world_with(limits: Limits) -> World {
     let certs = certs();
     let tls_seen = Arc::new(Mutex::new(Seen::default()));
     let http_seen = Arc::new(Mutex::new(Seen::default()));
     let tls = tls_server(&certs, tls_seen.clone()).await;
     let http = http_server(http_seen.clone()).await;
-    let dns = dns_server(HashMap::from([
+    let table: HashMap<&str, Vec<Vec<IpAddr>>> = HashMap::from([
         ("api.example.com", vec![ips(&["192.0.2.10"])]),
         ("a.pkg.example.com", vec![ips(&["192.0.2.10"])]),
         ("other.example.com", vec![ips(&["192.0.2.10"])]),
@@ -353,39 +267,43 @@ async fn world() -> World {
             "mixed.example.com",
             vec![ips(&["192.0.2.10", "169.254.169.254"])],
         ),
-    ]))
-    .await;
-    let connector = Arc::new(MapConnector {
-        map: HashMap::from([
-            ("192.0.2.10:443".parse().unwrap(), tls),
-            ("192.0.2.99:443".parse().unwrap(), tls),
-            ("192.0.2.20:80".parse().unwrap(), http),
-        ]),
-        asked: Mutex::new(Vec::new()),
-    });
+    ]);
+    let dns = dns_server(
+        table.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        0,
+    )
+    .await
+    .unwrap();
+    let connector = Arc::new(MapConnector::new(HashMap::from([
+        ("192.0.2.10:443".parse().unwrap(), tls),
+        ("192.0.2.99:443".parse().unwrap(), tls),
+        ("192.0.2.20:80".parse().unwrap(), http),
+    ])));
     let mut cache = RulesCache::default();
     let (tx, rx) = watch::channel(Arc::new(directory(true, &mut cache)));
     let audit = Arc::new(Mutex::new(Vec::new()));
     let metrics = GatewayMetrics::new();
     let key = CredentialKey::from_bytes(&KEY).unwrap();
-    let gw = Arc::new(Gateway {
-        directory: rx,
-        resolver: Arc::new(DnsResolver::new(&[dns]).unwrap()),
-        connector: connector.clone(),
-        key: key.clone(),
-        auditor: Auditor {
+    let gw = Arc::new(Gateway::new(
+        rx,
+        Arc::new(DnsResolver::new(&[dns]).unwrap()),
+        connector.clone(),
+        key.clone(),
+        Auditor {
             sink: AuditSink::Memory(audit.clone()),
             metrics: metrics.clone(),
         },
-        timeouts: Timeouts {
+        Timeouts {
             hello: Duration::from_secs(3),
+            drain: Duration::from_secs(1),
             ..Timeouts::default()
         },
-    });
+        limits,
+    ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(serve(listener, gw, stop.clone()));
+    let served = tokio::spawn(serve(listener, gw, stop.clone()));
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certs.cert.clone()).unwrap();
     World {
@@ -399,7 +317,8 @@ async fn world() -> World {
         roots,
         key,
         metrics,
-        _stop: stop.drop_guard(),
+        stop,
+        served,
     }
 }
 
@@ -508,7 +427,7 @@ impl World {
     }
 
     fn dialled(&self) -> Vec<SocketAddr> {
-        self.connector.asked.lock().unwrap().clone()
+        self.connector.asked()
     }
 }
 
@@ -657,10 +576,15 @@ async fn a_tunnel_whose_client_hello_does_not_name_the_target_sends_nothing_upst
     let (_, _, mut s) = w
         .connect("127.0.0.1", "api.example.com:443", Cred::Of("u1"))
         .await;
-    s.write_all(&ech_hello("api.example.com")).await.unwrap();
+    s.write_all(&ech_hello("api.example.com", true))
+        .await
+        .unwrap();
     let mut rest = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
-    assert!(rest.is_empty());
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok() && rest.is_empty(),
+        "the tunnel was not closed"
+    );
     w.wait_for_denial("EchOffered").await;
     // Not TLS at all.
     let (_, _, mut s) = w
@@ -680,15 +604,19 @@ async fn a_tunnel_whose_client_hello_does_not_name_the_target_sends_nothing_upst
     );
 }
 
-/// A ClientHello naming `name` and offering Encrypted Client Hello.
-fn ech_hello(name: &str) -> Vec<u8> {
+/// A ClientHello naming `name`, offering Encrypted Client Hello if `ech`.
+fn ech_hello(name: &str, ech: bool) -> Vec<u8> {
     let mut sni = vec![0];
     sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
     sni.extend_from_slice(name.as_bytes());
     let mut sni_body = (sni.len() as u16).to_be_bytes().to_vec();
     sni_body.extend_from_slice(&sni);
     let mut ext = Vec::new();
-    for (t, body) in [(0u16, sni_body), (0xfe0d, vec![0, 0, 1, 0, 1, 7])] {
+    let mut extensions = vec![(0u16, sni_body)];
+    if ech {
+        extensions.push((0xfe0d, vec![0, 0, 1, 0, 1, 7]));
+    }
+    for (t, body) in extensions {
         ext.extend_from_slice(&t.to_be_bytes());
         ext.extend_from_slice(&(body.len() as u16).to_be_bytes());
         ext.extend_from_slice(&body);
@@ -857,4 +785,117 @@ async fn bytes_that_are_not_http_get_400_and_a_close() {
     }
     w.wait_for_denial("BadRequest").await;
     assert!(w.dialled().is_empty());
+}
+
+#[tokio::test]
+async fn a_connect_and_its_client_hello_in_one_write_are_served() {
+    let w = world().await;
+    let auth = w.auth(&Cred::Of("u1"));
+    let mut s = w.dial_from("127.0.0.1").await;
+    let mut bytes =
+        format!("CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com:443\r\n{auth}\r\n")
+            .into_bytes();
+    bytes.extend_from_slice(&ech_hello("api.example.com", false));
+    s.write_all(&bytes).await.unwrap();
+    for _ in 0..100 {
+        if w.tls_seen.lock().unwrap().with_data == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(
+        w.tls_seen.lock().unwrap().with_data,
+        1,
+        "the hello did not reach upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_header_cannot_remove_the_checked_host() {
+    let w = world().await;
+    let auth = w.auth(&Cred::Of("u1"));
+    let (status, _, mut s) = w
+        .request(
+            "127.0.0.1",
+            format!("GET http://plain.example.com/x HTTP/1.1\r\nHost: plain.example.com\r\nConnection: host, x-foo\r\nX-Foo: 1\r\n{auth}\r\n"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut body = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut body)).await;
+    let seen = w.http_seen.lock().unwrap().requests.clone();
+    assert_eq!(seen.len(), 1);
+    let lower = seen[0].to_ascii_lowercase();
+    assert!(
+        lower.contains("\r\nhost: plain.example.com\r\n"),
+        "{}",
+        seen[0]
+    );
+    assert!(!lower.contains("x-foo"), "{}", seen[0]);
+}
+
+#[tokio::test]
+async fn one_source_cannot_take_every_connection() {
+    let w = world_with(Limits {
+        per_source: 2,
+        ..Limits::default()
+    })
+    .await;
+    let (a, _, _s1) = w
+        .connect("127.0.0.1", "api.example.com:443", Cred::Of("u1"))
+        .await;
+    let (b, _, _s2) = w
+        .connect("127.0.0.1", "api.example.com:443", Cred::Of("u1"))
+        .await;
+    assert_eq!((a, b), (200, 200));
+    // The third from the same pod is closed at once; another pod is still served.
+    let mut third = w.dial_from("127.0.0.1").await;
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut out)).await;
+    assert!(closed.is_ok() && out.is_empty());
+    w.wait_for_denial("Overloaded").await;
+    let (status, head, _) = w
+        .connect("127.0.0.2", "api.example.com:443", Cred::Of("u2"))
+        .await;
+    assert_eq!((status, denial_header(&head)), (403, "NoMatchingRule"));
+}
+
+#[tokio::test]
+async fn on_shutdown_open_tunnels_drain_then_close() {
+    let w = world().await;
+    let (status, _, s) = w
+        .connect("127.0.0.1", "api.example.com:443", Cred::Of("u1"))
+        .await;
+    assert_eq!(status, 200);
+    let config = rustls::ClientConfig::builder_with_provider(crypto())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(w.roots.clone())
+        .with_no_client_auth();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("api.example.com".try_into().unwrap(), s)
+        .await
+        .unwrap();
+    w.stop.cancel();
+    // New connections are refused at once; the open tunnel still carries bytes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        TcpStream::connect(w.proxy).await.is_err(),
+        "still accepting"
+    );
+    tls.write_all(b"ping\n").await.unwrap();
+    let mut reader = BufReader::new(tls);
+    let mut line = String::new();
+    reader.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "hello ping\n");
+    // After the drain time (1 s here) it is closed, and said so.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the tunnel outlived the drain");
+    w.wait_for_denial("Shutdown").await;
+    assert!(!w.denials().iter().any(|d| d == "PolicyChanged"));
+    tokio::time::timeout(Duration::from_secs(5), w.served)
+        .await
+        .expect("serve returned")
+        .unwrap();
 }

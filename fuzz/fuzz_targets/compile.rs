@@ -274,9 +274,15 @@ fn check_plan(plan: &Plan, policy: &AgentPolicy, facts: &ClusterFacts, label: &s
         gates.contains(&ISOLATION_GATE),
         "{label}: no isolation gate: {gates:?}"
     );
+    // The only init container is the isolation check, which stays out of the hash too (it
+    // matters only while a pod starts).
+    for c in spec.init_containers.iter().flatten() {
+        assert_eq!(c.name, "isolation-check", "{label}: unexpected init container");
+    }
     let mut hashed = spec.clone();
     hashed.scheduling_gates = None;
     hashed.active_deadline_seconds = None;
+    hashed.init_containers = None;
     let labels = pod.metadata.labels.clone().expect("pod labels");
     let mut annotations = pod.metadata.annotations.clone().unwrap_or_default();
     annotations.remove(POLICY_HASH_ANNOTATION);

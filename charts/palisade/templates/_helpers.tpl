@@ -162,3 +162,24 @@ app.kubernetes.io/part-of: palisade
 {{- define "palisade.gatewayKeySecret" -}}
 {{- default (printf "%s-key" (include "palisade.gatewayName" .)) .Values.gateway.credentialKey.existingSecret -}}
 {{- end -}}
+
+{{/* The generated credential key (base64), the same in every template of one render: the
+existing Secret's when there is one (helm lookup), else a new random one. */}}
+{{- define "palisade.gatewayKey" -}}
+{{- if not (hasKey .Values.gateway "_key") -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "palisade.gatewayKeySecret" .) -}}
+{{- if and $existing $existing.data (index $existing.data "key") -}}
+{{- $_ := set .Values.gateway "_key" (index $existing.data "key") -}}
+{{- else -}}
+{{- $_ := set .Values.gateway "_key" (randAlphaNum 64 | b64enc) -}}
+{{- end -}}
+{{- end -}}
+{{- index .Values.gateway "_key" -}}
+{{- end -}}
+
+{{/* Checksum of the generated key, for the pods that mount it (none with existingSecret). */}}
+{{- define "palisade.gatewayKeyChecksum" -}}
+{{- if and .Values.gateway.enabled (not .Values.gateway.credentialKey.existingSecret) -}}
+{{- include "palisade.gatewayKey" . | sha256sum | trunc 16 -}}
+{{- end -}}
+{{- end -}}

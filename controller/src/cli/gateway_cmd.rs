@@ -24,7 +24,7 @@ use crate::api::{AgentPolicy, AgentSandbox, SANDBOX_LABEL};
 use crate::gateway::audit::{AuditSink, Auditor, GatewayMetrics};
 use crate::gateway::credential::CredentialKey;
 use crate::gateway::directory::{Directory, RulesCache, build};
-use crate::gateway::proxy::{Direct, Gateway, Timeouts, serve};
+use crate::gateway::proxy::{Direct, Gateway, Limits, Timeouts, serve};
 use crate::gateway::resolve::DnsResolver;
 use crate::ops::health::METRICS_CONTENT_TYPE;
 use crate::policy::egress::ClusterRanges;
@@ -66,6 +66,23 @@ pub struct GatewayArgs {
     /// Seconds open tunnels get to finish after SIGTERM.
     #[arg(long, env = "PALISADE_GATEWAY_DRAIN_SECONDS", default_value_t = 20)]
     pub drain_seconds: u64,
+    /// Connections open at once, in all.
+    #[arg(
+        long,
+        env = "PALISADE_GATEWAY_MAX_CONNECTIONS",
+        default_value_t = 20_000
+    )]
+    pub max_connections: usize,
+    /// Connections open at once from one sandbox pod.
+    #[arg(
+        long,
+        env = "PALISADE_GATEWAY_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 512
+    )]
+    pub max_connections_per_source: usize,
+    /// Seconds a tunnel may carry nothing before it is closed.
+    #[arg(long, env = "PALISADE_GATEWAY_IDLE_SECONDS", default_value_t = 900)]
+    pub idle_seconds: u64,
     /// Log as JSON lines (audit lines are JSON on standard output either way).
     #[arg(long, env = "PALISADE_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -96,37 +113,52 @@ pub async fn run(args: GatewayArgs) -> Result<(), String> {
         tracing::info!("shutting down: refusing new connections, draining tunnels");
         signal_stop.cancel();
     });
+    // The directory is kept current until the proxy has drained: tunnels are judged until
+    // they end.
+    let directory_stop = CancellationToken::new();
     let probes = tokio::spawn(serve_probes(
         args.metrics_addr,
         metrics.clone(),
         rx.clone(),
-        stop.clone(),
+        directory_stop.clone(),
     ));
+    if args.cluster_cidr.is_empty() || args.node_cidr.is_empty() {
+        tracing::warn!(
+            "the cluster's or the nodes' ranges are not given (--cluster-cidr, --node-cidr): names may resolve to in-cluster or node addresses outside the private ranges (which are refused unless a CIDR rule allows them)"
+        );
+    }
     let ranges = (args.cluster_cidr.clone(), args.node_cidr.clone());
-    tokio::spawn(keep_directory(
+    let directory = tokio::spawn(keep_directory(
         client,
         args.namespace.clone(),
         ranges,
         tx,
-        stop.clone(),
+        directory_stop.clone(),
     ));
-    let gateway = Arc::new(Gateway {
-        directory: rx,
-        resolver: Arc::new(resolver),
-        connector: Arc::new(Direct),
+    let gateway = Arc::new(Gateway::new(
+        rx,
+        Arc::new(resolver),
+        Arc::new(Direct),
         key,
-        auditor: Auditor {
+        Auditor {
             sink: AuditSink::Stdout,
             metrics,
         },
-        timeouts: Timeouts {
+        Timeouts {
             drain: Duration::from_secs(args.drain_seconds),
             ..Timeouts::default()
         },
-    });
+        Limits {
+            connections: args.max_connections.max(1),
+            per_source: args.max_connections_per_source.max(1),
+            idle: Duration::from_secs(args.idle_seconds.max(1)),
+            ..Limits::default()
+        },
+    ));
     tracing::info!(listen = %args.listen, namespace = args.namespace.as_deref().unwrap_or("(all)"), "palisade gateway starting");
     serve(listener, gateway, stop.clone()).await;
-    stop.cancel();
+    directory_stop.cancel();
+    let _ = directory.await;
     let _ = probes.await;
     tracing::info!("stopped");
     Ok(())
@@ -198,6 +230,10 @@ async fn keep_directory(
     let (sandboxes, sandbox_writer) = reflector::store::<AgentSandbox>();
     let (policies, policy_writer) = reflector::store::<AgentPolicy>();
     let pod_config = watcher::Config::default().labels(SANDBOX_LABEL);
+    // A watch that keeps failing (API server unreachable, access revoked) leaves its cache
+    // stale: after WATCH_FAILING_LIMIT of failures without a success, everything is refused.
+    let failing_since: Arc<[std::sync::Mutex<Option<std::time::Instant>>; 3]> =
+        Arc::new(Default::default());
     let streams = [
         reflector::reflector(
             pod_writer,
@@ -218,16 +254,26 @@ async fn keep_directory(
         .map(|e| e.is_ok())
         .boxed(),
     ];
-    for stream in streams {
+    for (i, stream) in streams.into_iter().enumerate() {
         let changed = changed.clone();
         let stop = stop.clone();
+        let failing_since = failing_since.clone();
         tokio::spawn(async move {
             let mut stream = stream;
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
                     next = stream.next() => match next {
-                        Some(_) => changed.notify_one(),
+                        Some(ok) => {
+                            if let Ok(mut f) = failing_since[i].lock() {
+                                match (ok, *f) {
+                                    (true, _) => *f = None,
+                                    (false, None) => *f = Some(std::time::Instant::now()),
+                                    (false, Some(_)) => {}
+                                }
+                            }
+                            changed.notify_one();
+                        }
                         None => return,
                     },
                 }
@@ -245,16 +291,39 @@ async fn keep_directory(
     }
     tracing::info!("pods, sandboxes and policies listed: serving");
     let mut cache = RulesCache::default();
+    let mut dirty = true;
     loop {
-        publish(&pods, &sandboxes, &policies, &ranges, &mut cache, &tx);
+        let stale = failing_since.iter().any(|f| {
+            f.lock()
+                .ok()
+                .and_then(|f| *f)
+                .is_some_and(|since| since.elapsed() > WATCH_FAILING_LIMIT)
+        });
+        if stale {
+            if tx.borrow().synced {
+                tracing::error!(
+                    "a watch has failed for over a minute: refusing every request until it recovers"
+                );
+                tx.send_replace(Arc::new(Directory::default()));
+            }
+            dirty = true;
+        } else if dirty || !tx.borrow().synced {
+            publish(&pods, &sandboxes, &policies, &ranges, &mut cache, &tx);
+            dirty = false;
+        }
         tokio::select! {
             () = stop.cancelled() => return,
-            () = changed.notified() => {}
+            () = changed.notified() => dirty = true,
+            // Failing watches are looked at again even without events.
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
         // Coalesce a burst of events into one rebuild.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// How long a watch may fail without a success before the gateway refuses everything.
+const WATCH_FAILING_LIMIT: Duration = Duration::from_secs(60);
 
 fn publish(
     pods: &Store<Pod>,

@@ -11,6 +11,8 @@ use crate::policy::net::{AddrSet, Cidr, Family};
 /// reserved ranges, and the IPv6 discard prefix.
 const SPECIAL_CIDRS: &[&str] = &[
     "0.0.0.0/8",
+    "192.0.0.0/24",
+    "192.88.99.0/24",
     "127.0.0.0/8",
     "224.0.0.0/4",
     "240.0.0.0/4",
@@ -23,7 +25,7 @@ const SPECIAL_CIDRS: &[&str] = &[
 /// Private and shared ranges: dialled for a name only where a CIDR allow covers them.
 /// IPv6 prefixes that translate to IPv4 in ways the gateway cannot see through (local-use
 /// NAT64, Teredo) are treated as private too.
-const PRIVATE_EXTRA_CIDRS: &[&str] = &["64:ff9b:1::/48", "2001::/32", "198.18.0.0/15"];
+const PRIVATE_EXTRA_CIDRS: &[&str] = &["64:ff9b:1::/48", "2001::/32", "198.18.0.0/15", "fec0::/10"];
 
 fn set_of(list: &[&str]) -> AddrSet {
     list.iter()
@@ -59,15 +61,16 @@ pub fn is_private(ip: IpAddr) -> bool {
 }
 
 /// The IPv4 address carried inside an IPv6 one, where a translator or the host's stack would
-/// deliver to it: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), the NAT64
-/// well-known prefix (`64:ff9b::/96`) and 6to4 (`2002:AABB:CCDD::/48`).
+/// deliver to it: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-translated (`::ffff:0:a.b.c.d`),
+/// IPv4-compatible (`::a.b.c.d`), the NAT64 well-known prefix (`64:ff9b::/96`) and 6to4
+/// (`2002:AABB:CCDD::/48`).
 pub fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
     let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     if s[..5] == [0; 5] && (s[5] == 0xffff || (s[5] == 0 && u32::from(tail) > 1)) {
         return Some(tail);
     }
-    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..6] == [0, 0, 0, 0, 0xffff, 0] {
         return Some(tail);
     }
     if s[0] == 0x2002 {
@@ -119,6 +122,7 @@ mod tests {
             ("64:ff9b::a9fe:a9fe", "169.254.169.254"),
             ("2002:a9fe:a9fe::1", "169.254.169.254"),
             ("::ffff:127.0.0.1", "127.0.0.1"),
+            ("::ffff:0:a9fe:a9fe", "169.254.169.254"),
         ] {
             let IpAddr::V6(a) = ip(v6) else { panic!() };
             assert_eq!(embedded_v4(a), Some(v4.parse().unwrap()), "{v6}");

@@ -15,4 +15,5 @@ pub mod host;
 pub mod proxy;
 pub mod resolve;
 pub mod rules;
+pub mod testing;
 pub mod tls;

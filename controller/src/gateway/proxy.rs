@@ -2,6 +2,7 @@
 //! Every request is attributed, decided, resolved, checked and dialled here, in that order;
 //! anything that cannot be decided is refused.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -48,6 +49,8 @@ pub struct Timeouts {
     pub hello: Duration,
     /// Open tunnels get this long to finish once the gateway shuts down.
     pub drain: Duration,
+    /// A plain HTTP request's upstream connection and response head.
+    pub response: Duration,
 }
 
 impl Default for Timeouts {
@@ -58,6 +61,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(10),
             hello: Duration::from_secs(10),
             drain: Duration::from_secs(20),
+            response: Duration::from_secs(60),
         }
     }
 }
@@ -78,6 +82,35 @@ impl Connect for Direct {
     }
 }
 
+/// How much one gateway takes on.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections open at once, from everyone.
+    pub connections: usize,
+    /// Connections open at once from one source address (one sandbox pod).
+    pub per_source: usize,
+    /// A tunnel that carries no byte either way for this long is closed.
+    pub idle: Duration,
+    /// Request headers, in bytes and in number.
+    pub header_bytes: usize,
+    pub headers: usize,
+    /// Addresses of one name tried when connecting.
+    pub addresses: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: 20_000,
+            per_source: 512,
+            idle: Duration::from_secs(900),
+            header_bytes: 32 * 1024,
+            headers: 64,
+            addresses: 4,
+        }
+    }
+}
+
 /// Everything a connection needs.
 pub struct Gateway {
     pub directory: watch::Receiver<Arc<Directory>>,
@@ -86,12 +119,80 @@ pub struct Gateway {
     pub key: CredentialKey,
     pub auditor: Auditor,
     pub timeouts: Timeouts,
+    pub limits: Limits,
+    /// Open connections and tunnels: `serve` waits for them on shutdown.
+    tasks: tokio_util::task::TaskTracker,
+    /// Cancelled when the drain time is over: open tunnels close then.
+    hard_stop: CancellationToken,
+    connections: Arc<tokio::sync::Semaphore>,
+    per_source: std::sync::Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// Accepts connections until `shutdown`, then lets open tunnels drain for a while.
+impl Gateway {
+    pub fn new(
+        directory: watch::Receiver<Arc<Directory>>,
+        resolver: Arc<dyn Resolve>,
+        connector: Arc<dyn Connect>,
+        key: CredentialKey,
+        auditor: Auditor,
+        timeouts: Timeouts,
+        limits: Limits,
+    ) -> Self {
+        Gateway {
+            directory,
+            resolver,
+            connector,
+            key,
+            auditor,
+            timeouts,
+            limits,
+            tasks: tokio_util::task::TaskTracker::new(),
+            hard_stop: CancellationToken::new(),
+            connections: Arc::new(tokio::sync::Semaphore::new(limits.connections)),
+            per_source: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for a connection from `source`, if the limits allow one.
+    fn admit_connection(self: &Arc<Self>, source: IpAddr) -> Option<Slot> {
+        let permit = self.connections.clone().try_acquire_owned().ok()?;
+        let mut counts = self.per_source.lock().ok()?;
+        let n = counts.entry(source).or_insert(0);
+        if *n >= self.limits.per_source {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            gw: self.clone(),
+            source,
+            _permit: permit,
+        })
+    }
+}
+
+/// A connection's place in the limits, given back when it ends.
+struct Slot {
+    gw: Arc<Gateway>,
+    source: IpAddr,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.gw.per_source.lock()
+            && let Some(n) = counts.get_mut(&self.source)
+        {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Accepts connections until `shutdown`, then lets open connections and tunnels drain for
+/// `timeouts.drain`, then closes what is left.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: CancellationToken) {
-    let tunnels = tokio_util::task::TaskTracker::new();
-    let hard_stop = CancellationToken::new();
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -104,37 +205,50 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: Cancellati
                 }
             },
         };
+        let Some(slot) = gw.admit_connection(peer.ip()) else {
+            let mut d = Decision::new(Activity::Http, peer, String::new(), 0);
+            d.denial = Some(Denial::Overloaded);
+            gw.auditor.record(&d);
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let gw = gw.clone();
-        let stop = hard_stop.clone();
-        tunnels.spawn(async move {
+        let gw2 = gw.clone();
+        gw.tasks.spawn(async move {
+            let stop = gw2.hard_stop.clone();
             tokio::select! {
-                () = connection(gw, stream, peer) => {}
+                () = connection(gw2, stream, peer, Arc::new(slot)) => {}
                 () = stop.cancelled() => {}
             }
         });
     }
-    tunnels.close();
-    if tokio::time::timeout(gw.timeouts.drain, tunnels.wait())
+    drop(listener);
+    gw.tasks.close();
+    if tokio::time::timeout(gw.timeouts.drain, gw.tasks.wait())
         .await
         .is_err()
     {
-        hard_stop.cancel();
-        tunnels.wait().await;
+        gw.hard_stop.cancel();
+        gw.tasks.wait().await;
     }
 }
 
-async fn connection(gw: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one client connection. `slot` is its place in the connection limits, held by the
+/// connection and by a tunnel it turns into.
+async fn connection(gw: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, slot: Arc<Slot>) {
     let service = {
         let gw = gw.clone();
         service_fn(move |req| {
             let gw = gw.clone();
-            async move { Ok::<_, Infallible>(handle(gw, peer, req).await) }
+            let slot = slot.clone();
+            async move { Ok::<_, Infallible>(handle(gw, peer, req, slot).await) }
         })
     };
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(gw.timeouts.header)
+        .max_buf_size(gw.limits.header_bytes.max(8192))
+        .max_headers(gw.limits.headers)
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
@@ -191,10 +305,15 @@ fn refusal(denial: Denial, target: &str) -> Response<Body> {
     r
 }
 
-async fn handle(gw: Arc<Gateway>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    slot: Arc<Slot>,
+) -> Response<Body> {
     let started = Instant::now();
     if req.method() == Method::CONNECT {
-        connect(gw, peer, req, started).await
+        connect(gw, peer, req, started, slot).await
     } else if req.uri().scheme_str() == Some("http") && req.uri().authority().is_some() {
         forward(gw, peer, req, started).await
     } else {
@@ -248,11 +367,13 @@ async fn admit(
         }
     };
     rules.check_addresses(&ips, port)?;
-    for ip in ips {
+    // Every answer was checked; a few are tried, within one connect budget.
+    let deadline = tokio::time::Instant::now() + gw.timeouts.connect;
+    for ip in ips.into_iter().take(gw.limits.addresses) {
         let address = SocketAddr::new(dial_form(ip), port);
         d.address = Some(address);
         if let Ok(Ok(upstream)) =
-            tokio::time::timeout(gw.timeouts.connect, gw.connector.connect(address)).await
+            tokio::time::timeout_at(deadline, gw.connector.connect(address)).await
         {
             let _ = upstream.set_nodelay(true);
             return Ok(Admitted {
@@ -280,6 +401,7 @@ async fn connect(
     peer: SocketAddr,
     req: Request<Incoming>,
     started: Instant,
+    slot: Arc<Slot>,
 ) -> Response<Body> {
     let authority = req
         .uri()
@@ -303,9 +425,13 @@ async fn connect(
             return refusal(denial, &authority);
         }
     };
-    tokio::spawn(async move {
+    let tasks = gw.tasks.clone();
+    tasks.spawn(async move {
         match hyper::upgrade::on(req).await {
-            Ok(upgraded) => tunnel(gw, TokioIo::new(upgraded), admitted, d, started).await,
+            Ok(upgraded) => {
+                tunnel(gw, TokioIo::new(upgraded), admitted, d, started).await;
+                drop(slot);
+            }
             Err(e) => tracing::debug!(error = %e, "the CONNECT upgrade failed"),
         }
     });
@@ -340,8 +466,28 @@ impl Gateway {
     }
 }
 
+/// Whether the server name a ClientHello carries is `host`: the same ASCII letters, digits,
+/// hyphens and dots (case and one final dot aside). No IDNA mapping: the server sees the bytes
+/// as sent.
+pub fn sni_is(sni: &str, host: &str) -> bool {
+    let sni = sni.strip_suffix('.').unwrap_or(sni);
+    !sni.is_empty()
+        && sni
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && sni.eq_ignore_ascii_case(host)
+}
+
+/// Why a tunnel ended.
+enum End {
+    Done,
+    Revoked,
+    Idle,
+    Shutdown,
+}
+
 /// Reads the ClientHello (for names), forwards it, then carries bytes both ways until either
-/// side closes or the policy stops allowing the tunnel.
+/// side closes, the policy stops allowing the tunnel, it stays idle, or the gateway stops.
 async fn tunnel<S>(gw: Arc<Gateway>, mut client: S, a: Admitted, mut d: Decision, started: Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -352,7 +498,7 @@ where
         let outcome =
             tokio::time::timeout(gw.timeouts.hello, read_hello(&mut client, &mut first)).await;
         let denial = match outcome {
-            Ok(Ok(sni)) if parse_host(&sni) == Ok(Host::Name(name.clone())) => None,
+            Ok(Ok(sni)) if sni_is(&sni, name) => None,
             Ok(Ok(_)) => Some(Denial::SniMismatch),
             Ok(Err(denial)) => Some(denial),
             Err(_) => Some(Denial::NotTls),
@@ -366,6 +512,15 @@ where
             return;
         }
     }
+    // The directory may have changed while the hello was read.
+    if !gw.still_allowed(d.source, &grant) {
+        d.denial = Some(Denial::PolicyChanged);
+        d.duration = started.elapsed();
+        gw.metrics_decided(started);
+        gw.auditor.record(&d);
+        let _ = client.shutdown().await;
+        return;
+    }
     gw.metrics_decided(started);
     d.duration = started.elapsed();
     gw.auditor.record(&d);
@@ -374,26 +529,48 @@ where
     let inn = Arc::new(AtomicU64::new(0));
     let mut upstream = Counting::new(upstream, inn.clone());
     let mut client = Counting::new(client, out.clone());
-    let mut closed_by_policy = false;
+    let mut end = End::Done;
     if upstream.inner.write_all(&first).await.is_ok() {
         out.fetch_add(first.len() as u64, Ordering::Relaxed);
         let mut changes = gw.directory.clone();
-        tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-            () = revoked(&gw, &mut changes, d.source, &grant) => { closed_by_policy = true; }
-        }
+        end = tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => End::Done,
+            () = revoked(&gw, &mut changes, d.source, &grant) => End::Revoked,
+            () = idle(gw.limits.idle, &out, &inn) => End::Idle,
+            () = gw.hard_stop.cancelled() => End::Shutdown,
+        };
     }
     gw.auditor.metrics.open_tunnels.dec();
     let mut close = d;
     close.activity = Activity::Close;
-    close.denial = closed_by_policy.then_some(Denial::PolicyChanged);
+    close.denial = match end {
+        End::Done => None,
+        End::Revoked => Some(Denial::PolicyChanged),
+        End::Idle => Some(Denial::Idle),
+        End::Shutdown => Some(Denial::Shutdown),
+    };
     close.bytes_out = out.load(Ordering::Relaxed);
     close.bytes_in = inn.load(Ordering::Relaxed);
     close.duration = started.elapsed();
     gw.auditor.record(&close);
 }
 
-/// Resolves once the directory no longer allows the grant (it is checked at every change).
+/// Resolves once no byte has moved either way for `limit`.
+async fn idle(limit: Duration, out: &AtomicU64, inn: &AtomicU64) {
+    let mut last = (out.load(Ordering::Relaxed), inn.load(Ordering::Relaxed));
+    loop {
+        tokio::time::sleep(limit).await;
+        let now = (out.load(Ordering::Relaxed), inn.load(Ordering::Relaxed));
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
+/// Resolves once the directory no longer allows the grant (it is checked at every change). If
+/// the directory's writer is gone (the gateway is stopping), it never resolves: the drain and
+/// the hard stop end the tunnel.
 async fn revoked(
     gw: &Gateway,
     changes: &mut watch::Receiver<Arc<Directory>>,
@@ -405,13 +582,13 @@ async fn revoked(
             return;
         }
         if changes.changed().await.is_err() {
-            // The directory's writer is gone: nothing can be decided any more.
-            return;
+            std::future::pending::<()>().await;
         }
     }
 }
 
-/// Reads until the bytes make a whole ClientHello; returns its server name.
+/// Reads until the bytes hold a whole ClientHello; returns its server name. Bytes after it in
+/// the same reads (early data) stay in `buf` and are forwarded with it.
 async fn read_hello<S: AsyncRead + Unpin>(
     client: &mut S,
     buf: &mut Vec<u8>,
@@ -419,9 +596,7 @@ async fn read_hello<S: AsyncRead + Unpin>(
     let mut chunk = [0u8; 4096];
     loop {
         match client_hello(buf) {
-            Hello::Server { name, consumed } if consumed == buf.len() => return Ok(name),
-            // Bytes after the hello before the server answered: not a TLS client.
-            Hello::Server { .. } => return Err(Denial::NotTls),
+            Hello::Server { name, .. } => return Ok(name),
             Hello::Refused(denial) => return Err(denial),
             Hello::NeedMore => {}
         }
@@ -491,6 +666,14 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
+/// End-to-end headers a `Connection` header may not remove: the request's target and framing.
+const PROTECTED: [HeaderName; 4] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+];
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -498,6 +681,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !PROTECTED.contains(n))
         .collect();
     for n in named {
         headers.remove(n);
@@ -553,6 +737,10 @@ async fn forward(
     };
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // The Host the checks were made on, whatever the headers said after them.
+    if let Ok(v) = HeaderValue::from_str(&host.to_string()) {
+        parts.headers.insert(header::HOST, v);
+    }
     let path = parts
         .uri
         .path_and_query()
@@ -563,17 +751,27 @@ async fn forward(
         Err(_) => return refuse(d, Denial::BadRequest),
     };
     let upstream_req = Request::from_parts(parts, body);
-    let response = async {
+    let Admitted { grant, upstream } = admitted;
+    let response = tokio::time::timeout(gw.timeouts.response, async {
         let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(admitted.upstream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
+            hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await?;
+        // The upstream connection lives while the response streams, and dies when the policy
+        // stops allowing it or the gateway stops.
+        let watch_gw = gw.clone();
+        let tasks = gw.tasks.clone();
+        tasks.spawn(async move {
+            let mut changes = watch_gw.directory.clone();
+            tokio::select! {
+                _ = conn => {}
+                () = revoked(&watch_gw, &mut changes, peer, &grant) => {}
+                () = watch_gw.hard_stop.cancelled() => {}
+            }
         });
         sender.send_request(upstream_req).await
-    }
+    })
     .await;
     match response {
-        Ok(resp) => {
+        Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             d.bytes_in = parts
@@ -587,6 +785,49 @@ async fn forward(
             gw.auditor.record(&d);
             Response::from_parts(parts, body.boxed())
         }
-        Err(_) => refuse(d, Denial::UpstreamFailed),
+        _ => refuse(d, Denial::UpstreamFailed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_name_must_be_the_host_byte_for_byte() {
+        assert!(sni_is("api.example.com", "api.example.com"));
+        assert!(sni_is("API.Example.com.", "api.example.com"));
+        for other in [
+            "api\u{AD}.example.com",
+            "\u{FF41}pi.example.com",
+            "api\u{200B}.example.com",
+            "api.example.com..",
+            "api.example.com:443",
+            "api_example.com",
+            "",
+            "x.api.example.com",
+        ] {
+            assert!(!sni_is(other, "api.example.com"), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn a_connection_header_cannot_name_the_target_or_framing() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a.example.com"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("host, content-length, x-foo"),
+        );
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
+        strip_hop_by_hop(&mut h);
+        assert!(h.contains_key(header::HOST) && h.contains_key(header::CONTENT_LENGTH));
+        assert!(!h.contains_key("x-foo") && !h.contains_key(header::PROXY_AUTHORIZATION));
+        assert!(!h.contains_key(header::CONNECTION));
     }
 }

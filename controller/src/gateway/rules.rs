@@ -59,6 +59,12 @@ pub enum Denial {
     PolicyUnavailable,
     /// The policy changed and no longer allows an open tunnel.
     PolicyChanged,
+    /// A tunnel carried nothing for the idle limit.
+    Idle,
+    /// The gateway stopped (its drain time was over) while the tunnel was open.
+    Shutdown,
+    /// The gateway's connection limits (in all, or from this source) were reached.
+    Overloaded,
 }
 
 impl Denial {
@@ -86,10 +92,13 @@ impl Denial {
             Denial::NotSynced => "NotSynced",
             Denial::PolicyUnavailable => "PolicyUnavailable",
             Denial::PolicyChanged => "PolicyChanged",
+            Denial::Idle => "Idle",
+            Denial::Shutdown => "Shutdown",
+            Denial::Overloaded => "Overloaded",
         }
     }
 
-    pub const ALL: [Denial; 22] = [
+    pub const ALL: [Denial; 25] = [
         Denial::NoMatchingRule,
         Denial::PortNotAllowed,
         Denial::NameDenied,
@@ -112,6 +121,9 @@ impl Denial {
         Denial::NotSynced,
         Denial::PolicyUnavailable,
         Denial::PolicyChanged,
+        Denial::Idle,
+        Denial::Shutdown,
+        Denial::Overloaded,
     ];
 }
 

@@ -15,15 +15,20 @@ pub const MAX_HELLO: usize = 64 * 1024;
 
 const RECORD_HANDSHAKE: u8 = 22;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
-/// `encrypted_client_hello` (RFC 9460 / draft-ietf-tls-esni) and the older `encrypted_server_name`.
-const ECH_TYPES: [u16; 2] = [0xfe0d, 0xffce];
+/// `encrypted_client_hello` (draft-ietf-tls-esni: 0xfe0d, and the draft codepoints 0xfe08 to
+/// 0xfe0c) and the older `encrypted_server_name` (0xffce).
+const ECH_TYPES: [u16; 7] = [0xfe0d, 0xfe08, 0xfe09, 0xfe0a, 0xfe0b, 0xfe0c, 0xffce];
+/// A ClientHello split over more records than this is refused: real clients use one or two, and
+/// every extra record costs a pass over the bytes read so far.
+pub const MAX_RECORDS: usize = 16;
 
 /// What the bytes read so far say.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Hello {
     /// Not enough bytes yet.
     NeedMore,
-    /// A complete ClientHello for this server name, `consumed` bytes long (whole records).
+    /// A complete ClientHello for this server name (as sent), `consumed` bytes long (whole
+    /// records).
     Server { name: String, consumed: usize },
     /// Refused.
     Refused(Denial),
@@ -33,7 +38,12 @@ pub enum Hello {
 pub fn client_hello(buf: &[u8]) -> Hello {
     let mut handshake: Vec<u8> = Vec::new();
     let mut at = 0;
+    let mut records = 0;
     loop {
+        records += 1;
+        if records > MAX_RECORDS {
+            return Hello::Refused(Denial::NotTls);
+        }
         // Record header: type, version (3.x), length.
         let Some(header) = buf.get(at..at + 5) else {
             return more_or_refused(buf.len());
@@ -183,7 +193,7 @@ pub(crate) mod tests {
     #[test]
     fn the_server_name_is_read_from_one_or_several_records() {
         let hs = hello(&[sni("api.example.com")]);
-        for chunk in [hs.len(), 10, 1] {
+        for chunk in [hs.len(), hs.len() / MAX_RECORDS + 1] {
             let bytes = records(&hs, chunk);
             assert_eq!(
                 client_hello(&bytes),
@@ -213,6 +223,23 @@ pub(crate) mod tests {
         );
         assert_eq!(
             refused(&[(0xffce, vec![0]), sni("api.example.com")]),
+            Hello::Refused(Denial::EchOffered)
+        );
+    }
+
+    #[test]
+    fn a_hello_in_many_tiny_records_is_refused() {
+        let hs = hello(&[sni("api.example.com")]);
+        assert_eq!(
+            client_hello(&records(&hs, 1)),
+            Hello::Refused(Denial::NotTls)
+        );
+        // Draft ECH codepoints count as ECH too.
+        assert_eq!(
+            client_hello(&records(
+                &hello(&[sni("a.example.com"), (0xfe0a, vec![1])]),
+                4000
+            )),
             Hello::Refused(Denial::EchOffered)
         );
     }
