@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use palisade::gateway::audit::GatewayMetrics;
 use palisade::ops::metrics::Metrics;
 use prometheus::proto::MetricType;
 use serde_json::Value;
@@ -29,17 +30,21 @@ const TARGET_LABELS: [&str; 7] = [
     "endpoint",
 ];
 
-/// The operator's metric families: name → (type, label names).
+/// The metric families of the operator and of the egress gateway: name → (type, label names).
 fn exported_families() -> BTreeMap<String, (MetricType, BTreeSet<String>)> {
     let metrics = Metrics::new();
     metrics.observe_reconcile("agentsandbox").finish();
     metrics.reconcile_error("agentsandbox", "Conflict");
     metrics.compile_error("PolicyInvalid");
     metrics.observe_start_latency(Duration::from_secs(1));
+    let gateway = GatewayMetrics::new();
+    gateway.bytes.with_label_values(&["out"]).inc();
+    gateway.decision_seconds.observe(0.001);
     metrics
         .registry
         .gather()
         .iter()
+        .chain(gateway.registry.gather().iter())
         .map(|family| {
             let labels = family
                 .get_metric()
