@@ -138,6 +138,7 @@ fn child() {
             Auditor {
                 sink: AuditSink::Memory(Default::default()),
                 metrics: GatewayMetrics::new(),
+                denials: None,
             },
             Timeouts::default(),
             Limits {

@@ -12,6 +12,7 @@ use base64::Engine;
 use palisade::api::{AgentPolicy, AgentSandbox};
 use palisade::gateway::audit::{AuditSink, Auditor, GatewayMetrics};
 use palisade::gateway::credential::CredentialKey;
+use palisade::gateway::denials::DenialLog;
 use palisade::gateway::directory::{Directory, RulesCache, build};
 use palisade::gateway::proxy::{Gateway, Limits, Timeouts, serve};
 use palisade::gateway::resolve::DnsResolver;
@@ -236,6 +237,7 @@ struct World {
     roots: rustls::RootCertStore,
     key: CredentialKey,
     metrics: GatewayMetrics,
+    denials: Arc<Mutex<DenialLog>>,
     stop: CancellationToken,
     served: tokio::task::JoinHandle<()>,
 }
@@ -283,6 +285,7 @@ async fn world_with(limits: Limits) -> World {
     let (tx, rx) = watch::channel(Arc::new(directory(true, &mut cache)));
     let audit = Arc::new(Mutex::new(Vec::new()));
     let metrics = GatewayMetrics::new();
+    let denials = Arc::new(Mutex::new(DenialLog::default()));
     let key = CredentialKey::from_bytes(&KEY).unwrap();
     let gw = Arc::new(Gateway::new(
         rx,
@@ -292,6 +295,7 @@ async fn world_with(limits: Limits) -> World {
         Auditor {
             sink: AuditSink::Memory(audit.clone()),
             metrics: metrics.clone(),
+            denials: Some(denials.clone()),
         },
         Timeouts {
             hello: Duration::from_secs(3),
@@ -317,6 +321,7 @@ async fn world_with(limits: Limits) -> World {
         roots,
         key,
         metrics,
+        denials,
         stop,
         served,
     }
@@ -495,6 +500,12 @@ async fn names_the_policy_does_not_allow_are_refused_before_any_lookup() {
         assert_eq!((status, denial_header(&head)), (403, reason), "{target}");
     }
     assert!(w.dialled().is_empty());
+    // Counted for the sandbox's status, and announced once per host.
+    let (pending, events) = w.denials.lock().unwrap().take();
+    assert_eq!(pending["u1"].total, 5);
+    assert_eq!(pending["u1"].hosts.len(), 5);
+    assert_eq!(events.len(), 1, "one event per interval: {events:?}");
+    assert!(events[0].note.contains("evil.example.com:443"));
 }
 
 #[tokio::test]

@@ -380,4 +380,47 @@ pub struct AgentSandboxStatus {
     /// A sentence for people: why the sandbox is in this phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+
+    /// Requests the egress gateway refused for this sandbox (written by the gateway, not the
+    /// operator): how many, and the hosts refused most recently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_denials: Option<EgressDenials>,
+}
+
+/// What the egress gateway refused for one sandbox.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressDenials {
+    /// Requests refused in all.
+    #[serde(default)]
+    pub total: i64,
+
+    /// The hosts refused most recently, newest first (at most 8), each with its count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub hosts: Vec<EgressDenial>,
+}
+
+/// Refused requests to one host and port.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressDenial {
+    /// The host asked for (a name or an address), at most 253 characters.
+    #[schemars(length(max = 253))]
+    pub host: String,
+
+    /// The port asked for.
+    pub port: i32,
+
+    /// Why the last request was refused (`NoMatchingRule`, `PortNotAllowed`, `FloorAddress`,
+    /// `PrivateAddress`, `DeniedAddress`, `SniMismatch`, ...; the gateway's audit lines and
+    /// README list them all).
+    #[schemars(length(max = 64))]
+    pub reason: String,
+
+    /// Requests to this host and port refused.
+    pub count: i64,
+
+    /// When the last one was refused.
+    pub last_time: Time,
 }

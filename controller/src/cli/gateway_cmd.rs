@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{AgentPolicy, AgentSandbox, SANDBOX_LABEL};
 use crate::gateway::audit::{AuditSink, Auditor, GatewayMetrics};
 use crate::gateway::credential::CredentialKey;
+use crate::gateway::denials::{DenialLog, merge};
 use crate::gateway::directory::{Directory, RulesCache, build};
 use crate::gateway::proxy::{Direct, Gateway, Limits, Timeouts, serve};
 use crate::gateway::resolve::DnsResolver;
@@ -129,10 +130,16 @@ pub async fn run(args: GatewayArgs) -> Result<(), String> {
     }
     let ranges = (args.cluster_cidr.clone(), args.node_cidr.clone());
     let directory = tokio::spawn(keep_directory(
-        client,
+        client.clone(),
         args.namespace.clone(),
         ranges,
         tx,
+        directory_stop.clone(),
+    ));
+    let denials = Arc::new(std::sync::Mutex::new(DenialLog::default()));
+    let reporter = tokio::spawn(report_denials(
+        client.clone(),
+        denials.clone(),
         directory_stop.clone(),
     ));
     let gateway = Arc::new(Gateway::new(
@@ -143,6 +150,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), String> {
         Auditor {
             sink: AuditSink::Stdout,
             metrics,
+            denials: Some(denials),
         },
         Timeouts {
             drain: Duration::from_secs(args.drain_seconds),
@@ -159,6 +167,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), String> {
     serve(listener, gateway, stop.clone()).await;
     directory_stop.cancel();
     let _ = directory.await;
+    let _ = reporter.await;
     let _ = probes.await;
     tracing::info!("stopped");
     Ok(())
@@ -344,4 +353,96 @@ fn publish(
         cache,
     );
     tx.send_replace(Arc::new(directory));
+}
+
+/// How often refusals are written to sandboxes' status.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Every REPORT_EVERY, adds the refusals counted since to each sandbox's
+/// `status.egressDenials` (a merge patch conditional on the resource version read, so
+/// replicas add up; a conflict keeps them for the next round) and publishes the events due.
+async fn report_denials(
+    client: Client,
+    log: Arc<std::sync::Mutex<DenialLog>>,
+    stop: CancellationToken,
+) {
+    let recorder = kube::runtime::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "palisade-gateway".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    loop {
+        let stopping = tokio::select! {
+            () = stop.cancelled() => true,
+            () = tokio::time::sleep(REPORT_EVERY) => false,
+        };
+        let (pending, events) = match log.lock() {
+            Ok(mut l) => l.take(),
+            Err(_) => return,
+        };
+        for e in events {
+            let reference = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some(crate::api::API_VERSION.into()),
+                kind: Some("AgentSandbox".into()),
+                name: Some(e.name.clone()),
+                namespace: Some(e.namespace.clone()),
+                uid: Some(e.uid.clone()),
+                ..Default::default()
+            };
+            let event = kube::runtime::events::Event {
+                type_: kube::runtime::events::EventType::Warning,
+                reason: "EgressDenied".into(),
+                note: Some(e.note),
+                action: "Proxy".into(),
+                secondary: None,
+            };
+            if let Err(err) = recorder.publish(&event, &reference).await {
+                tracing::debug!(error = %err, "could not publish an event");
+            }
+        }
+        for (uid, p) in pending {
+            let api: Api<AgentSandbox> = Api::namespaced(client.clone(), &p.namespace);
+            let current = match api.get_opt(&p.name).await {
+                Ok(Some(s)) if s.metadata.uid.as_deref() == Some(uid.as_str()) => s,
+                // Gone, or another sandbox of that name: nothing to write.
+                Ok(_) => continue,
+                Err(err) => {
+                    tracing::debug!(error = %err, "could not read a sandbox for its egress denials");
+                    if let Ok(mut l) = log.lock() {
+                        l.restore(uid, p);
+                    }
+                    continue;
+                }
+            };
+            let merged = merge(
+                current
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.egress_denials.as_ref()),
+                &p,
+            );
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": current.metadata.resource_version},
+                "status": {"egressDenials": merged},
+            });
+            if let Err(err) = api
+                .patch_status(
+                    &p.name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+            {
+                tracing::debug!(error = %err, "could not write egress denials (kept for the next round)");
+                if let Ok(mut l) = log.lock() {
+                    l.restore(uid, p);
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
 }

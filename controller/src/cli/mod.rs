@@ -2,6 +2,7 @@
 
 pub mod documents;
 pub mod facts_args;
+#[cfg(feature = "gateway")]
 pub mod gateway_cmd;
 pub mod output;
 pub mod policy_cmd;
@@ -36,6 +37,7 @@ pub enum Command {
     WaitIsolated(wait_isolated::WaitIsolatedArgs),
     /// Run the egress gateway: an HTTP proxy that lets each sandbox reach the domain names its
     /// policy allows, on any network plugin, until SIGTERM/SIGINT.
+    #[cfg(feature = "gateway")]
     Gateway(Box<gateway_cmd::GatewayArgs>),
 }
 
@@ -50,6 +52,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             runtime.block_on(run_cmd::run(*args))
         }
         Command::WaitIsolated(args) => wait_isolated::run(args),
+        #[cfg(feature = "gateway")]
         Command::Gateway(args) => {
             let runtime = tokio::runtime::Runtime::new()
                 .map_err(|e| format!("cannot start the async runtime: {e}"))?;

@@ -204,15 +204,33 @@ impl Default for GatewayMetrics {
     }
 }
 
-/// Writes audit lines and counts decisions.
+/// Writes audit lines and counts decisions; refusals of a known sandbox also go to `denials`
+/// (its status summary and events), when set.
 #[derive(Clone)]
 pub struct Auditor {
     pub sink: AuditSink,
     pub metrics: GatewayMetrics,
+    pub denials: Option<Arc<Mutex<super::denials::DenialLog>>>,
 }
 
 impl Auditor {
     pub fn record(&self, d: &Decision) {
+        if let (Some(log), Some(source), Some(reason), false) = (
+            &self.denials,
+            &d.sandbox,
+            d.denial,
+            d.activity == Activity::Close,
+        ) && let Ok(mut log) = log.lock()
+        {
+            log.record(
+                source,
+                &d.host,
+                d.port,
+                reason,
+                jiff::Timestamp::now(),
+                std::time::Instant::now(),
+            );
+        }
         match d.activity {
             Activity::Close => {
                 self.metrics

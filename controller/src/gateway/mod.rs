@@ -10,10 +10,15 @@
 pub mod addr;
 pub mod audit;
 pub mod credential;
+pub mod denials;
 pub mod directory;
 pub mod host;
+#[cfg(feature = "gateway")]
 pub mod proxy;
+#[cfg(feature = "gateway")]
 pub mod resolve;
 pub mod rules;
+#[cfg(feature = "gateway")]
 pub mod testing;
+#[cfg(feature = "gateway")]
 pub mod tls;

@@ -317,7 +317,12 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
         now,
     );
     record.write(&mut new_status);
-    if new_status != previous {
+    // The gateway writes egressDenials; the operator never applies (so never owns) that field.
+    let previous_own = AgentSandboxStatus {
+        egress_denials: None,
+        ..previous.clone()
+    };
+    if new_status != previous_own {
         if let Some((reason, note)) = warning(&previous, &outcome) {
             let event = Event {
                 type_: EventType::Warning,
