@@ -103,7 +103,13 @@ fn child() {
         .expect("BENCH_UPSTREAM")
         .parse()
         .expect("address");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let rt = match std::env::var("BENCH_RUNTIME").as_deref() {
+        Ok("current") => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime"),
+        _ => tokio::runtime::Runtime::new().expect("runtime"),
+    };
     rt.block_on(async move {
         let dns = dns_server(
             HashMap::from([(NAME.to_string(), vec![vec!["192.0.2.10".parse().unwrap()]])]),
@@ -136,7 +142,12 @@ fn child() {
             Arc::new(connector),
             CredentialKey::from_bytes(KEY).expect("key"),
             Auditor {
-                sink: AuditSink::Memory(Default::default()),
+                // Audit lines go to standard output, as in a cluster (here /dev/null).
+                sink: if std::env::var_os("BENCH_NO_AUDIT").is_some() {
+                    AuditSink::Discard
+                } else {
+                    AuditSink::Stdout
+                },
                 metrics: GatewayMetrics::new(),
                 denials: None,
             },
@@ -147,8 +158,8 @@ fn child() {
             },
         ));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        println!("{}", listener.local_addr().expect("addr").port());
-        std::io::stdout().flush().ok();
+        eprintln!("{}", listener.local_addr().expect("addr").port());
+        std::io::stderr().flush().ok();
         let stop = tokio_util::sync::CancellationToken::new();
         let stopper = stop.clone();
         std::thread::spawn(move || {
@@ -178,13 +189,15 @@ async fn setup(p: &Proxy, upstream: SocketAddr, hello: &[u8]) -> std::io::Result
             p.auth
         );
         s.write_all(req.as_bytes()).await?;
+        // The response head comes alone (upstream answers only after the hello).
         let mut head = Vec::new();
-        let mut byte = [0u8; 1];
+        let mut chunk = [0u8; 512];
         while !head.ends_with(b"\r\n\r\n") {
-            if s.read(&mut byte).await? == 0 {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
                 return Err(std::io::Error::other("closed"));
             }
-            head.push(byte[0]);
+            head.extend_from_slice(&chunk[..n]);
         }
         if !head.starts_with(b"HTTP/1.1 200") && !head.starts_with(b"HTTP/1.0 200") {
             return Err(std::io::Error::other(
@@ -299,11 +312,12 @@ fn start_gateway(upstream: SocketAddr) -> (Child, u16) {
         .env("PALISADE_BENCH_GATEWAY_CHILD", "1")
         .env("BENCH_UPSTREAM", upstream.to_string())
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start the gateway child");
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+    std::io::BufReader::new(child.stderr.take().expect("stderr"))
         .read_line(&mut line)
         .expect("port");
     (child, line.trim().parse().expect("port number"))

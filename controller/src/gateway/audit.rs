@@ -111,6 +111,8 @@ impl Decision {
 #[derive(Clone)]
 pub enum AuditSink {
     Stdout,
+    /// Metrics only (benchmarks that measure the audit line's cost).
+    Discard,
     Memory(Arc<Mutex<Vec<Value>>>),
 }
 
@@ -266,6 +268,9 @@ impl Auditor {
                 }
             }
         }
+        if matches!(self.sink, AuditSink::Discard) {
+            return;
+        }
         let line = d.to_json(SystemTime::now());
         match &self.sink {
             AuditSink::Stdout => {
@@ -278,6 +283,7 @@ impl Auditor {
                     l.push(line);
                 }
             }
+            AuditSink::Discard => {}
         }
     }
 }

@@ -478,6 +478,9 @@ pub fn sni_is(sni: &str, host: &str) -> bool {
         && sni.eq_ignore_ascii_case(host)
 }
 
+/// Buffer of each direction of a tunnel (tokio's default of 8 KiB costs a system call per 8 KiB).
+const COPY_BUFFER: usize = 64 * 1024;
+
 /// Why a tunnel ended.
 enum End {
     Done,
@@ -534,7 +537,7 @@ where
         out.fetch_add(first.len() as u64, Ordering::Relaxed);
         let mut changes = gw.directory.clone();
         end = tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => End::Done,
+            _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, COPY_BUFFER, COPY_BUFFER) => End::Done,
             () = revoked(&gw, &mut changes, d.source, &grant) => End::Revoked,
             () = idle(gw.limits.idle, &out, &inn) => End::Idle,
             () = gw.hard_stop.cancelled() => End::Shutdown,
