@@ -105,11 +105,30 @@ fn every_example_pod_is_restricted() {
                 _ => None,
             })
             .expect("policy of example sandbox");
-        let plan = compile(p, s, &ClusterFacts::default(), 0).expect("example compiles");
+        // Domain names go through the egress gateway (examples/package-registry.yaml).
+        let facts = ClusterFacts {
+            gateway: Some(palisade::render::facts::GatewayFacts {
+                address: "10.96.0.50:3128".parse().expect("address"),
+                namespace_labels: [(
+                    "kubernetes.io/metadata.name".to_string(),
+                    "palisade-system".to_string(),
+                )]
+                .into(),
+                pod_labels: [(
+                    "app.kubernetes.io/name".to_string(),
+                    "palisade-gateway".to_string(),
+                )]
+                .into(),
+                target_port: 3128,
+                key: None,
+            }),
+            ..ClusterFacts::default()
+        };
+        let plan = compile(p, s, &facts, 0).expect("example compiles");
         assert_hardened(&plan);
         rendered += 1;
     }
-    assert_eq!(rendered, 3);
+    assert_eq!(rendered, 4);
 }
 
 fn blocked(spec: AgentPolicySpec, sb: AgentSandbox, facts: &ClusterFacts) -> BlockReason {
