@@ -41,7 +41,6 @@ fn table() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ("deny with selector", policy("  network:\n    egress:\n      deny:\n        - to: [{podSelector: {}}]\n"), vec!["deny rules take cidr peers only"]),
         ("bad fqdn", policy("  network:\n    egress:\n      allow:\n        - to: [{fqdn: 'Bad_Name.com'}]\n"), vec!["not a lower-case domain"]),
         ("mixed legacy and directional", policy("  network:\n    allowOutbound: true\n    egress:\n      default: deny\n"), vec!["cannot be mixed"]),
-        ("blocked host name under allow-all", policy("  network:\n    allowOutbound: true\n    blockedHosts: [evil.example.com]\n"), vec!["blockedHosts[0]", "cannot be cut out"]),
         ("proxy host name", policy("  runtimeConfig:\n    networkProxy: http://proxy.corp:3128\n"), vec!["runtimeConfig.networkProxy", "IP address"]),
         ("proxy with egress rules", policy("  runtimeConfig:\n    networkProxy: http://192.0.2.10:3128\n  network:\n    egress:\n      default: allow\n"), vec!["different connectivity models"]),
         ("root user", policy("  privileges:\n    runAsUser: 0\n"), vec!["privileges.runAsUser", "0 (root) is not allowed"]),

@@ -249,3 +249,67 @@ fn offline_the_url_has_placeholders_not_a_credential() {
         "http://SANDBOX-UID:CREDENTIAL@10.96.0.50:3128"
     );
 }
+
+#[test]
+fn host_names_blocked_under_allow_all_send_all_egress_through_the_gateway() {
+    let network =
+        json!({"allowOutbound": true, "blockedHosts": ["evil.example.com", "203.0.113.0/24"]});
+    let plan = compile(
+        &policy(network.clone()),
+        &sandbox(json!([])),
+        &facts(FqdnBackend::Auto, false, true),
+        0,
+    )
+    .expect("compiles with the gateway");
+    // Only the gateway: no direct egress, no DNS.
+    let rules = egress(&plan);
+    assert_eq!(rules.as_array().unwrap().len(), 2, "{rules}");
+    assert!(rules.to_string().contains("10.96.0.50/32"));
+    let env = env(&plan);
+    assert!(env["HTTPS_PROXY"].ends_with("@10.96.0.50:3128"));
+    assert!(
+        !env["NO_PROXY"].contains('/'),
+        "no CIDR goes around the gateway: {}",
+        env["NO_PROXY"]
+    );
+    let report = serde_json::to_string(&plan.report).unwrap();
+    assert!(
+        report.contains("blockedHosts[0]")
+            && report.contains("all egress goes through the egress gateway"),
+        "{report}"
+    );
+    // What the gateway enforces for the same policy.
+    let checked = palisade::render::check_policy(&policy(network.clone()).spec).unwrap();
+    let rules = palisade::gateway::rules::GatewayRules::for_network(
+        &checked.network,
+        palisade::policy::egress::ClusterRanges::default(),
+    )
+    .unwrap();
+    use palisade::gateway::host::Host;
+    use palisade::gateway::rules::Denial;
+    assert_eq!(
+        rules.check_host(&Host::Name("pypi.org".into()), 443),
+        Ok(())
+    );
+    assert_eq!(
+        rules.check_host(&Host::Name("evil.example.com".into()), 443),
+        Err(Denial::NameDenied)
+    );
+    assert_eq!(
+        rules.check_host(&Host::Name("x.evil.example.com".into()), 443),
+        Err(Denial::NameDenied)
+    );
+    assert_eq!(
+        rules.check_addresses(&["203.0.113.9".parse().unwrap()], 443),
+        Err(Denial::DeniedAddress)
+    );
+    // Without the gateway (Cilium alone cannot deny a name), the sandbox is blocked.
+    for f in [
+        facts(FqdnBackend::Auto, true, false),
+        facts(FqdnBackend::Cilium, true, true),
+    ] {
+        let b = compile(&policy(network.clone()), &sandbox(json!([])), &f, 0).unwrap_err();
+        assert_eq!(b.reason, BlockReason::FqdnBackendMissing);
+        assert!(b.message.contains("evil.example.com"), "{}", b.message);
+    }
+}

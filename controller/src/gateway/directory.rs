@@ -9,9 +9,8 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::api::report::EnforcementReport;
 use crate::api::{AgentPolicy, AgentSandbox, SANDBOX_LABEL};
-use crate::policy::egress::{ClusterRanges, compile_egress};
+use crate::policy::egress::ClusterRanges;
 use crate::reconcile::ownership::controlling_sandbox;
 use crate::render::check_policy;
 
@@ -120,13 +119,7 @@ impl RulesCache {
 
 fn compile(policy: &AgentPolicy, ranges: ClusterRanges<'_>) -> Result<GatewayRules, String> {
     let checked = check_policy(&policy.spec).map_err(|e| e.to_string())?;
-    let egress = compile_egress(
-        &checked.network.egress,
-        ranges,
-        &mut EnforcementReport::default(),
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(GatewayRules::from_egress(&egress))
+    GatewayRules::for_network(&checked.network, ranges)
 }
 
 fn running_ips(pod: &Pod) -> Vec<IpAddr> {

@@ -177,6 +177,27 @@ impl GatewayRules {
         }
     }
 
+    /// The rules of a policy's network part: its compiled egress, and, for host names blocked
+    /// under allow-all egress, every other name. The operator's compiler and the gateway both
+    /// call this.
+    pub fn for_network(
+        network: &crate::policy::legacy::Network,
+        ranges: crate::policy::egress::ClusterRanges<'_>,
+    ) -> Result<Self, String> {
+        let egress = crate::policy::egress::compile_egress(
+            &network.egress,
+            ranges,
+            &mut crate::api::report::EnforcementReport::default(),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut rules = GatewayRules::from_egress(&egress);
+        if !network.blocked_names.is_empty() {
+            rules.any_name = Some(Services::all());
+            rules.denied_names = network.blocked_names.clone();
+        }
+        Ok(rules)
+    }
+
     /// Rules that refuse everything (an unknown or broken policy).
     pub fn deny_all() -> Self {
         GatewayRules::default()
@@ -191,7 +212,12 @@ impl GatewayRules {
     }
 
     fn check_name(&self, name: &str, port: u16) -> Result<(), Denial> {
-        if self.denied_names.iter().any(|d| name_matches(d, name)) {
+        // A blocked name blocks the names under it too (stricter than the name alone).
+        let under = |d: &str| {
+            let base = d.strip_prefix("*.").unwrap_or(d);
+            name == base || name.ends_with(&format!(".{base}"))
+        };
+        if self.denied_names.iter().any(|d| under(d)) {
             return Err(Denial::NameDenied);
         }
         let mut named = false;
@@ -397,6 +423,15 @@ deny:
         r.any_name = Some(Services::all());
         r.denied_names = vec!["evil.example.com".into(), "*.bad.example.com".into()];
         assert_eq!(r.check_host(&name("ok.example.com"), 443), Ok(()));
+        assert_eq!(
+            r.check_host(&name("a.evil.example.com"), 443),
+            Err(Denial::NameDenied)
+        );
+        assert_eq!(
+            r.check_host(&name("a.b.bad.example.com"), 443),
+            Err(Denial::NameDenied)
+        );
+        assert_eq!(r.check_host(&name("notevil.example.com"), 443), Ok(()));
         assert_eq!(
             r.check_host(&name("evil.example.com"), 443),
             Err(Denial::NameDenied)

@@ -30,6 +30,9 @@ pub struct Network {
     pub ingress: Option<IngressPolicy>,
     pub dns: DnsMode,
     pub proxy: Option<Proxy>,
+    /// Host names blocked under allow-all egress (MXC `blockedHosts`): a NetworkPolicy cannot cut
+    /// a name out, so only the egress gateway enforces them (all egress then goes through it).
+    pub blocked_names: Vec<String>,
 }
 
 /// A legacy host entry as a peer: IP addresses and CIDRs become `cidr`, names `fqdn`.
@@ -121,10 +124,13 @@ pub fn normalize(
         let peer = host_peer(h);
         match &peer.fqdn {
             None => out.egress.deny.push(EgressRule { to: Some(vec![peer]), ports: None }),
-            Some(name) if allows_everything => errors.push(PolicyError::new(
-                format!("network.blockedHosts[{i}]"),
-                format!("host name `{name}` cannot be cut out of allow-all egress by a NetworkPolicy; list its IP addresses or CIDRs, or use allowedHosts instead of allowOutbound"),
-            )),
+            Some(name) if allows_everything => {
+                out.blocked_names.push(dns_name(name));
+                report.narrowed(
+                    format!("network.blockedHosts[{i}]"),
+                    format!("`{name}` (and the names under it) is cut out of allow-all egress by the egress gateway: all egress goes through the gateway, which allows every other name over TLS or plain HTTP, and direct egress is dropped; without the gateway the sandbox is blocked"),
+                );
+            }
             Some(name) if blocked_name_reachable(name, &allowed) => errors.push(PolicyError::new(
                 format!("network.blockedHosts[{i}]"),
                 format!("host name `{name}` may be reached through allowedHosts (a matching name, or an address range it may resolve into); a name cannot be cut out of those"),
@@ -258,15 +264,23 @@ mod tests {
     }
 
     #[test]
-    fn blocked_host_name_under_allow_all_is_refused() {
+    fn blocked_host_names_under_allow_all_are_left_to_the_gateway() {
         let mut r = EnforcementReport::default();
         let net = NetworkRules {
             allow_outbound: Some(true),
-            blocked_hosts: Some(vec!["evil.example.com".into()]),
+            blocked_hosts: Some(vec!["Evil.Example.com.".into()]),
             ..Default::default()
         };
-        let err = normalize(&spec(net), &mut r).unwrap_err();
-        assert!(err.to_string().contains("blockedHosts[0]"), "{err}");
+        let n = normalize(&spec(net), &mut r).unwrap();
+        assert_eq!(n.blocked_names, vec!["evil.example.com".to_string()]);
+        assert_eq!(n.egress.default, Some(DefaultAction::Allow));
+        assert!(
+            r.narrowed
+                .iter()
+                .any(|e| e.field == "network.blockedHosts[0]"
+                    && e.message.contains("egress gateway")),
+            "{r:?}"
+        );
         let net = NetworkRules {
             allow_outbound: Some(true),
             blocked_hosts: Some(vec!["203.0.113.0/24".into()]),

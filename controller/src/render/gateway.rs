@@ -62,11 +62,14 @@ pub fn proxy_url(gw: &GatewayFacts, sandbox: &AgentSandbox) -> Result<String, Bl
     }
 }
 
+/// `everything`: all egress goes through the gateway (host names blocked under allow-all
+/// egress), and none of the policy's CIDR rules is reached directly.
 pub fn compile_gateway(
     gw: &GatewayFacts,
     sandbox: &AgentSandbox,
     egress: &CompiledEgress,
     cluster_domain: &str,
+    everything: bool,
     report: &mut EnforcementReport,
 ) -> Result<GatewayEgress, Blocked> {
     let service_port = gw.address.port();
@@ -123,10 +126,14 @@ pub fn compile_gateway(
         format!(".svc.{cluster_domain}"),
         ".svc".into(),
     ];
-    let direct = egress
-        .direct
-        .iter()
-        .fold(AddrSet::default(), |acc, (a, _)| acc.union(a));
+    let direct = if everything {
+        AddrSet::default()
+    } else {
+        egress
+            .direct
+            .iter()
+            .fold(AddrSet::default(), |acc, (a, _)| acc.union(a))
+    };
     let cidrs: Vec<Cidr> = [Family::V4, Family::V6]
         .into_iter()
         .flat_map(|f| exact_cidrs(f, direct.family(f)))
@@ -164,6 +171,20 @@ pub fn compile_gateway(
                 ),
             ));
         }
+    }
+    if everything {
+        report.added(
+            "network.egress",
+            format!(
+                "all egress goes through the egress gateway at {} (HTTP_PROXY/HTTPS_PROXY carry a credential for this sandbox), which cuts the blocked host names out; the NetworkPolicy allows only the gateway's pods on TCP {} and its address on TCP {}",
+                gw.address, gw.target_port, service_port
+            ),
+        );
+        report.narrowed(
+            "network.egress",
+            "allow-all egress with blocked host names is carried by the egress gateway: TLS whose server name is the name asked for, or plain HTTP on port 80, over TCP; other protocols, and direct connections, are dropped",
+        );
+        return Ok(GatewayEgress { rules, env });
     }
     let names: Vec<&str> = egress
         .fqdn

@@ -88,6 +88,9 @@ pub fn compile_network(
     let net = &checked.network;
     let egress = compile_egress(&net.egress, facts.ranges(), report)
         .map_err(|e| Blocked::new(BlockReason::PolicyInvalid, e.to_string()))?;
+    if !net.blocked_names.is_empty() {
+        return all_through_gateway(checked, sandbox, facts, &egress, report);
+    }
     let mut egress_rules = egress.rules.clone();
     let mut proxy_env = Vec::new();
 
@@ -254,6 +257,7 @@ pub fn compile_network(
                     sandbox,
                     &egress,
                     &facts.cluster_domain,
+                    false,
                     report,
                 )?;
                 egress_rules.extend(through.rules);
@@ -294,6 +298,67 @@ pub fn compile_network(
         network_policy,
         fqdn_policy,
         proxy_env,
+    })
+}
+
+/// Allow-all egress with host names blocked: only the egress gateway can cut names out, so all
+/// egress goes through it and the NetworkPolicy allows nothing else (no DNS either: the gateway
+/// resolves). Without the gateway the sandbox is blocked.
+fn all_through_gateway(
+    checked: &CheckedPolicy,
+    sandbox: &AgentSandbox,
+    facts: &ClusterFacts,
+    egress: &CompiledEgress,
+    report: &mut EnforcementReport,
+) -> Result<CompiledNetwork, Blocked> {
+    let net = &checked.network;
+    let gw = match (&facts.gateway, facts.fqdn_backend) {
+        (Some(gw), FqdnBackend::Auto | FqdnBackend::Gateway) => gw,
+        _ => {
+            return Err(Blocked::new(
+                BlockReason::FqdnBackendMissing,
+                format!(
+                    "host names blocked under allow-all egress ({}) need the egress gateway (palisade gateway, the chart's gateway.enabled, with --fqdn-backend auto or gateway): a NetworkPolicy cannot cut a name out of allow-all egress",
+                    net.blocked_names.join(", ")
+                ),
+            ));
+        }
+    };
+    let name = sandbox.metadata.name.clone().unwrap_or_default();
+    let through =
+        super::gateway::compile_gateway(gw, sandbox, egress, &facts.cluster_domain, true, report)?;
+    match net.dns {
+        DnsMode::Cluster => report.narrowed(
+            "network.dns",
+            "all egress goes through the egress gateway, which resolves names itself: cluster DNS is not opened",
+        ),
+        DnsMode::Auto | DnsMode::None => report.added(
+            "network.dns",
+            "none: the egress gateway resolves names itself, so DNS cannot carry data out",
+        ),
+    }
+    if facts.cluster_cidrs.is_empty() {
+        report.not_enforced(
+            "network.egress.default",
+            "the cluster's pod and service CIDRs are unknown, so names the gateway resolves may lead to in-cluster addresses outside the private ranges; give them to the operator and the gateway (--cluster-cidr)",
+        );
+    }
+    let ingress_rules = compile_ingress(net.ingress.as_ref(), report);
+    Ok(CompiledNetwork {
+        network_policy: NetworkPolicy {
+            metadata: ObjectMeta {
+                finalizers: Some(vec![ISOLATION_FINALIZER.to_string()]),
+                ..object_meta(sandbox, isolation_name(&name))
+            },
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(pod_selector(&name)),
+                policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+                ingress: (!ingress_rules.is_empty()).then_some(ingress_rules),
+                egress: Some(through.rules),
+            }),
+        },
+        fqdn_policy: None,
+        proxy_env: through.env,
     })
 }
 
