@@ -11,7 +11,7 @@ use crate::api::policy::{
     SandboxPath, UiPolicy,
 };
 use crate::api::report::EnforcementReport;
-use crate::policy::legacy::{PRIVATE_CIDRS, blocked_name_reachable, host_peer};
+use crate::policy::legacy::{PRIVATE_CIDRS, blocked_name_reachable, dns_name, host_peer};
 use crate::policy::paths::under;
 
 /// An imported policy and what happened to each field.
@@ -20,6 +20,17 @@ pub struct Imported {
     pub spec: AgentPolicySpec,
     pub report: EnforcementReport,
     pub container_config: bool,
+}
+
+/// What the importer cannot read from the document: what the cluster can enforce.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// The cluster runs the Palisade egress gateway (`--fqdn-backend auto` or `gateway`). Host
+    /// names blocked under allow-all egress (`blockedHosts` with `defaultPolicy: allow` or
+    /// `allowOutbound: true`) then import: the policy keeps the legacy form (`allowOutbound`,
+    /// `blockedHosts`), which the compiler enforces by sending all egress through the gateway.
+    /// Without it such a document is refused, since a NetworkPolicy cannot cut a name out.
+    pub gateway: bool,
 }
 
 /// Why a document cannot be imported.
@@ -243,6 +254,7 @@ fn import_network(
     net: &Map<String, Value>,
     minor: Option<u64>,
     bare: bool,
+    options: ImportOptions,
     report: &mut EnforcementReport,
 ) -> Result<NetworkRules, Refused> {
     let directional = ["egress", "ingress"].iter().any(|k| net.contains_key(*k));
@@ -358,14 +370,28 @@ fn import_network(
             });
         }
     }
+    // Host names blocked under allow-all egress, for the egress gateway: (index, name).
+    let mut through_gateway: Vec<(usize, String)> = Vec::new();
     for (i, h) in blocked.iter().enumerate() {
         let peer = host_peer(h);
         match (&peer.fqdn, egress.default == Some(DefaultAction::Allow)) {
+            (Some(name), true) if options.gateway => {
+                let name = dns_name(name);
+                if !crate::policy::hosts::is_domain(&name) {
+                    return refuse(
+                        format!("network.blockedHosts[{i}]"),
+                        format!(
+                            "`{h}` is not a host name (or *.wildcard) the egress gateway can match, so it cannot be cut out of allow-all egress"
+                        ),
+                    );
+                }
+                through_gateway.push((i, name));
+            }
             (Some(name), true) => {
                 return refuse(
                     format!("network.blockedHosts[{i}]"),
                     format!(
-                        "host name `{name}` cannot be cut out of allow-all egress by a NetworkPolicy; list its IP addresses, or block by default and list allowedHosts"
+                        "host name `{name}` cannot be cut out of allow-all egress by a NetworkPolicy; the Palisade egress gateway makes it enforceable (policy import --gateway: all egress then goes through the gateway, which refuses the name). Otherwise list its IP addresses, or block by default and list allowedHosts"
                     ),
                 );
             }
@@ -387,9 +413,39 @@ fn import_network(
             }),
         }
     }
-    let ingress = (net.get("allowLocalNetwork").and_then(Value::as_bool) == Some(true)).then(|| {
+    let local = net.get("allowLocalNetwork").and_then(Value::as_bool) == Some(true);
+    if local {
         report.narrowed("network.allowLocalNetwork", "inbound connections are allowed from private address ranges only (10/8, 172.16/12, 192.168/16, fc00::/7)");
-        IngressPolicy { allow: vec![private_sources()], ..Default::default() }
+    }
+    if !through_gateway.is_empty() {
+        // Only the legacy form carries names blocked under allow-all (a deny rule takes CIDRs
+        // only): the compiler sends all egress through the egress gateway, which refuses these
+        // names and the names under them; the blocked addresses stay deny rules.
+        for (i, name) in &through_gateway {
+            report.narrowed(
+                format!("network.blockedHosts[{i}]"),
+                format!(
+                    "`{name}` (and the names under it) is cut out of allow-all egress by the egress gateway: all egress goes through the gateway, which allows every other name over TLS or plain HTTP; direct egress is dropped and DNS is closed (the gateway resolves names). Without the gateway, sandboxes under this policy are blocked (FqdnBackendMissing)"
+                ),
+            );
+        }
+        let hosts = blocked
+            .iter()
+            .map(|h| match host_peer(h).fqdn {
+                Some(name) => dns_name(&name),
+                None => h.clone(),
+            })
+            .collect();
+        return Ok(NetworkRules {
+            allow_outbound: Some(true),
+            blocked_hosts: Some(hosts),
+            allow_local_network: local.then_some(true),
+            ..Default::default()
+        });
+    }
+    let ingress = local.then(|| IngressPolicy {
+        allow: vec![private_sources()],
+        ..Default::default()
     });
     Ok(NetworkRules {
         egress: Some(egress),
@@ -460,8 +516,13 @@ fn legacy_proxy(
     }
 }
 
-/// Imports an MXC document.
+/// Imports an MXC document for a cluster without the egress gateway.
 pub fn import(doc: &Value) -> Result<Imported, Refused> {
+    import_with(doc, ImportOptions::default())
+}
+
+/// Imports an MXC document for a cluster that can enforce what `options` says.
+pub fn import_with(doc: &Value, options: ImportOptions) -> Result<Imported, Refused> {
     let Value::Object(root) = doc else {
         return refuse("(document)", "an MXC document is a JSON object");
     };
@@ -507,7 +568,7 @@ pub fn import(doc: &Value) -> Result<Imported, Refused> {
         .transpose()?
         .flatten();
     let mut network = match net {
-        Some(n) => import_network(n, minor, bare, &mut report)?,
+        Some(n) => import_network(n, minor, bare, options, &mut report)?,
         None => NetworkRules::default(),
     };
     let mut proxy = match net {
@@ -549,9 +610,10 @@ pub fn import(doc: &Value) -> Result<Imported, Refused> {
                 ),
             );
         }
-        let direct = network.egress.as_ref().is_some_and(|e| {
-            e.default == Some(DefaultAction::Allow) || !e.allow.is_empty() || !e.deny.is_empty()
-        });
+        let direct = network.allow_outbound == Some(true)
+            || network.egress.as_ref().is_some_and(|e| {
+                e.default == Some(DefaultAction::Allow) || !e.allow.is_empty() || !e.deny.is_empty()
+            });
         if direct {
             return refuse(
                 "runtimeConfig.networkProxy",
@@ -563,6 +625,8 @@ pub fn import(doc: &Value) -> Result<Imported, Refused> {
         });
     }
     // MXC grants no DNS of its own: only names (which need it) and allow-all egress keep it.
+    // Allow-all through the egress gateway (the legacy form, no `egress`) gets none either:
+    // the gateway resolves names itself.
     let egress = network.egress.clone().unwrap_or_default();
     let names = egress
         .allow

@@ -3,7 +3,10 @@
 //! `palisade::mxc::import` and through the `palisade policy check` / `policy import` CLI.
 //!
 //! * `CORPUS` states, for every file, the expected outcome: a refusal (field and message
-//!   substrings) or the exact grants of the imported AgentPolicy.
+//!   substrings) or the exact grants of the imported AgentPolicy; for a document only the egress
+//!   gateway can enforce (host names blocked under allow-all egress), a refusal without it and
+//!   the grants with it (`ImportOptions { gateway: true }`, `policy import --gateway`), checked
+//!   by compiling the import with the gateway as a cluster fact.
 //! * `never_grants_more` is a property computed from the raw MXC JSON, independently of the
 //!   importer: the imported policy grants nothing the document does not grant (paths, egress
 //!   rules, blocked hosts, DNS, ingress, proxies, time limits, runtime, capabilities, ui).
@@ -24,7 +27,7 @@ use palisade::api::policy::{
     AgentPolicySpec, Clipboard, DefaultAction, DnsMode, EgressPeer, EgressRule, PortRule, Runtime,
 };
 use palisade::api::report::EnforcementReport;
-use palisade::mxc::{self, Imported};
+use palisade::mxc::{self, ImportOptions, Imported};
 use serde_json::{Value, json};
 
 const CORPUS_SIZE: usize = 33;
@@ -99,6 +102,10 @@ struct Expect {
     /// Entries the importer's report must contain: `na:FIELD` (not applicable) or
     /// `narrowed:FIELD`.
     report: &'static [&'static str],
+    /// Host names blocked under allow-all egress, which only the egress gateway enforces (an
+    /// import with the gateway). The policy is then in the legacy form (`allowOutbound: true`,
+    /// `blockedHosts`), and egress and ingress are compared as the compiler reads that form.
+    blocked_names: &'static [&'static str],
 }
 
 /// No filesystem grant, no egress, no ingress, no DNS, no timeout, default runtime.
@@ -117,6 +124,7 @@ const NOTHING: Expect = Expect {
     proxy: None,
     ui: None,
     report: &[],
+    blocked_names: &[],
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -124,8 +132,15 @@ enum Outcome {
     /// Refused: substrings of the refusal's field and message.
     Refused(&'static str, &'static str),
     Imported(Expect),
+    /// Refused without the egress gateway (substrings of the refusal's field and message; the
+    /// message must point to `--gateway`), imported as this with it.
+    NeedsGateway(&'static str, &'static str, Expect),
 }
-use Outcome::{Imported as Imports, Refused};
+use Outcome::{Imported as Imports, NeedsGateway, Refused};
+
+/// The importer's options: without and with the egress gateway.
+const WITHOUT_GATEWAY: ImportOptions = ImportOptions { gateway: false };
+const WITH_GATEWAY: ImportOptions = ImportOptions { gateway: true };
 
 const DENY: DefaultAction = DefaultAction::Deny;
 const ALLOW: DefaultAction = DefaultAction::Allow;
@@ -333,10 +348,26 @@ const CORPUS: &[(&str, Outcome)] = &[
             ..NOTHING
         }),
     ),
-    // A host name cannot be cut out of allow-all egress by a NetworkPolicy.
+    // A host name cannot be cut out of allow-all egress by a NetworkPolicy; the egress gateway
+    // can: all egress goes through it (no direct egress, no DNS), and it refuses the name and
+    // the names under it.
     (
         "23_mac_blocked_hosts_unsupported.json",
-        Refused("network.blockedHosts[0]", "evil.example.com"),
+        NeedsGateway(
+            "network.blockedHosts[0]",
+            "evil.example.com",
+            Expect {
+                egress_default: ALLOW,
+                blocked_names: &["evil.example.com"],
+                timeout_ms: Some(10000),
+                report: &[
+                    "narrowed:network.blockedHosts[0]",
+                    "na:containment",
+                    "na:process",
+                ],
+                ..NOTHING
+            },
+        ),
     ),
     (
         "24_mac_ui_disabled.json",
@@ -519,7 +550,32 @@ fn compare(imported: &Imported, e: &Expect) -> Vec<String> {
     );
 
     let net = spec.network.clone().unwrap_or_default();
-    let egress = net.egress.clone().unwrap_or_default();
+    // The legacy form (host names blocked under allow-all, for the egress gateway) as the
+    // compiler reads it; the directional form as written.
+    let (egress, ingress, names) = if e.blocked_names.is_empty() {
+        (
+            net.egress.clone().unwrap_or_default(),
+            net.ingress.clone(),
+            Vec::new(),
+        )
+    } else {
+        match palisade::render::check_policy(spec) {
+            Ok(c) => (
+                c.network.egress.clone(),
+                c.network.ingress.clone(),
+                c.network.blocked_names.clone(),
+            ),
+            Err(err) => {
+                check("policy", false, format!("not a valid policy: {err}"));
+                return out;
+            }
+        }
+    };
+    check(
+        "blocked names (egress gateway)",
+        names == e.blocked_names,
+        format!("got {names:?}, want {:?}", e.blocked_names),
+    );
     let default = egress.default.unwrap_or_default();
     check(
         "egress.default",
@@ -538,7 +594,6 @@ fn compare(imported: &Imported, e: &Expect) -> Vec<String> {
         egress.allow_metadata_access.is_none(),
         format!("{:?}", egress.allow_metadata_access),
     );
-    let ingress = net.ingress.clone();
     check(
         "ingress",
         ingress.as_ref().map(|i| (i.default, i.host_loopback)) == e.ingress,
@@ -562,11 +617,21 @@ fn compare(imported: &Imported, e: &Expect) -> Vec<String> {
     );
     check(
         "network legacy fields",
-        net.allow_outbound.is_none()
-            && net.allow_local_network.is_none()
-            && net.allowed_hosts.is_none()
-            && net.blocked_hosts.is_none()
-            && net.proxy.is_none(),
+        if e.blocked_names.is_empty() {
+            net.allow_outbound.is_none()
+                && net.allow_local_network.is_none()
+                && net.allowed_hosts.is_none()
+                && net.blocked_hosts.is_none()
+                && net.proxy.is_none()
+        } else {
+            // Only the legacy form carries names blocked under allow-all egress.
+            net.allow_outbound == Some(true)
+                && net.blocked_hosts.is_some()
+                && net.egress.is_none()
+                && net.ingress.is_none()
+                && net.allowed_hosts.is_none()
+                && net.proxy.is_none()
+        },
         format!("{net:?}"),
     );
     let proxy = spec
@@ -869,9 +934,45 @@ fn never_grants_more(doc: &Value, spec: &AgentPolicySpec) -> Vec<String> {
         }
     }
 
-    // Egress.
+    // Egress. The legacy form (`allowOutbound` with host names in `blockedHosts`, which the
+    // egress gateway alone enforces: all egress through it) is read as the compiler reads it:
+    // allow-all with the blocked addresses as deny rules, and the names the gateway refuses.
     let netr = spec.network.clone().unwrap_or_default();
-    let egress = netr.egress.clone().unwrap_or_default();
+    let legacy = netr.allow_outbound.is_some()
+        || netr.allow_local_network.is_some()
+        || netr.allowed_hosts.is_some()
+        || netr.blocked_hosts.is_some();
+    let (egress, ingress, gateway_blocked) = if legacy {
+        match palisade::render::check_policy(spec) {
+            Ok(c) => (
+                c.network.egress.clone(),
+                c.network.ingress.clone(),
+                c.network.blocked_names.clone(),
+            ),
+            Err(e) => {
+                v.push(format!(
+                    "the legacy network form is not a valid policy: {e}"
+                ));
+                (Default::default(), None, Vec::new())
+            }
+        }
+    } else {
+        (
+            netr.egress.clone().unwrap_or_default(),
+            netr.ingress.clone(),
+            Vec::new(),
+        )
+    };
+    // Whether the gateway refuses host name `b` (and every name it stands for): a blocked
+    // name refuses itself and the names under it, a `*.` wildcard its base too.
+    let gateway_refuses = |b: &str| {
+        let b = b.trim_end_matches('.').to_ascii_lowercase();
+        let b = b.strip_prefix("*.").unwrap_or(&b);
+        gateway_blocked.iter().any(|d| {
+            let d = d.strip_prefix("*.").unwrap_or(d);
+            b == d || b.ends_with(&format!(".{d}"))
+        })
+    };
     let doc_allow_all = net["defaultPolicy"] == "allow"
         || net["allowOutbound"] == true
         || net["egress"]["default"] == "allow";
@@ -951,7 +1052,7 @@ fn never_grants_more(doc: &Value, spec: &AgentPolicySpec) -> Vec<String> {
     {
         match parse_cidr(b) {
             None => {
-                if default_allow {
+                if default_allow && !gateway_refuses(b) {
                     v.push(format!("egress default allow reaches blocked host `{b}`"));
                 }
                 for (i, rule) in egress.allow.iter().enumerate() {
@@ -996,7 +1097,7 @@ fn never_grants_more(doc: &Value, spec: &AgentPolicySpec) -> Vec<String> {
     // Ingress: MXC's inbound allow (directional `default: allow`, legacy allowLocalNetwork) is
     // the local network, read as the private ranges; never every source.
     let doc_inbound = net["ingress"]["default"] == "allow" || net["allowLocalNetwork"] == true;
-    if let Some(ing) = &netr.ingress {
+    if let Some(ing) = &ingress {
         if ing.default == Some(DefaultAction::Allow) {
             v.push("ingress default allow: MXC's inbound allow is the private network only".into());
         }
@@ -1027,11 +1128,9 @@ fn never_grants_more(doc: &Value, spec: &AgentPolicySpec) -> Vec<String> {
         }
     }
 
-    // Legacy Palisade fields and the proxy.
-    if netr.allow_outbound.is_some()
-        || netr.allow_local_network.is_some()
-        || netr.allowed_hosts.is_some()
-    {
+    // Legacy Palisade fields and the proxy: only the form for the egress gateway (allow-all
+    // with blocked host names, read above) is expected.
+    if netr.allowed_hosts.is_some() || (legacy && gateway_blocked.is_empty()) {
         v.push("legacy AgentPolicy grant fields are set: their meaning differs from MXC's".into());
     }
     if netr.proxy.is_some() && net.get("proxy").is_none() {
@@ -1162,12 +1261,23 @@ fn parse_import_output(stdout: &str) -> (Value, AgentPolicy) {
 }
 
 /// Checks `policy check` and `policy import --name corpus` on one document (a file path or
-/// `-` with `stdin`) against the library's outcome; returns the failures.
-fn cli_agrees(label: &str, file: &str, stdin: Option<&str>, doc: &Value) -> Vec<String> {
+/// `-` with `stdin`), with `--gateway` when `options` says so, against the library's outcome;
+/// returns the failures.
+fn cli_agrees(
+    label: &str,
+    file: &str,
+    stdin: Option<&str>,
+    doc: &Value,
+    options: ImportOptions,
+) -> Vec<String> {
     let mut v = Vec::new();
-    let check = palisade(&["policy", "check", file], stdin);
-    let import = palisade(&["policy", "import", file, "--name", "corpus"], stdin);
-    match mxc::import(doc) {
+    let gateway: &[&str] = if options.gateway { &["--gateway"] } else { &[] };
+    let check = palisade(&[&["policy", "check", file], gateway].concat(), stdin);
+    let import = palisade(
+        &[&["policy", "import", file, "--name", "corpus"], gateway].concat(),
+        stdin,
+    );
+    match mxc::import_with(doc, options) {
         Ok(imported) => {
             if !check.ok {
                 v.push(format!("{label}: policy check failed: {}", check.stderr));
@@ -1359,24 +1469,51 @@ fn corpus_has_33_documents_each_named_in_the_table() {
 #[test]
 fn corpus_outcomes_match_the_table() {
     let mut failures = Vec::new();
-    for (name, outcome) in CORPUS {
-        let doc = load(name);
-        match (outcome, mxc::import(&doc)) {
-            (Outcome::Refused(field, message), Err(r)) => {
-                if !r.field.contains(field) || !r.message.contains(message) {
-                    failures.push(format!(
-                        "{name}: refused as `{r}`, want field ~ `{field}` and message ~ `{message}`"
-                    ));
+    for options in [WITHOUT_GATEWAY, WITH_GATEWAY] {
+        for (name, outcome) in CORPUS {
+            let doc = load(name);
+            let label = format!("{name} (gateway: {})", options.gateway);
+            // Without the gateway, a document that needs it is refused, and says what would
+            // make it enforceable; with it, every other document imports as without.
+            let want = match (outcome, options.gateway) {
+                (NeedsGateway(field, message, _), false) => {
+                    if let Err(r) = mxc::import_with(&doc, options)
+                        && !r.message.contains("--gateway")
+                    {
+                        failures.push(format!(
+                            "{label}: the refusal `{r}` does not name --gateway"
+                        ));
+                    }
+                    Refused(field, message)
                 }
-            }
-            (Outcome::Refused(..), Ok(i)) => {
-                failures.push(format!("{name}: imported, want a refusal: {:?}", i.spec));
-            }
-            (Outcome::Imported(_), Err(r)) => {
-                failures.push(format!("{name}: refused `{r}`, want an import"));
-            }
-            (Outcome::Imported(e), Ok(i)) => {
-                failures.extend(compare(&i, e).into_iter().map(|d| format!("{name}: {d}")));
+                (NeedsGateway(_, _, e), true) => Imports(*e),
+                (other, _) => *other,
+            };
+            match (want, mxc::import_with(&doc, options)) {
+                (Outcome::Refused(field, message), Err(r)) => {
+                    if !r.field.contains(field) || !r.message.contains(message) {
+                        failures.push(format!(
+                            "{label}: refused as `{r}`, want field ~ `{field}` and message ~ `{message}`"
+                        ));
+                    }
+                }
+                (Outcome::Refused(..), Ok(i)) => {
+                    failures.push(format!("{label}: imported, want a refusal: {:?}", i.spec));
+                }
+                (Outcome::Imported(_), Err(r)) => {
+                    failures.push(format!("{label}: refused `{r}`, want an import"));
+                }
+                (Outcome::Imported(e), Ok(i)) => {
+                    failures.extend(compare(&i, &e).into_iter().map(|d| format!("{label}: {d}")));
+                    if let (Imports(_), Ok(without)) = (outcome, mxc::import(&doc))
+                        && without != i
+                    {
+                        failures.push(format!(
+                            "{label}: the gateway changes an import that does not need it"
+                        ));
+                    }
+                }
+                (Outcome::NeedsGateway(..), _) => unreachable!("resolved above"),
             }
         }
     }
@@ -1386,27 +1523,35 @@ fn corpus_outcomes_match_the_table() {
 #[test]
 fn imports_never_grant_more_than_the_document() {
     let mut failures = Vec::new();
-    let mut imported = 0;
-    for name in corpus_files() {
-        let doc = load(&name);
-        let Ok(i) = mxc::import(&doc) else { continue };
-        imported += 1;
-        failures.extend(
-            never_grants_more(&doc, &i.spec)
-                .into_iter()
-                .map(|d| format!("{name}: {d}")),
-        );
-    }
-    // 33 corpus documents minus 7 refusals.
-    assert_eq!(imported, 26, "number of imported corpus documents changed");
-    for (name, doc) in inline_documents() {
-        match mxc::import(&doc) {
-            Ok(i) => failures.extend(
+    // 33 corpus documents minus 7 refusals; the egress gateway takes one of them.
+    for (options, want) in [(WITHOUT_GATEWAY, 26), (WITH_GATEWAY, 27)] {
+        let mut imported = 0;
+        for name in corpus_files() {
+            let doc = load(&name);
+            let Ok(i) = mxc::import_with(&doc, options) else {
+                continue;
+            };
+            imported += 1;
+            failures.extend(
                 never_grants_more(&doc, &i.spec)
                     .into_iter()
-                    .map(|d| format!("{name}: {d}")),
-            ),
-            Err(r) => failures.push(format!("{name}: refused `{r}`, want an import")),
+                    .map(|d| format!("{name} (gateway: {}): {d}", options.gateway)),
+            );
+        }
+        assert_eq!(
+            imported, want,
+            "number of imported corpus documents changed (gateway: {})",
+            options.gateway
+        );
+        for (name, doc) in inline_documents() {
+            match mxc::import_with(&doc, options) {
+                Ok(i) => failures.extend(
+                    never_grants_more(&doc, &i.spec)
+                        .into_iter()
+                        .map(|d| format!("{name} (gateway: {}): {d}", options.gateway)),
+                ),
+                Err(r) => failures.push(format!("{name}: refused `{r}`, want an import")),
+            }
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
@@ -1443,6 +1588,17 @@ fn never_grants_more_catches_over_grants() {
         "version": "0.8.0",
         "runtimeConfig": {"networkProxy": "http://192.0.2.10:3128"}
     });
+    // Allow-all with a blocked name and a blocked range, through the egress gateway.
+    let gated = json!({
+        "version": "0.7.0",
+        "network": {"allowOutbound": true, "blockedHosts": ["evil.example.com", "203.0.113.0/24"]}
+    });
+    let gated_base = mxc::import_with(&gated, WITH_GATEWAY).expect("import").spec;
+    assert!(never_grants_more(&gated, &gated_base).is_empty());
+    let set_blocked = |hosts: Option<&[&str]>| -> Widen {
+        let hosts = hosts.map(|h| h.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        Box::new(move |s| s.network.as_mut().unwrap().blocked_hosts = hosts.clone())
+    };
 
     type Widen = Box<dyn Fn(&mut AgentPolicySpec)>;
     let set_egress_allow = |peer: EgressPeer| -> Widen {
@@ -1731,6 +1887,48 @@ fn never_grants_more_catches_over_grants() {
                 })
             }),
         ),
+        (
+            "gateway: another name blocked",
+            gated.clone(),
+            &gated_base,
+            "egress default allow reaches blocked host `evil.example.com`",
+            set_blocked(Some(&["203.0.113.0/24", "evil.example.org"])),
+        ),
+        (
+            "gateway: only a name under the blocked one blocked",
+            gated.clone(),
+            &gated_base,
+            "egress default allow reaches blocked host `evil.example.com`",
+            set_blocked(Some(&["203.0.113.0/24", "a.evil.example.com"])),
+        ),
+        (
+            "gateway: the blocked range dropped",
+            gated.clone(),
+            &gated_base,
+            "blocked `203.0.113.0/24` is reachable",
+            set_blocked(Some(&["evil.example.com"])),
+        ),
+        (
+            "gateway: nothing blocked",
+            gated.clone(),
+            &gated_base,
+            "legacy AgentPolicy grant fields",
+            set_blocked(None),
+        ),
+        (
+            "gateway: allow-all for a document that blocks by default",
+            json!({"version": "0.7.0", "network": {"allowOutbound": false, "blockedHosts": ["evil.example.com"]}}),
+            &gated_base,
+            "egress default allow, but the document does not allow all outbound",
+            Box::new(|_| {}),
+        ),
+        (
+            "gateway: the local network without the document allowing it",
+            gated.clone(),
+            &gated_base,
+            "ingress allow rules, but the document has neither",
+            Box::new(|s| s.network.as_mut().unwrap().allow_local_network = Some(true)),
+        ),
     ];
     let mut missed = Vec::new();
     for (what, against, start, needle, widen) in cases {
@@ -1767,23 +1965,30 @@ fn never_grants_more_catches_over_grants() {
 #[test]
 fn cli_check_and_import_agree_with_the_library() {
     let mut failures = Vec::new();
-    let mut refused = 0;
-    for name in corpus_files() {
-        let doc = load(&name);
-        refused += usize::from(mxc::import(&doc).is_err());
-        let path = corpus_dir().join(&name);
-        failures.extend(cli_agrees(
-            &name,
-            path.to_str().expect("utf-8 path"),
-            None,
-            &doc,
-        ));
+    for (options, want) in [(WITHOUT_GATEWAY, 7), (WITH_GATEWAY, 6)] {
+        let mut refused = 0;
+        for name in corpus_files() {
+            let doc = load(&name);
+            refused += usize::from(mxc::import_with(&doc, options).is_err());
+            let path = corpus_dir().join(&name);
+            failures.extend(cli_agrees(
+                &name,
+                path.to_str().expect("utf-8 path"),
+                None,
+                &doc,
+                options,
+            ));
+        }
+        for (name, doc) in inline_documents() {
+            let text = serde_json::to_string_pretty(&doc).expect("json");
+            failures.extend(cli_agrees(name, "-", Some(&text), &doc, options));
+        }
+        assert_eq!(
+            refused, want,
+            "number of refused corpus documents changed (gateway: {})",
+            options.gateway
+        );
     }
-    for (name, doc) in inline_documents() {
-        let text = serde_json::to_string_pretty(&doc).expect("json");
-        failures.extend(cli_agrees(name, "-", Some(&text), &doc));
-    }
-    assert_eq!(refused, 7, "number of refused corpus documents changed");
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
@@ -1889,7 +2094,18 @@ fn bare_policy_mixing_legacy_and_directional_network_is_refused() {
 /// Asserts that `doc` is refused on exactly `field` with `message` in the reason, by the library
 /// and by the CLI.
 fn assert_refused(label: &str, doc: &Value, field: &str, message: &str) {
-    match mxc::import(doc) {
+    assert_refused_with(label, doc, field, message, WITHOUT_GATEWAY);
+}
+
+/// [`assert_refused`] with these importer options (and the CLI flags that give them).
+fn assert_refused_with(
+    label: &str,
+    doc: &Value,
+    field: &str,
+    message: &str,
+    options: ImportOptions,
+) {
+    match mxc::import_with(doc, options) {
         Ok(i) => panic!("{label}: imported, want a refusal: {:?}", i.spec),
         Err(r) => assert!(
             r.field == field && r.message.contains(message),
@@ -1897,14 +2113,19 @@ fn assert_refused(label: &str, doc: &Value, field: &str, message: &str) {
         ),
     }
     let text = serde_json::to_string(doc).expect("json");
-    let failures = cli_agrees(label, "-", Some(&text), doc);
+    let failures = cli_agrees(label, "-", Some(&text), doc, options);
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
 /// Asserts that `doc` imports as `e` (a ContainerConfig when it has `process`), grants nothing
 /// more than the document, and that the CLI agrees; returns the import.
 fn assert_imports(label: &str, doc: &Value, e: &Expect) -> Imported {
-    let i = mxc::import(doc).unwrap_or_else(|r| panic!("{label}: refused `{r}`"));
+    assert_imports_with(label, doc, e, WITHOUT_GATEWAY)
+}
+
+/// [`assert_imports`] with these importer options (and the CLI flags that give them).
+fn assert_imports_with(label: &str, doc: &Value, e: &Expect, options: ImportOptions) -> Imported {
+    let i = mxc::import_with(doc, options).unwrap_or_else(|r| panic!("{label}: refused `{r}`"));
     let mut failures: Vec<String> = compare(&i, e)
         .into_iter()
         .filter(|d| !d.starts_with("container_config"))
@@ -1915,7 +2136,7 @@ fn assert_imports(label: &str, doc: &Value, e: &Expect) -> Imported {
         failures.push(format!("{label}: container_config {}", i.container_config));
     }
     let text = serde_json::to_string(doc).expect("json");
-    failures.extend(cli_agrees(label, "-", Some(&text), doc));
+    failures.extend(cli_agrees(label, "-", Some(&text), doc, options));
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
     i
 }
@@ -2361,4 +2582,362 @@ fn proxies_are_loopback_only_and_never_mixed_with_direct_egress() {
         ..NOTHING
     };
     assert_imports("legacy loopback proxy.url", &legacy_proxy_url(), &e);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host names blocked under allow-all egress, through the egress gateway
+// ---------------------------------------------------------------------------------------------
+
+/// The egress gateway as the operator finds it: its Service address, namespace, pods and port.
+fn gateway_facts() -> palisade::render::facts::GatewayFacts {
+    palisade::render::facts::GatewayFacts {
+        address: "10.96.0.50:3128".parse().expect("address"),
+        namespace_labels: [(
+            "kubernetes.io/metadata.name".to_string(),
+            "palisade-system".to_string(),
+        )]
+        .into(),
+        pod_labels: [(
+            "app.kubernetes.io/name".to_string(),
+            "palisade-gateway".to_string(),
+        )]
+        .into(),
+        target_port: 3128,
+        key: None,
+    }
+}
+
+/// A cluster with (or without) the egress gateway, and without Cilium.
+fn cluster(gateway: bool) -> palisade::render::ClusterFacts {
+    palisade::render::ClusterFacts {
+        gateway: gateway.then(gateway_facts),
+        cluster_cidrs: vec![
+            palisade::policy::net::Cidr::parse("10.96.0.0/12").expect("cidr"),
+            palisade::policy::net::Cidr::parse("10.244.0.0/16").expect("cidr"),
+        ],
+        ..palisade::render::ClusterFacts::default()
+    }
+}
+
+/// Compiles an imported spec for one sandbox.
+fn compile_imported(
+    spec: &AgentPolicySpec,
+    facts: &palisade::render::ClusterFacts,
+) -> Result<palisade::render::Plan, palisade::render::Blocked> {
+    let mut policy = AgentPolicy::new("imported", spec.clone());
+    policy.metadata.namespace = Some("team".into());
+    let sandbox: palisade::api::AgentSandbox = serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox",
+        "metadata": {"namespace": "team", "name": "s", "uid": "6b1c1a3e-0000-4000-8000-000000000001"},
+        "spec": {"policyRef": {"name": "imported"}, "image": "registry.example.com/agent:1"}
+    }))
+    .expect("sandbox");
+    palisade::render::compile(&policy, &sandbox, facts, 0)
+}
+
+/// Asserts that the imported spec is enforced exactly through the gateway: the NetworkPolicy
+/// lets the pod reach the gateway and nothing else (no direct egress, no DNS), the proxy
+/// variables point at the gateway with no CIDR going around it, the gateway's rules refuse
+/// every name in `refused` and allow every name in `allowed` and no address in
+/// `refused_addresses`; and that without the gateway the sandbox is blocked.
+fn assert_enforced_through_gateway(
+    label: &str,
+    spec: &AgentPolicySpec,
+    refused: &[&str],
+    allowed: &[&str],
+    refused_addresses: &[&str],
+) {
+    use palisade::gateway::host::Host;
+    use palisade::gateway::rules::{Denial, GatewayRules};
+
+    let plan = compile_imported(spec, &cluster(true))
+        .unwrap_or_else(|b| panic!("{label}: blocked with the gateway: {b:?}"));
+    let np = serde_json::to_value(&plan.network_policy).expect("NetworkPolicy");
+    assert_eq!(
+        np["spec"]["egress"],
+        json!([
+            {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "palisade-system"}},
+                     "podSelector": {"matchLabels": {"app.kubernetes.io/name": "palisade-gateway"}}}],
+             "ports": [{"port": 3128, "protocol": "TCP"}]},
+            {"to": [{"ipBlock": {"cidr": "10.96.0.50/32"}}],
+             "ports": [{"port": 3128, "protocol": "TCP"}]}
+        ]),
+        "{label}: egress other than to the gateway"
+    );
+    assert_eq!(plan.fqdn_policy, None, "{label}");
+    let env: std::collections::BTreeMap<String, String> =
+        plan.pod.spec.as_ref().expect("pod").containers[0]
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+            .collect();
+    assert!(
+        env["HTTPS_PROXY"].ends_with("@10.96.0.50:3128"),
+        "{label}: {env:?}"
+    );
+    assert!(
+        !env["NO_PROXY"].contains('/'),
+        "{label}: a CIDR goes around the gateway: {}",
+        env["NO_PROXY"]
+    );
+    let report = serde_json::to_string(&plan.report).expect("report");
+    assert!(
+        report.contains("all egress goes through the egress gateway"),
+        "{label}: {report}"
+    );
+
+    // What the gateway enforces for the same policy.
+    let checked = palisade::render::check_policy(spec).expect("valid");
+    let rules = GatewayRules::for_network(
+        &checked.network,
+        palisade::policy::egress::ClusterRanges::default(),
+    )
+    .expect("gateway rules");
+    for name in refused {
+        for port in [443, 80] {
+            assert_eq!(
+                rules.check_host(&Host::Name((*name).into()), port),
+                Err(Denial::NameDenied),
+                "{label}: {name}:{port}"
+            );
+        }
+    }
+    for name in allowed {
+        assert_eq!(
+            rules.check_host(&Host::Name((*name).into()), 443),
+            Ok(()),
+            "{label}: {name}"
+        );
+    }
+    for addr in refused_addresses {
+        let ip: IpAddr = addr.parse().expect("address");
+        assert_eq!(
+            rules.check_addresses(&[ip], 443),
+            Err(Denial::DeniedAddress),
+            "{label}: a name resolving to {addr}"
+        );
+        assert!(
+            rules.check_host(&Host::Ip(ip), 443).is_err(),
+            "{label}: {addr} asked for directly"
+        );
+    }
+
+    // Without the gateway (Cilium alone cannot cut a name out), the sandbox is blocked.
+    let mut cilium = cluster(false);
+    cilium.cilium = true;
+    for facts in [cluster(false), cilium] {
+        let b = compile_imported(spec, &facts).expect_err("blocked without the gateway");
+        assert_eq!(
+            b.reason,
+            palisade::render::BlockReason::FqdnBackendMissing,
+            "{label}"
+        );
+    }
+}
+
+#[test]
+fn blocked_host_names_under_allow_all_import_through_the_gateway() {
+    // The corpus document: refused without the gateway, and the refusal says what helps.
+    let doc = load("23_mac_blocked_hosts_unsupported.json");
+    let r = mxc::import(&doc).expect_err("refused without the gateway");
+    assert_eq!(r.field, "network.blockedHosts[0]");
+    assert!(
+        r.message.contains("evil.example.com") && r.message.contains("--gateway"),
+        "{r}"
+    );
+    // With it: allow-all in the legacy form with the blocked name, DNS closed, narrowed.
+    let i = mxc::import_with(&doc, WITH_GATEWAY).unwrap_or_else(|r| panic!("refused: {r}"));
+    let net = i.spec.network.clone().expect("network");
+    assert_eq!(net.allow_outbound, Some(true));
+    assert_eq!(
+        net.blocked_hosts,
+        Some(vec!["evil.example.com".to_string()])
+    );
+    assert_eq!(net.dns, Some(DnsMode::None));
+    assert!(net.egress.is_none() && net.ingress.is_none());
+    let narrowed = i
+        .report
+        .narrowed
+        .iter()
+        .find(|e| e.field == "network.blockedHosts[0]")
+        .unwrap_or_else(|| panic!("not narrowed: {:?}", i.report));
+    for words in [
+        "egress gateway",
+        "all egress goes through the gateway",
+        "direct egress is dropped",
+        "DNS is closed",
+    ] {
+        assert!(narrowed.message.contains(words), "{}", narrowed.message);
+    }
+    assert!(never_grants_more(&doc, &i.spec).is_empty());
+    assert_enforced_through_gateway(
+        "corpus 23",
+        &i.spec,
+        &[
+            "evil.example.com",
+            "x.evil.example.com",
+            "a.b.evil.example.com",
+        ],
+        &["example.com", "notevil.example.com", "pypi.org"],
+        &[],
+    );
+
+    // The CLI: refused without --gateway (naming it), imported with it, narrowed in the
+    // report comments.
+    let path = corpus_dir().join("23_mac_blocked_hosts_unsupported.json");
+    let path = path.to_str().expect("utf-8 path");
+    let without = palisade(&["policy", "import", path, "--name", "corpus"], None);
+    assert!(
+        !without.ok && without.stderr.contains("--gateway"),
+        "{}",
+        without.stderr
+    );
+    let with = palisade(
+        &["policy", "import", path, "--name", "corpus", "--gateway"],
+        None,
+    );
+    assert!(with.ok, "{}", with.stderr);
+    assert!(
+        with.stdout
+            .lines()
+            .any(|l| l.starts_with("#   narrowed: network.blockedHosts[0]: `evil.example.com`")),
+        "{}",
+        with.stdout
+    );
+    assert!(
+        !with.stdout.contains("(sandboxes)") && !with.stdout.contains("0.0.0.0"),
+        "the report assumes the gateway, at no made-up address: {}",
+        with.stdout
+    );
+    let (_, policy) = parse_import_output(&with.stdout);
+    assert_eq!(policy.spec, i.spec);
+}
+
+#[test]
+fn blocked_names_and_addresses_under_allow_all_through_the_gateway() {
+    // A bare SandboxPolicy: names in any case, with a final dot, a wildcard; addresses stay
+    // deny rules; the local network stays inbound from the private ranges only.
+    let bare = json!({
+        "version": "0.7.0-alpha",
+        "network": {
+            "allowOutbound": true,
+            "allowLocalNetwork": true,
+            "blockedHosts": ["203.0.113.0/24", "Evil.Example.COM.", "*.bad.example.org", "192.0.2.7"]
+        },
+        "timeoutMs": 5000
+    });
+    assert_refused(
+        "bare names under allow-all",
+        &bare,
+        "network.blockedHosts[1]",
+        "--gateway",
+    );
+    let e = Expect {
+        egress_default: ALLOW,
+        deny: &[(&["203.0.113.0/24"], &[]), (&["192.0.2.7/32"], &[])],
+        blocked_names: &["evil.example.com", "*.bad.example.org"],
+        ingress: Some((None, None)),
+        ingress_from: &["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"],
+        timeout_ms: Some(5000),
+        report: &[
+            "narrowed:network.blockedHosts[1]",
+            "narrowed:network.blockedHosts[2]",
+            "narrowed:network.allowLocalNetwork",
+        ],
+        ..NOTHING
+    };
+    let i = assert_imports_with("bare names under allow-all", &bare, &e, WITH_GATEWAY);
+    assert!(!i.container_config);
+    let net = i.spec.network.clone().expect("network");
+    assert_eq!(
+        net.blocked_hosts,
+        Some(vec![
+            "203.0.113.0/24".to_string(),
+            "evil.example.com".into(),
+            "*.bad.example.org".into(),
+            "192.0.2.7".into(),
+        ])
+    );
+    assert_eq!(net.allow_local_network, Some(true));
+    assert_enforced_through_gateway(
+        "bare",
+        &i.spec,
+        &[
+            "evil.example.com",
+            "www.evil.example.com",
+            "bad.example.org",
+            "x.bad.example.org",
+        ],
+        &["example.org", "good.example.org", "example.com"],
+        &["203.0.113.9", "192.0.2.7"],
+    );
+    let plan = compile_imported(&i.spec, &cluster(true)).expect("compiles");
+    let np = serde_json::to_value(&plan.network_policy).expect("NetworkPolicy");
+    let sources: BTreeSet<String> = np["spec"]["ingress"][0]["from"]
+        .as_array()
+        .expect("ingress from")
+        .iter()
+        .map(|p| p["ipBlock"]["cidr"].as_str().expect("cidr").to_string())
+        .collect();
+    assert_eq!(sources, str_set(PRIVATE_RANGES));
+
+    // A ContainerConfig: its allowedHosts add nothing under allow-all and are left out (in the
+    // legacy form they would be an allowlist).
+    let container = json!({
+        "version": "0.6.0-alpha",
+        "process": {"commandLine": "true", "timeout": 10000},
+        "network": {
+            "defaultPolicy": "allow",
+            "allowedHosts": ["api.github.com"],
+            "blockedHosts": ["evil.example.com"]
+        }
+    });
+    let e = Expect {
+        egress_default: ALLOW,
+        blocked_names: &["evil.example.com"],
+        timeout_ms: Some(10000),
+        report: &[
+            "na:network.allowedHosts",
+            "narrowed:network.blockedHosts[0]",
+        ],
+        ..NOTHING
+    };
+    let i = assert_imports_with(
+        "container names under allow-all",
+        &container,
+        &e,
+        WITH_GATEWAY,
+    );
+    assert_eq!(
+        i.spec.network.as_ref().expect("network").allowed_hosts,
+        None
+    );
+
+    // What the gateway cannot match is refused at its index, with the gateway too.
+    let mut odd = container.clone();
+    odd["network"]["blockedHosts"] = json!(["192.0.2.1", "evil_host.example.com"]);
+    assert_refused_with(
+        "a blocked name the gateway cannot match",
+        &odd,
+        "network.blockedHosts[1]",
+        "not a host name",
+        WITH_GATEWAY,
+    );
+    // A proxy is not combined with allow-all egress, through the gateway or not.
+    let mut proxied = container.clone();
+    proxied["network"]["proxy"] = json!({"localhost": 3128});
+    assert_refused_with(
+        "a proxy next to allow-all through the gateway",
+        &proxied,
+        "runtimeConfig.networkProxy",
+        "cannot be combined",
+        WITH_GATEWAY,
+    );
+    // Blocked names that egress does not reach anyway do not need the gateway: the import is
+    // the same with and without it.
+    let mut blocking = container.clone();
+    blocking["network"]["defaultPolicy"] = json!("block");
+    let without = mxc::import(&blocking).expect("imports without the gateway");
+    assert_eq!(mxc::import_with(&blocking, WITH_GATEWAY), Ok(without));
 }

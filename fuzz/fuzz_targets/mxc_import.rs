@@ -1,6 +1,7 @@
 //! `palisade policy import` on arbitrary bytes: the bytes are the MXC document file, read as
 //! `policy_cmd::load` reads it (one document, not a Kubernetes object), then imported with
-//! `palisade::mxc::import`.
+//! `palisade::mxc::import_with`, without and with the egress gateway (`policy import
+//! --gateway`, which imports host names blocked under allow-all egress).
 //!
 //! Oracle, for every document that imports:
 //! * the imported policy grants nothing the document does not grant: `never_grants_more` of
@@ -28,7 +29,7 @@ mod oracle {
     include!(concat!(env!("OUT_DIR"), "/mxc_oracle.rs"));
 }
 
-fn import(file: &Path, text: &str) {
+fn import(file: &Path, text: &str, options: mxc::ImportOptions) {
     // policy_cmd::load: exactly one document, and not a Kubernetes object.
     let Ok(docs) = parse_values(file, text) else {
         return;
@@ -39,7 +40,7 @@ fn import(file: &Path, text: &str) {
     if doc.get("apiVersion").is_some() || doc.get("kind").is_some() {
         return;
     }
-    let Ok(imported) = mxc::import(doc) else {
+    let Ok(imported) = mxc::import_with(doc, options) else {
         return;
     };
 
@@ -87,6 +88,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // MXC documents are JSON files; `policy import` reads other names as YAML.
-    import(Path::new("policy.json"), text);
-    import(Path::new("policy.yaml"), text);
+    for gateway in [false, true] {
+        let options = mxc::ImportOptions { gateway };
+        import(Path::new("policy.json"), text, options);
+        import(Path::new("policy.yaml"), text, options);
+    }
 });

@@ -57,7 +57,7 @@ pub fn host_peer(h: &str) -> EgressPeer {
 
 /// A host name as DNS compares it: case ignored, and a final dot (the root) dropped, so that
 /// `Evil.Example.COM.` is `evil.example.com`.
-fn dns_name(h: &str) -> String {
+pub fn dns_name(h: &str) -> String {
     h.trim_end_matches('.').to_ascii_lowercase()
 }
 

@@ -112,7 +112,9 @@ fn mappings(c: &CheckedPolicy) -> Vec<Mapping> {
         }
     }
     let n = &c.network;
-    let default = if n.egress.default == Some(DefaultAction::Allow) {
+    let default = if !n.blocked_names.is_empty() {
+        "deny except to the egress gateway, which carries all egress (needs the gateway; blocked without it)"
+    } else if n.egress.default == Some(DefaultAction::Allow) {
         "allow (minus metadata and cluster ranges)"
     } else {
         "deny"
@@ -124,6 +126,16 @@ fn mappings(c: &CheckedPolicy) -> Vec<Mapping> {
             "NetworkPolicy <sandbox>-isolation, policyTypes Ingress+Egress; egress default {default}"
         ),
     );
+    if !n.blocked_names.is_empty() {
+        line(
+            &mut out,
+            "network.blockedHosts",
+            format!(
+                "all egress goes through the egress gateway, which refuses {} and the names under them (and the blocked addresses), and allows every other name over TLS or plain HTTP; no direct egress, no DNS",
+                n.blocked_names.join(", ")
+            ),
+        );
+    }
     for (i, r) in n.egress.allow.iter().enumerate() {
         let names = r.to.iter().flatten().any(|p| p.fqdn.is_some());
         let what = if names {
