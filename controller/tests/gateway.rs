@@ -242,6 +242,11 @@ struct World {
     served: tokio::task::JoinHandle<()>,
 }
 
+/// How long a request the gateway cannot attribute yet waits for the pod watch, here.
+const SOURCE_WAIT: Duration = Duration::from_millis(400);
+/// The same for the address of a sandbox pod not reported Running yet.
+const STARTING_WAIT: Duration = Duration::from_millis(1500);
+
 async fn world() -> World {
     world_with(Limits::default()).await
 }
@@ -300,6 +305,8 @@ async fn world_with(limits: Limits) -> World {
         Timeouts {
             hello: Duration::from_secs(3),
             drain: Duration::from_secs(1),
+            source: SOURCE_WAIT,
+            starting: STARTING_WAIT,
             ..Timeouts::default()
         },
         limits,
@@ -671,6 +678,100 @@ async fn credentials_and_source_addresses_must_agree() {
         }
     }
     assert!(w.dialled().is_empty());
+}
+
+#[tokio::test]
+async fn a_pod_seen_running_while_its_first_request_waits_is_served_and_never_before() {
+    let w = world().await;
+    // s3 starts: its first CONNECT comes before the pod watch has told the gateway.
+    let mut cache = RulesCache::default();
+    let with_s3 = build(
+        &[
+            pod("s1", "u1", "127.0.0.1"),
+            pod("s2", "u2", "127.0.0.2"),
+            pod("s3", "u3", "127.0.0.3"),
+        ],
+        &[
+            sandbox("s1", "u1", "p1"),
+            sandbox("s2", "u2", "p2"),
+            sandbox("s3", "u3", "p1"),
+        ],
+        &[policy("p1", "1", s1_egress(true))],
+        ClusterRanges::default(),
+        &mut cache,
+    );
+    let tx = w.directory.clone();
+    let started = std::time::Instant::now();
+    let publish = tokio::spawn(async move {
+        tokio::time::sleep(SOURCE_WAIT / 4).await;
+        tx.send_replace(Arc::new(with_s3));
+    });
+    let (status, head, s) = w
+        .connect("127.0.0.3", "api.example.com:443", Cred::Of("u3"))
+        .await;
+    publish.await.unwrap();
+    assert_eq!(status, 200, "{head}");
+    assert!(started.elapsed() >= SOURCE_WAIT / 4);
+    assert!(w.tls_ping(s, "api.example.com").await.is_ok());
+    // A source that never shows up is refused once the wait is over, and nothing is dialled
+    // for it; the same for a credential of another sandbox than the address's.
+    for (from, uid, reason) in [
+        ("127.0.0.4", "u1", "UnknownSource"),
+        ("127.0.0.2", "u3", "WrongSandbox"),
+    ] {
+        let started = std::time::Instant::now();
+        let before = w.dialled().len();
+        let (status, head, _) = w.connect(from, "api.example.com:443", Cred::Of(uid)).await;
+        assert_eq!((status, denial_header(&head)), (403, reason));
+        assert!(
+            started.elapsed() >= SOURCE_WAIT,
+            "refused before the wait ended"
+        );
+        assert_eq!(w.dialled().len(), before);
+    }
+    // A pod the gateway knows as Pending (the kubelet has not reported its agent running):
+    // its requests are never attributed to it, but wait longer for it to be Running.
+    let s4 = |phase: &str| {
+        let mut p = (*pod("s4", "u4", "127.0.0.4")).clone();
+        p.status.as_mut().unwrap().phase = Some(phase.into());
+        let mut cache = RulesCache::default();
+        Arc::new(build(
+            &[pod("s1", "u1", "127.0.0.1"), Arc::new(p)],
+            &[sandbox("s1", "u1", "p1"), sandbox("s4", "u4", "p1")],
+            &[policy("p1", "1", s1_egress(true))],
+            ClusterRanges::default(),
+            &mut cache,
+        ))
+    };
+    w.directory.send_replace(s4("Pending"));
+    let tx = w.directory.clone();
+    let running = s4("Running");
+    let started = std::time::Instant::now();
+    let publish = tokio::spawn(async move {
+        tokio::time::sleep(SOURCE_WAIT * 2).await;
+        tx.send_replace(running);
+    });
+    let (status, head, _) = w
+        .connect("127.0.0.4", "api.example.com:443", Cred::Of("u4"))
+        .await;
+    publish.await.unwrap();
+    assert_eq!(status, 200, "{head}");
+    assert!(started.elapsed() >= SOURCE_WAIT * 2);
+    // One that stays Pending is refused once the longer wait is over.
+    w.directory.send_replace(s4("Pending"));
+    let started = std::time::Instant::now();
+    let (status, head, _) = w
+        .connect("127.0.0.4", "api.example.com:443", Cred::Of("u4"))
+        .await;
+    assert_eq!((status, denial_header(&head)), (403, "UnknownSource"));
+    assert!(started.elapsed() >= STARTING_WAIT);
+    // A missing credential is answered at once: nothing a newer view could change.
+    let started = std::time::Instant::now();
+    let (status, _, _) = w
+        .connect("127.0.0.4", "api.example.com:443", Cred::None)
+        .await;
+    assert_eq!(status, 407);
+    assert!(started.elapsed() < SOURCE_WAIT);
 }
 
 #[tokio::test]

@@ -36,9 +36,18 @@ pub struct Directory {
     pub by_ip: HashMap<IpAddr, Source>,
     /// Sandbox UID to its policy's rules.
     pub rules: HashMap<String, CompiledRules>,
+    /// Addresses of sandbox pods that are not Running yet (Pending, with an address): never
+    /// attributed, but a request from one waits longer for the pod to be reported Running
+    /// (the kubelet reports it a moment, sometimes seconds, after the agent has started).
+    pub starting: std::collections::HashSet<IpAddr>,
 }
 
 impl Directory {
+    /// Whether `source` is the address of a sandbox pod that has not been reported Running.
+    pub fn is_starting(&self, source: IpAddr) -> bool {
+        self.starting.contains(&canonical(source))
+    }
+
     /// The source and rules of a request from `source` carrying a credential for `credential`
     /// (a sandbox UID), or why it is refused.
     pub fn attribute(
@@ -122,11 +131,12 @@ fn compile(policy: &AgentPolicy, ranges: ClusterRanges<'_>) -> Result<GatewayRul
     GatewayRules::for_network(&checked.network, ranges)
 }
 
-fn running_ips(pod: &Pod) -> Vec<IpAddr> {
+/// The addresses of a pod that is not terminating and in `phase`.
+fn ips_in_phase(pod: &Pod, phase: &str) -> Vec<IpAddr> {
     let Some(status) = &pod.status else {
         return Vec::new();
     };
-    if status.phase.as_deref() != Some("Running") || pod.metadata.deletion_timestamp.is_some() {
+    if status.phase.as_deref() != Some(phase) || pod.metadata.deletion_timestamp.is_some() {
         return Vec::new();
     }
     let mut ips: Vec<IpAddr> = status
@@ -187,6 +197,7 @@ pub fn build(
         rules.insert(uid.to_string(), compiled);
     }
     let mut by_ip: HashMap<IpAddr, Source> = HashMap::new();
+    let mut starting = std::collections::HashSet::new();
     let mut contested: Vec<IpAddr> = Vec::new();
     for pod in pods {
         let (Some(ns), Some(name)) = (
@@ -210,7 +221,8 @@ pub fn build(
         if !labelled || sandbox.metadata.uid.as_deref() != Some(owner.uid.as_str()) {
             continue;
         }
-        for ip in running_ips(pod) {
+        starting.extend(ips_in_phase(pod, "Pending"));
+        for ip in ips_in_phase(pod, "Running") {
             let source = Source {
                 namespace: ns.to_string(),
                 sandbox: name.to_string(),
@@ -225,10 +237,12 @@ pub fn build(
     for ip in contested {
         by_ip.remove(&ip);
     }
+    starting.retain(|ip| !by_ip.contains_key(ip));
     Directory {
         synced: true,
         by_ip,
         rules,
+        starting,
     }
 }
 
@@ -396,5 +410,25 @@ mod tests {
             panic!()
         };
         assert_eq!(rules.names[0].names, vec!["b.example.com".to_string()]);
+    }
+
+    #[test]
+    fn a_pending_pod_is_starting_never_a_source() {
+        let mut p = pod("a", "s1", "u1", "10.0.0.1", "Pending");
+        let d = dir(vec![p.clone()]);
+        assert!(d.is_starting(ip("10.0.0.1")));
+        assert_eq!(
+            d.attribute(ip("10.0.0.1"), Some("u1")).err(),
+            Some(Denial::UnknownSource)
+        );
+        let running = dir(vec![pod("a", "s1", "u1", "10.0.0.1", "Running")]);
+        assert!(!running.is_starting(ip("10.0.0.1")));
+        p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::UNIX_EPOCH,
+        ));
+        assert!(
+            !dir(vec![p]).is_starting(ip("10.0.0.1")),
+            "a terminating pod is not starting"
+        );
     }
 }

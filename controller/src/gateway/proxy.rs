@@ -51,6 +51,14 @@ pub struct Timeouts {
     pub drain: Duration,
     /// A plain HTTP request's upstream connection and response head.
     pub response: Duration,
+    /// How long a request that the current view cannot attribute (unknown source address,
+    /// another sandbox's address, caches not listed yet) waits for the pod watch to catch up
+    /// before it is refused: a pod's first connections can come before the gateway has seen
+    /// it Running. The decision is only taken later, never made looser.
+    pub source: Duration,
+    /// The same wait for a request from the address of a sandbox pod that exists but has not
+    /// been reported Running yet.
+    pub starting: Duration,
 }
 
 impl Default for Timeouts {
@@ -62,6 +70,8 @@ impl Default for Timeouts {
             hello: Duration::from_secs(10),
             drain: Duration::from_secs(20),
             response: Duration::from_secs(60),
+            source: Duration::from_secs(5),
+            starting: Duration::from_secs(30),
         }
     }
 }
@@ -339,6 +349,32 @@ struct Admitted {
     upstream: TcpStream,
 }
 
+/// The newest view of pods, sandboxes and policies, waiting up to `Timeouts::source` (or
+/// `Timeouts::starting`, for the address of a pod not reported Running yet) for one that
+/// attributes a request from `peer` with credential `uid` while the current one cannot for a
+/// reason a newer view may change (a pod just started, an address just reused, caches not
+/// listed). A missing or wrong credential is not waited on.
+async fn attributable(gw: &Gateway, peer: SocketAddr, uid: Option<&str>) -> Arc<Directory> {
+    let mut changes = gw.directory.clone();
+    let started = tokio::time::Instant::now();
+    loop {
+        let snapshot = changes.borrow_and_update().clone();
+        match snapshot.attribute(peer.ip(), uid) {
+            Err(Denial::UnknownSource | Denial::WrongSandbox | Denial::NotSynced) => {}
+            _ => return snapshot,
+        }
+        let wait = if snapshot.is_starting(peer.ip()) {
+            gw.timeouts.starting
+        } else {
+            gw.timeouts.source
+        };
+        match tokio::time::timeout_at(started + wait, changes.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return snapshot,
+        }
+    }
+}
+
 /// Attributes, decides, resolves, checks and dials. On refusal, the decision is filled in.
 async fn admit(
     gw: &Gateway,
@@ -353,7 +389,7 @@ async fn admit(
             .get(header::PROXY_AUTHORIZATION)
             .map(HeaderValue::as_bytes),
     );
-    let snapshot = gw.directory.borrow().clone();
+    let snapshot = attributable(gw, peer, uid.as_deref()).await;
     let (source, rules) = snapshot.attribute(peer.ip(), uid.as_deref())?;
     d.sandbox = Some(source.clone());
     rules.check_host(host, port)?;
