@@ -212,8 +212,10 @@ pub struct NetworkRules {
     pub allowed_hosts: Option<Vec<String>>,
 
     /// Legacy MXC: hosts outbound traffic may never reach (with `allowOutbound: true`). IP
-    /// addresses and CIDRs become deny rules; a host name cannot be cut out of an allow-all
-    /// egress by a NetworkPolicy, so such a policy is refused.
+    /// addresses and CIDRs become deny rules. A host name cannot be cut out of an allow-all
+    /// egress by a NetworkPolicy: with the egress gateway, all egress then goes through it,
+    /// which refuses those names and the names under them (reported as narrowed); without the
+    /// gateway such a sandbox is blocked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256), inner(length(min = 1, max = 253)))]
     pub blocked_hosts: Option<Vec<String>>,
