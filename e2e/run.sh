@@ -92,13 +92,27 @@ if ((node)); then
   node_values=(--set "cluster.cidrs={10.244.0.0/14,10.96.0.0/16}" --set "cluster.nodeCidrs={10.250.0.0/16}")
   # kube-router programs a pod after it starts: the isolation check can require the transition.
   node_values+=(--set sandboxPods.isolationCheck.mode=transition)
+  # The egress gateway runs for real on the node (tests/gateway.rs), the operator's pods stay
+  # on the simulated nodes (the operator under test runs beside the suite). The release
+  # namespace lifts the cluster's default node selector so that each Deployment picks its own.
+  # The gateway reaches the API server through its forwarder, on port 16443.
+  node_values+=(--set "gateway.nodeSelector.palisade\.dev/node=real"
+    --set "nodeSelector.palisade\.dev/node=simulated"
+    --set "networkPolicy.apiServer.ports={443,16443}")
+  kubectl create namespace "$release_ns" --dry-run=client -o yaml |
+    kubectl annotate -f - --local -o yaml "scheduler.alpha.kubernetes.io/node-selector=" |
+    kubectl apply -f - >/dev/null
 else
   echo "e2e: no real node (PALISADE_E2E_NODE=0 or E2E_KUBECONFIG): the isolation suite (tests/isolation.rs) does not run"
 fi
 echo "e2e: helm install $release charts/palisade -n $release_ns"
 # The suite's sandboxes use RuntimeClasses of unique names (gvisor-late-..., gvisor-tolerating-...).
+# With the real node, the gateway's pods pull the operator's image, pushed below: the rollout
+# is awaited after that.
+wait_flags=(--wait --timeout 3m)
+((node)) && wait_flags=()
 helm upgrade --install "$release" charts/palisade --namespace "$release_ns" --create-namespace \
-  --set "admissionPolicy.runtimeClassNames={gvisor-*,kata-*}" "${node_values[@]}" --wait --timeout 3m
+  --set "admissionPolicy.runtimeClassNames={gvisor-*,kata-*}" "${node_values[@]}" "${wait_flags[@]}"
 kubectl wait --for=condition=Established --timeout=60s crd/agentpolicies.palisade.dev crd/agentsandboxes.palisade.dev
 
 # Credentials of the chart's ServiceAccount, for every operator the suite runs.
@@ -157,6 +171,8 @@ if ((node)); then
     exit 1
   fi
   e2e/cluster/operator-image.sh "$operator_bin" "$check_image"
+  kubectl -n "$release_ns" rollout status deployment/"$release" --timeout=3m
+  kubectl -n "$release_ns" rollout status deployment/"$release"-gateway --timeout=3m
 fi
 operator_log="$state/operator.log"
 KUBECONFIG="$operator_kubeconfig" POD_NAME=e2e-shared-operator \
@@ -167,7 +183,7 @@ cleanup+=("stop_operator")
 
 status=0
 suites=(--test admission --test operator --test hardening --test rbac --test gitops --test backends)
-((node)) && suites+=(--test isolation)
+((node)) && suites+=(--test isolation --test gateway)
 cargo test -p palisade-e2e --no-fail-fast "${suites[@]}" \
   -- --test-threads "${E2E_THREADS:-8}" "$@" || status=$?
 stop_operator
@@ -210,6 +226,11 @@ if kubectl get clusterrole "$release" >/dev/null 2>&1; then
   status=1
 fi
 kubectl get crd agentsandboxes.palisade.dev >/dev/null # CRDs stay with their objects
+# The plain manifests' operator must stay on the simulated nodes: the cluster's default again.
+if ((node)); then
+  kubectl annotate namespace "$release_ns" --overwrite \
+    "scheduler.alpha.kubernetes.io/node-selector=palisade.dev/node=simulated" >/dev/null
+fi
 kubectl apply --server-side -k config/default
 kubectl -n "$release_ns" rollout status deployment/palisade --timeout=120s
 kubectl delete -f config/default/palisade.yaml --wait --timeout=120s >/dev/null

@@ -50,13 +50,19 @@ CLUSTER_DNS_IP="10.96.0.10"
 REGISTRY="${HOST_IP}:5000"
 # The outside world's test servers: documentation addresses (RFC 5737) and a fake metadata
 # service; only the node's routes lead there, and nothing leads further.
-WORLD_ADDRESSES=(192.0.2.10 192.0.2.20 198.51.100.10 198.51.100.13 203.0.113.10 169.254.169.254)
+# PACKAGES_ADDRESS is the package index (HTTP and HTTPS, a Python package of its own), reached
+# by name through the egress gateway (e2e/tests/gateway.rs).
+PACKAGES_ADDRESS=192.0.2.30
+WORLD_ADDRESSES=(192.0.2.10 192.0.2.20 198.51.100.10 198.51.100.13 203.0.113.10 169.254.169.254
+  "${PACKAGES_ADDRESS}")
 WORLD_PREFIXES=(192.0.2.0/24 198.51.100.0/24 203.0.113.0/24 169.254.169.254/32)
 for a in "${WORLD_ADDRESSES[@]}"; do HOST_RULES+=("-d ${a}/32 -j DROP"); done
 WORLD_TCP_PORTS=(80 443 8080)
 WORLD_UDP_PORTS=(53 5353)
 
 NODE_DIR="${STATE_DIR}/node"
+# Debian's pip wheel (package python3-pip-whl), which the tools image runs pip from.
+PIP_WHEELS=/usr/share/python-wheels
 # Machine-wide state of the one real node a machine can run (its namespace and link names are
 # fixed): the state directory that owns it, and the host's kernel settings the kubelet changes,
 # restored by node_network_down.
@@ -109,11 +115,14 @@ node_is_ours() {
 node_preflight() {
   [[ "${EUID}" == 0 ]] || die "the real node needs root (network namespaces, cgroups, mounts, iptables); run as root, or set PALISADE_E2E_NODE=0 for simulated nodes only (the isolation suite then does not run)"
   local missing=() t
-  for t in runc iptables ipset conntrack nsenter ip curl; do
+  for t in runc iptables ipset conntrack nsenter ip curl python3; do
     command -v "${t}" >/dev/null || missing+=("${t}")
   done
+  # The tools image (node_tools_image) carries Debian's Python and pip's wheel.
+  [[ -x /usr/bin/python3 ]] || missing+=(/usr/bin/python3)
+  compgen -G "${PIP_WHEELS}/pip-*.whl" >/dev/null || missing+=("${PIP_WHEELS}/pip-*.whl")
   ((${#missing[@]} == 0)) ||
-    die "the real node needs ${missing[*]}: apt-get install runc iptables ipset conntrack util-linux iproute2 curl"
+    die "the real node needs ${missing[*]}: apt-get install runc iptables ipset conntrack util-linux iproute2 curl python3 python3-pip-whl"
   # One real node per machine: another state directory's node must be stopped first.
   if node_owned_elsewhere; then
     die "the real node of $(node_owner) is running (one per machine); stop it first: PALISADE_E2E_STATE=$(node_owner) e2e/cluster/down.sh"
@@ -645,6 +654,67 @@ node_image() {
   rm -rf "${work}"
 }
 
+# The world's own certificate authority and the package index's certificate (the names it
+# serves under: packages.example.com, and rebind.example.com, whose answers include the
+# metadata address). Made fresh for each node; the tools image trusts the authority.
+WORLD_PKI="${NODE_DIR}/world-pki"
+node_world_pki() {
+  mkdir -p "${WORLD_PKI}"
+  local d="${WORLD_PKI}"
+  openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -days 2 \
+    -subj "/CN=palisade-e2e world CA" -keyout "${d}/ca.key" -out "${d}/ca.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
+  openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
+    -subj "/CN=packages.example.com" -keyout "${d}/packages.key" -out "${d}/packages.csr" 2>/dev/null
+  printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+    "extendedKeyUsage=serverAuth" "subjectAltName=DNS:packages.example.com,DNS:rebind.example.com" \
+    >"${d}/packages.ext"
+  openssl x509 -req -in "${d}/packages.csr" -CA "${d}/ca.crt" -CAkey "${d}/ca.key" \
+    -CAcreateserial -days 2 -extfile "${d}/packages.ext" -out "${d}/packages.crt" 2>/dev/null
+  chmod 600 "${d}"/*.key
+}
+
+# An image with the tools an agent uses to fetch software, pushed to the local registry as
+# <repository:tag>: Debian's curl and python3 (with the standard library and the C libraries
+# they link, at the host's paths), pip unpacked from Debian's wheel into /opt/pip (PYTHONPATH),
+# the probe, and the world's certificate authority in /etc/palisade-e2e/world-ca.crt.
+# Entrypoint python3.
+node_tools_image() {
+  local ref="$1" work lib f pyver
+  work="$(mktemp -d "${NODE_DIR}/image.XXXXXX")"
+  pyver="$(readlink -f /usr/bin/python3)"
+  mkdir -p "${work}/root/usr/bin" "${work}/root/usr/local/bin" "${work}/root/usr/lib" \
+    "${work}/root/tmp" "${work}/root/opt/pip" "${work}/root/etc/palisade-e2e"
+  cp "${pyver}" "${work}/root/usr/bin/"
+  ln -s "$(basename "${pyver}")" "${work}/root/usr/bin/python3"
+  cp /usr/bin/curl "${work}/root/usr/bin/"
+  cp "${BIN_DIR}/probe" "${work}/root/usr/local/bin/probe"
+  cp "${WORLD_PKI}/ca.crt" "${work}/root/etc/palisade-e2e/world-ca.crt"
+  # The standard library, without its tests and the GUI and build tooling.
+  tar -C /usr/lib -cf - --exclude=test --exclude=tests --exclude=idlelib --exclude=tkinter \
+    --exclude=turtledemo --exclude=ensurepip --exclude=lib2to3 --exclude=config-* \
+    "$(basename "${pyver}")" | tar -C "${work}/root/usr/lib" -xf -
+  python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' \
+    "$(compgen -G "${PIP_WHEELS}/pip-*.whl" | head -n 1)" "${work}/root/opt/pip"
+  "${pyver}" -m compileall -q "${work}/root/opt/pip" >/dev/null
+  for f in "${pyver}" /usr/bin/curl "${work}/root/usr/lib/$(basename "${pyver}")"/lib-dynload/*.so; do
+    for lib in $(ldd "${f}" 2>/dev/null | grep -oE '/[^ ]+'); do
+      [[ -e "${work}/root${lib}" ]] && continue
+      mkdir -p "${work}/root$(dirname "${lib}")"
+      cp -L "${lib}" "${work}/root${lib}"
+    done
+  done
+  chmod -R a+rX,go-w "${work}/root"
+  chmod 1777 "${work}/root/tmp"
+  tar --owner=0 --group=0 --numeric-owner -C "${work}/root" -cf "${work}/layer.tar" .
+  "${BIN_DIR}/crane" append --insecure --platform linux/amd64 -f "${work}/layer.tar" \
+    -t "${REGISTRY}/${ref}" >/dev/null 2>>"${LOG_DIR}/crane.log"
+  "${BIN_DIR}/crane" mutate --insecure --entrypoint=/usr/bin/python3 \
+    --env PATH=/usr/local/bin:/usr/bin:/bin --env PYTHONPATH=/opt/pip --env HOME=/tmp \
+    "${REGISTRY}/${ref}" >/dev/null 2>>"${LOG_DIR}/crane.log"
+  rm -rf "${work}"
+}
+
 # The operator's image, as the Dockerfile makes it (the release binary in /usr/local/bin with the
 # C libraries it links, no shell, user 65532), pushed to the local registry: <repository:tag>
 # <binary>. Sandbox pods on the real node run it as their isolation check.
@@ -674,16 +744,19 @@ node_up() {
   node_network_up
   local ports="" a p
   for a in "${WORLD_ADDRESSES[@]}"; do
-    [[ "${a}" == 169.254.169.254 ]] && continue
+    [[ "${a}" == 169.254.169.254 || "${a}" == "${PACKAGES_ADDRESS}" ]] && continue
     for p in "${WORLD_TCP_PORTS[@]}"; do ports+="${ports:+,}${a}:${p}"; done
   done
   local udp=""
   for a in "${WORLD_ADDRESSES[@]}"; do
-    [[ "${a}" == 169.254.169.254 ]] && continue
+    [[ "${a}" == 169.254.169.254 || "${a}" == "${PACKAGES_ADDRESS}" ]] && continue
     for p in "${WORLD_UDP_PORTS[@]}"; do udp+="${udp:+,}${a}:${p}"; done
   done
+  node_world_pki
   node_start "${WORLD_NS}" world-servers "$(node_binary world-servers "${BIN_DIR}/probe")" \
-    serve --tcp="${ports}" --udp="${udp}" --http=169.254.169.254:80
+    serve --tcp="${ports}" --udp="${udp}" --http=169.254.169.254:80 \
+    --packages="${PACKAGES_ADDRESS}" --packages-cert="${WORLD_PKI}/packages.crt" \
+    --packages-key="${WORLD_PKI}/packages.key"
   node_start "" api-forwarder "$(node_binary api-forwarder "${BIN_DIR}/probe")" \
     forward "${HOST_IP}:${APISERVER_PORT}" "127.0.0.1:${APISERVER_PORT}"
 
@@ -702,6 +775,7 @@ YAML
   node_image pause:1 "${BIN_DIR}/probe" /usr/local/bin/probe pause
   node_image palisade-e2e/probe:1 "${BIN_DIR}/probe" /usr/local/bin/probe check
   node_image "coredns:${COREDNS_VERSION}" "${BIN_DIR}/coredns" /usr/local/bin/coredns
+  node_tools_image palisade-e2e/tools:1
   sed "s/@WORLD_IP@/${WORLD_IP}/g" "${CLUSTER_DIR}/node/world.Corefile" >"${NODE_DIR}/world.Corefile"
   node_start "${WORLD_NS}" world-dns "$(node_binary world-dns "${BIN_DIR}/coredns")" \
     -conf "${NODE_DIR}/world.Corefile"

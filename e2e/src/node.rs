@@ -22,6 +22,22 @@ pub const PROBE_IMAGE: &str = "ghcr.io/palisade-e2e/probe:1";
 /// Its repository prefix, for a policy's `images.allowedRegistries`.
 pub const PROBE_IMAGE_REPOSITORY: &str = "ghcr.io/palisade-e2e";
 
+/// The tools image (e2e/cluster/node.sh, `node_tools_image`): Debian's curl, python3 and pip,
+/// the probe, and the world's certificate authority in [`WORLD_CA`]; entrypoint python3.
+pub const TOOLS_IMAGE: &str = "ghcr.io/palisade-e2e/tools:1";
+/// The world's certificate authority inside the tools image.
+pub const WORLD_CA: &str = "/etc/palisade-e2e/world-ca.crt";
+/// The world's package index (HTTP on 80, HTTPS on 443): `packages.example.com`.
+pub const PACKAGES_ADDRESS: &str = "192.0.2.30";
+
+/// The e2e state directory (`PALISADE_E2E_STATE`, else `<repo>/target/e2e`), which holds the
+/// cluster's logs (`logs/<component>.log`).
+pub fn state_dir() -> std::path::PathBuf {
+    std::env::var_os("PALISADE_E2E_STATE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::root().join("target/e2e"))
+}
+
 /// How long a pod on the real node may take to start or finish.
 pub const POD_WAIT: Duration = Duration::from_secs(120);
 

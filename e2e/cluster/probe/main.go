@@ -5,7 +5,10 @@
 package main
 
 import (
+	"archive/zip"
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -70,7 +73,9 @@ func usage() {
   probe loop [--interval=100ms] [--for=30s] [--ignore-sigterm] CHECK...
                                           the checks again and again, one line per attempt
   probe serve [--tcp=ADDR:PORT,...] [--udp=ADDR:PORT,...] [--http=ADDR:PORT,...]
-                                          echo servers (TCP, UDP) and a fake metadata server
+              [--packages=ADDR --packages-cert=FILE --packages-key=FILE]
+                                          echo servers (TCP, UDP), a fake metadata server and
+                                          a package index (HTTP on ADDR:80, HTTPS on ADDR:443)
   probe pause                             wait for SIGTERM/SIGINT (the pod-sandbox image)
   probe forward LISTEN TARGET             forward TCP connections (the node reaches the API server)
   probe demo [CHECK...]                   the demo agent: human-readable lines
@@ -455,6 +460,9 @@ func serve(args []string) int {
 	tcp := fs.String("tcp", "", "comma-separated ADDR:PORT to echo on (TCP)")
 	udp := fs.String("udp", "", "comma-separated ADDR:PORT to answer on (UDP)")
 	web := fs.String("http", "", "comma-separated ADDR:PORT of fake metadata servers (HTTP)")
+	packages := fs.String("packages", "", "ADDR of the package index (HTTP on port 80, HTTPS on 443)")
+	packagesCert := fs.String("packages-cert", "", "PEM certificate (chain) of the package index")
+	packagesKey := fs.String("packages-key", "", "PEM key of the package index")
 	_ = fs.Parse(args)
 	split := func(s string) []string {
 		if s == "" {
@@ -511,10 +519,18 @@ func serve(args []string) int {
 		}
 		mux := http.NewServeMux()
 		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-			// Looks like a cloud metadata service: reaching it at all is the finding.
+			// Looks like a cloud metadata service: reaching it at all is the finding. Every
+			// request is logged, so a test can tell that one never arrived.
+			fmt.Printf("metadata request: host=%s path=%s from=%s\n", r.Host, r.URL.Path, r.RemoteAddr)
 			fmt.Fprintf(w, "fake metadata service at %s: %s\n", r.Host, r.URL.Path)
 		})
 		go func() { errs <- http.Serve(l, mux) }()
+	}
+	if *packages != "" {
+		if err := servePackages(*packages, *packagesCert, *packagesKey, errs); err != nil {
+			fmt.Fprintln(os.Stderr, "probe serve:", err)
+			return 1
+		}
 	}
 	fmt.Println("probe serve: ready")
 	sig := make(chan os.Signal, 1)
@@ -526,6 +542,97 @@ func serve(args []string) int {
 		fmt.Fprintln(os.Stderr, "probe serve:", err)
 		return 1
 	}
+}
+
+// The one package of the index: a wheel made at start, so nothing binary is checked in.
+const wheelName = "palisade_hello-1.0-py3-none-any.whl"
+
+// wheel builds the package palisade-hello 1.0 (module palisade_hello, whose GREETING says
+// where it came from), with a RECORD of sha256 digests as the wheel format asks.
+func wheel() ([]byte, error) {
+	files := []struct{ name, body string }{
+		{"palisade_hello/__init__.py", "GREETING = \"hello from the package index of the e2e world\"\n"},
+		{"palisade_hello-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: palisade-hello\nVersion: 1.0\nSummary: e2e test package\n"},
+		{"palisade_hello-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: palisade-e2e-probe\nRoot-Is-Purelib: true\nTag: py3-none-any\n"},
+	}
+	var buf bytes.Buffer
+	z := zip.NewWriter(&buf)
+	record := ""
+	for _, f := range files {
+		w, err := z.Create(f.name)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := io.WriteString(w, f.body); err != nil {
+			return nil, err
+		}
+		sum := sha256.Sum256([]byte(f.body))
+		record += fmt.Sprintf("%s,sha256=%s,%d\n", f.name, base64.RawURLEncoding.EncodeToString(sum[:]), len(f.body))
+	}
+	record += "palisade_hello-1.0.dist-info/RECORD,,\n"
+	w, err := z.Create("palisade_hello-1.0.dist-info/RECORD")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := io.WriteString(w, record); err != nil {
+		return nil, err
+	}
+	if err := z.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// servePackages serves a package index (PEP 503 simple API) with one wheel, over HTTP on
+// addr:80 and HTTPS on addr:443, and /hello, which says which of the two answered and for
+// which name. Each request is logged.
+func servePackages(addr, certFile, keyFile string, errs chan<- error) error {
+	whl, err := wheel()
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(whl)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/hello", func(w http.ResponseWriter, r *http.Request) {
+		scheme := "http"
+		if r.TLS != nil {
+			scheme = "https (server name " + r.TLS.ServerName + ")"
+		}
+		fmt.Fprintf(w, "hello from the package index: host %s over %s\n", r.Host, scheme)
+	})
+	mux.HandleFunc("/simple/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		switch r.URL.Path {
+		case "/simple/":
+			fmt.Fprint(w, `<!DOCTYPE html><html><body><a href="/simple/palisade-hello/">palisade-hello</a></body></html>`)
+		case "/simple/palisade-hello/":
+			fmt.Fprintf(w, `<!DOCTYPE html><html><body><a href="/files/%s#sha256=%x">%s</a></body></html>`, wheelName, sum, wheelName)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+	mux.HandleFunc("/files/"+wheelName, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		_, _ = w.Write(whl)
+	})
+	logged := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Printf("package index request: host=%s path=%s tls=%t from=%s\n", r.Host, r.URL.Path, r.TLS != nil, r.RemoteAddr)
+		mux.ServeHTTP(w, r)
+	})
+	plain, err := net.Listen("tcp", net.JoinHostPort(addr, "80"))
+	if err != nil {
+		return err
+	}
+	secure, err := net.Listen("tcp", net.JoinHostPort(addr, "443"))
+	if err != nil {
+		return err
+	}
+	go func() { errs <- http.Serve(plain, logged) }()
+	go func() {
+		srv := &http.Server{Handler: logged, ReadHeaderTimeout: 10 * time.Second}
+		errs <- srv.ServeTLS(secure, certFile, keyFile)
+	}()
+	return nil
 }
 
 // demo is the demo agent: it tries what the image's /etc/palisade-demo/checks lists (or the
