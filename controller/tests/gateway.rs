@@ -508,7 +508,7 @@ async fn names_the_policy_does_not_allow_are_refused_before_any_lookup() {
     }
     assert!(w.dialled().is_empty());
     // Counted for the sandbox's status, and announced once per host.
-    let (pending, events) = w.denials.lock().unwrap().take();
+    let (pending, events) = w.denials.lock().unwrap().take(std::time::Instant::now());
     assert_eq!(pending["u1"].total, 5);
     assert_eq!(pending["u1"].hosts.len(), 5);
     assert_eq!(events.len(), 1, "one event per interval: {events:?}");
@@ -1010,4 +1010,147 @@ async fn on_shutdown_open_tunnels_drain_then_close() {
         .await
         .expect("serve returned")
         .unwrap();
+}
+
+/// s1's policy replaced by `spec` (an AgentPolicy spec), s2 as in `directory`.
+fn directory_with(spec: Value, cache: &mut RulesCache, s1_terminating: bool) -> Directory {
+    let mut s1 = (*pod("s1", "u1", "127.0.0.1")).clone();
+    if s1_terminating {
+        s1.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+    }
+    let p1: Arc<AgentPolicy> = Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentPolicy",
+            "metadata": {"namespace": "team", "name": "p1", "uid": "uid-p1", "resourceVersion": "9"},
+            "spec": spec
+        }))
+        .unwrap(),
+    );
+    build(
+        &[Arc::new(s1), pod("s2", "u2", "127.0.0.2")],
+        &[sandbox("s1", "u1", "p1"), sandbox("s2", "u2", "p2")],
+        &[p1],
+        ClusterRanges::default(),
+        cache,
+    )
+}
+
+#[tokio::test]
+async fn blocked_names_under_allow_all_hold_for_names_and_for_ip_literals() {
+    let mut w = world().await;
+    let blocked = directory_with(
+        json!({"network": {"allowOutbound": true, "blockedHosts": ["api.example.com"]}}),
+        &mut w.cache,
+        false,
+    );
+    w.directory.send_replace(Arc::new(blocked));
+    // A name both allowed (every name) and blocked, and a name under it: refused.
+    for target in ["api.example.com:443", "x.api.example.com:443"] {
+        let (status, head, _) = w.connect("127.0.0.1", target, Cred::Of("u1")).await;
+        assert_eq!(
+            (status, denial_header(&head)),
+            (403, "NameDenied"),
+            "{target}"
+        );
+    }
+    // Another name passes.
+    let (status, head, s) = w
+        .connect("127.0.0.1", "a.pkg.example.com:443", Cred::Of("u1"))
+        .await;
+    assert_eq!(status, 200, "{head}");
+    assert!(w.tls_ping(s, "a.pkg.example.com").await.is_ok());
+    // The blocked host's address, asked for as an IP literal, with its name in the SNI.
+    let (status, _, mut s) = w
+        .connect("127.0.0.1", "192.0.2.10:443", Cred::Of("u1"))
+        .await;
+    assert_eq!(status, 200);
+    let before = w.tls_seen.lock().unwrap().with_data;
+    s.write_all(&ech_hello("API.example.com.", false))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok() && rest.is_empty(), "the tunnel stayed open");
+    w.wait_for_denial("NameDenied").await;
+    // ...and with Encrypted Client Hello, which could hide it.
+    let (_, _, mut s) = w
+        .connect("127.0.0.1", "192.0.2.10:443", Cred::Of("u1"))
+        .await;
+    s.write_all(&ech_hello("a.pkg.example.com", true))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok() && rest.is_empty(), "the tunnel stayed open");
+    w.wait_for_denial("EchOffered").await;
+    assert_eq!(
+        w.tls_seen.lock().unwrap().with_data,
+        before,
+        "bytes reached the blocked host"
+    );
+    // Another name in the SNI of the same address goes through.
+    let (status, _, s) = w
+        .connect("127.0.0.1", "192.0.2.10:443", Cred::Of("u1"))
+        .await;
+    assert_eq!(status, 200);
+    assert!(w.tls_ping(s, "a.pkg.example.com").await.is_ok());
+}
+
+#[tokio::test]
+async fn a_policy_that_does_not_compile_refuses_everything_for_its_sandboxes() {
+    let mut w = world().await;
+    let broken = directory_with(
+        json!({"network": {"egress": {"allow": [{"to": [{"cidr": "300.1.2.3/8"}]}]}}}),
+        &mut w.cache,
+        false,
+    );
+    w.directory.send_replace(Arc::new(broken));
+    for target in ["api.example.com:443", "192.0.2.99:443"] {
+        let (status, head, _) = w.connect("127.0.0.1", target, Cred::Of("u1")).await;
+        assert_eq!(
+            (status, denial_header(&head)),
+            (403, "PolicyUnavailable"),
+            "{target}"
+        );
+    }
+    assert!(w.dialled().is_empty());
+}
+
+#[tokio::test]
+async fn a_terminating_pod_loses_its_open_tunnel_and_its_address() {
+    let mut w = world().await;
+    let (status, _, s) = w
+        .connect("127.0.0.1", "api.example.com:443", Cred::Of("u1"))
+        .await;
+    assert_eq!(status, 200);
+    let config = rustls::ClientConfig::builder_with_provider(crypto())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(w.roots.clone())
+        .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("api.example.com".try_into().unwrap(), s)
+        .await
+        .unwrap();
+    let mut reader = BufReader::new(tls);
+    reader.get_mut().write_all(b"ping\n").await.unwrap();
+    let mut line = String::new();
+    reader.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "hello ping\n");
+    let ending = directory_with(
+        json!({"network": {"egress": s1_egress(true)}}),
+        &mut w.cache,
+        true,
+    );
+    w.directory.send_replace(Arc::new(ending));
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the tunnel stayed open");
+    w.wait_for_denial("PolicyChanged").await;
+    let (status, head, _) = w
+        .connect("127.0.0.1", "api.example.com:443", Cred::Of("u1"))
+        .await;
+    assert_eq!((status, denial_header(&head)), (403, "UnknownSource"));
 }

@@ -67,20 +67,21 @@ pub struct GatewayArgs {
     /// Seconds open tunnels get to finish after SIGTERM.
     #[arg(long, env = "PALISADE_GATEWAY_DRAIN_SECONDS", default_value_t = 20)]
     pub drain_seconds: u64,
-    /// Connections open at once, in all.
-    #[arg(
-        long,
-        env = "PALISADE_GATEWAY_MAX_CONNECTIONS",
-        default_value_t = 20_000
-    )]
+    /// Connections open at once, in all. A busy tunnel holds 64 KiB of buffers: size the
+    /// memory limit to this (4,096: up to 256 MiB, besides the caches).
+    #[arg(long, env = "PALISADE_GATEWAY_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
     /// Connections open at once from one sandbox pod.
     #[arg(
         long,
         env = "PALISADE_GATEWAY_MAX_CONNECTIONS_PER_SOURCE",
-        default_value_t = 512
+        default_value_t = 256
     )]
     pub max_connections_per_source: usize,
+    /// Seconds the gateway reports unready but still accepts after SIGTERM (so that the
+    /// Service stops sending it connections first), before it drains.
+    #[arg(long, env = "PALISADE_GATEWAY_UNREADY_SECONDS", default_value_t = 5)]
+    pub unready_seconds: u64,
     /// Seconds a tunnel may carry nothing before it is closed.
     #[arg(long, env = "PALISADE_GATEWAY_IDLE_SECONDS", default_value_t = 900)]
     pub idle_seconds: u64,
@@ -109,8 +110,19 @@ pub async fn run(args: GatewayArgs) -> Result<(), String> {
     let (tx, rx) = watch::channel(Arc::new(Directory::default()));
     let stop = CancellationToken::new();
     let signal_stop = stop.clone();
+    // On SIGTERM the pod first reports unready and keeps accepting for a moment, so that the
+    // Service stops sending it connections before it refuses them; then it drains.
+    let stopping = CancellationToken::new();
+    let signal_stopping = stopping.clone();
+    let unready_for = Duration::from_secs(args.unready_seconds);
     tokio::spawn(async move {
         super::run_cmd::shutdown_signal().await;
+        signal_stopping.cancel();
+        tracing::info!(
+            seconds = unready_for.as_secs(),
+            "shutting down: unready, still accepting for a moment"
+        );
+        tokio::time::sleep(unready_for).await;
         tracing::info!("shutting down: refusing new connections, draining tunnels");
         signal_stop.cancel();
     });
@@ -121,6 +133,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), String> {
         args.metrics_addr,
         metrics.clone(),
         rx.clone(),
+        stopping,
         directory_stop.clone(),
     ));
     if args.cluster_cidr.is_empty() || args.node_cidr.is_empty() {
@@ -177,6 +190,7 @@ async fn serve_probes(
     addr: SocketAddr,
     metrics: GatewayMetrics,
     directory: watch::Receiver<Arc<Directory>>,
+    stopping: CancellationToken,
     stop: CancellationToken,
 ) {
     let Ok(listener) = TcpListener::bind(addr).await else {
@@ -196,8 +210,11 @@ async fn serve_probes(
             "/readyz",
             get(move || {
                 let synced = directory.borrow().synced;
+                let stopping = stopping.is_cancelled();
                 async move {
-                    if synced {
+                    if stopping {
+                        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
+                    } else if synced {
                         (StatusCode::OK, "ready\n")
                     } else {
                         (
@@ -243,26 +260,41 @@ async fn keep_directory(
     // stale: after WATCH_FAILING_LIMIT of failures without a success, everything is refused.
     let failing_since: Arc<[std::sync::Mutex<Option<std::time::Instant>>; 3]> =
         Arc::new(Default::default());
-    let streams = [
-        reflector::reflector(
-            pod_writer,
-            watcher::watcher(api::<Pod>(&client, ns), pod_config).default_backoff(),
-        )
-        .map(|e| e.is_ok())
-        .boxed(),
-        reflector::reflector(
-            sandbox_writer,
-            lenient::watch::<AgentSandbox>(client.clone(), ns, watcher::Config::default()),
-        )
-        .map(|e| e.is_ok())
-        .boxed(),
-        reflector::reflector(
-            policy_writer,
-            lenient::watch::<AgentPolicy>(client.clone(), ns, watcher::Config::default()),
-        )
-        .map(|e| e.is_ok())
-        .boxed(),
-    ];
+    // Each stream yields Ok(whether the event can change a decision) or Err (a failed watch).
+    let mut pod_seen = Relevance::new(pod_fingerprint);
+    let mut sandbox_seen = Relevance::new(spec_fingerprint::<AgentSandbox>);
+    let mut policy_seen = Relevance::new(spec_fingerprint::<AgentPolicy>);
+    let streams =
+        [
+            reflector::reflector(
+                pod_writer,
+                watcher::watcher(api::<Pod>(&client, ns), pod_config)
+                    .default_backoff()
+                    .modify(slim_pod),
+            )
+            .map(move |e| e.map(|e| pod_seen.judge(&e)).map_err(drop))
+            .boxed(),
+            reflector::reflector(
+                sandbox_writer,
+                lenient::watch::<AgentSandbox>(client.clone(), ns, watcher::Config::default())
+                    .modify(|s| {
+                        s.metadata.managed_fields = None;
+                        s.status = None;
+                    }),
+            )
+            .map(move |e| e.map(|e| sandbox_seen.judge(&e)).map_err(drop))
+            .boxed(),
+            reflector::reflector(
+                policy_writer,
+                lenient::watch::<AgentPolicy>(client.clone(), ns, watcher::Config::default())
+                    .modify(|p| {
+                        p.metadata.managed_fields = None;
+                        p.status = None;
+                    }),
+            )
+            .map(move |e| e.map(|e| policy_seen.judge(&e)).map_err(drop))
+            .boxed(),
+        ];
     for (i, stream) in streams.into_iter().enumerate() {
         let changed = changed.clone();
         let stop = stop.clone();
@@ -273,15 +305,19 @@ async fn keep_directory(
                 tokio::select! {
                     () = stop.cancelled() => return,
                     next = stream.next() => match next {
-                        Some(ok) => {
+                        Some(result) => {
                             if let Ok(mut f) = failing_since[i].lock() {
-                                match (ok, *f) {
+                                match (result.is_ok(), *f) {
                                     (true, _) => *f = None,
                                     (false, None) => *f = Some(std::time::Instant::now()),
                                     (false, Some(_)) => {}
                                 }
                             }
-                            changed.notify_one();
+                            // A status write or a kubelet's condition update changes nothing
+                            // the directory reads: no rebuild, no tunnel re-checked.
+                            if result != Ok(false) {
+                                changed.notify_one();
+                            }
                         }
                         None => return,
                     },
@@ -331,6 +367,92 @@ async fn keep_directory(
     }
 }
 
+/// Which watch events can change a decision: the fingerprint of what the directory reads of
+/// each object, by UID. An event that leaves it as it was is not relevant; a deletion, a new
+/// object and a relist always are.
+struct Relevance<K> {
+    seen: std::collections::HashMap<String, u64>,
+    fingerprint: fn(&K) -> u64,
+}
+
+impl<K: Resource> Relevance<K> {
+    fn new(fingerprint: fn(&K) -> u64) -> Self {
+        Relevance {
+            seen: Default::default(),
+            fingerprint,
+        }
+    }
+
+    fn judge(&mut self, event: &watcher::Event<K>) -> bool {
+        match event {
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                let uid = o.meta().uid.clone().unwrap_or_default();
+                let f = (self.fingerprint)(o);
+                self.seen.insert(uid, f) != Some(f)
+            }
+            watcher::Event::Delete(o) => {
+                self.seen
+                    .remove(o.meta().uid.as_deref().unwrap_or_default());
+                true
+            }
+            watcher::Event::Init => {
+                self.seen.clear();
+                true
+            }
+            watcher::Event::InitDone => true,
+        }
+    }
+}
+
+fn hash_of(value: impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(value)
+}
+
+/// What attribution reads of a (slimmed) pod: its name, labels, owners, deletion, phase and
+/// addresses.
+fn pod_fingerprint(pod: &Pod) -> u64 {
+    let m = &pod.metadata;
+    hash_of((
+        (
+            &m.namespace,
+            &m.name,
+            &m.labels,
+            m.deletion_timestamp.is_some(),
+        ),
+        serde_json::to_string(&m.owner_references).unwrap_or_default(),
+        serde_json::to_string(&pod.status).unwrap_or_default(),
+    ))
+}
+
+/// What the directory reads of a sandbox or a policy changes its generation (the spec) or
+/// starts its deletion.
+fn spec_fingerprint<K: Resource>(o: &K) -> u64 {
+    let m = o.meta();
+    hash_of((
+        &m.namespace,
+        &m.name,
+        m.generation,
+        m.deletion_timestamp.is_some(),
+    ))
+}
+
+/// Keeps of a pod only what attribution reads (name, labels, owners, deletion, phase and
+/// addresses): at 10,000 sandbox pods the cache is a few MiB, not a few hundred.
+fn slim_pod(pod: &mut Pod) {
+    pod.spec = None;
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    if let Some(status) = pod.status.as_mut() {
+        *status = k8s_openapi::api::core::v1::PodStatus {
+            phase: status.phase.take(),
+            pod_ip: status.pod_ip.take(),
+            pod_ips: status.pod_ips.take(),
+            ..Default::default()
+        };
+    }
+}
+
 /// How long a watch may fail without a success before the gateway refuses everything.
 const WATCH_FAILING_LIMIT: Duration = Duration::from_secs(60);
 
@@ -356,7 +478,7 @@ fn publish(
 }
 
 /// How often refusals are written to sandboxes' status.
-const REPORT_EVERY: Duration = Duration::from_secs(10);
+const REPORT_EVERY: Duration = Duration::from_secs(30);
 
 /// Every REPORT_EVERY, adds the refusals counted since to each sandbox's
 /// `status.egressDenials` (a merge patch conditional on the resource version read, so
@@ -379,7 +501,7 @@ async fn report_denials(
             () = tokio::time::sleep(REPORT_EVERY) => false,
         };
         let (pending, events) = match log.lock() {
-            Ok(mut l) => l.take(),
+            Ok(mut l) => l.take(std::time::Instant::now()),
             Err(_) => return,
         };
         for e in events {
@@ -406,8 +528,13 @@ async fn report_denials(
             let api: Api<AgentSandbox> = Api::namespaced(client.clone(), &p.namespace);
             let current = match api.get_opt(&p.name).await {
                 Ok(Some(s)) if s.metadata.uid.as_deref() == Some(uid.as_str()) => s,
-                // Gone, or another sandbox of that name: nothing to write.
-                Ok(_) => continue,
+                // Gone, or another sandbox of that name: nothing to write, nothing to keep.
+                Ok(_) => {
+                    if let Ok(mut l) = log.lock() {
+                        l.forget(&uid);
+                    }
+                    continue;
+                }
                 Err(err) => {
                     tracing::debug!(error = %err, "could not read a sandbox for its egress denials");
                     if let Ok(mut l) = log.lock() {
@@ -444,5 +571,69 @@ async fn report_denials(
         if stopping {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(phase: &str, ready: &str) -> Pod {
+        let mut p: Pod = serde_json::from_value(json!({
+            "metadata": {"namespace": "a", "name": "s1", "uid": "p1", "labels": {"palisade.dev/sandbox": "s1"},
+                         "managedFields": [{"manager": "kubelet"}], "annotations": {"x": "y"}},
+            "spec": {"containers": [{"name": "agent", "image": "i"}]},
+            "status": {"phase": phase, "podIP": "10.0.0.1",
+                       "conditions": [{"type": "Ready", "status": ready}]}
+        }))
+        .unwrap();
+        slim_pod(&mut p);
+        p
+    }
+
+    #[test]
+    fn only_what_attribution_reads_is_kept_and_triggers_a_rebuild() {
+        let p = pod("Running", "True");
+        assert!(p.spec.is_none() && p.metadata.managed_fields.is_none());
+        let status = p.status.as_ref().unwrap();
+        assert_eq!(status.pod_ip.as_deref(), Some("10.0.0.1"));
+        assert!(status.conditions.is_none());
+
+        let mut seen = Relevance::new(pod_fingerprint);
+        assert!(seen.judge(&watcher::Event::Apply(pod("Pending", "False"))));
+        assert!(seen.judge(&watcher::Event::Apply(pod("Running", "False"))));
+        // A condition the kubelet updates: nothing the directory reads.
+        assert!(!seen.judge(&watcher::Event::Apply(pod("Running", "True"))));
+        let mut ending = pod("Running", "True");
+        ending.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+        assert!(seen.judge(&watcher::Event::Apply(ending.clone())));
+        assert!(seen.judge(&watcher::Event::Delete(ending)));
+        assert!(seen.judge(&watcher::Event::Init));
+
+        let sandbox = |generation: i64| {
+            let mut s: AgentSandbox = serde_json::from_value(json!({
+                "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox",
+                "metadata": {"namespace": "a", "name": "s1", "uid": "u1", "generation": generation},
+                "spec": {"policyRef": {"name": "p"}, "image": "i"}
+            }))
+            .unwrap();
+            s.metadata.resource_version = Some(format!("{generation}-{}", rand_rv()));
+            s
+        };
+        let mut seen = Relevance::new(spec_fingerprint::<AgentSandbox>);
+        assert!(seen.judge(&watcher::Event::Apply(sandbox(1))));
+        // A status write: a new resource version, the same generation.
+        assert!(!seen.judge(&watcher::Event::Apply(sandbox(1))));
+        assert!(seen.judge(&watcher::Event::Apply(sandbox(2))));
+    }
+
+    fn rand_rv() -> u32 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
     }
 }

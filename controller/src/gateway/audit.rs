@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::directory::Source;
 use super::rules::Denial;
@@ -59,6 +60,12 @@ impl Decision {
 
     /// The OCSF-named JSON object.
     pub fn to_json(&self, now: SystemTime) -> Value {
+        serde_json::to_value(self.line(now)).unwrap_or(Value::Null)
+    }
+
+    /// The audit line, typed: serialised straight to the output, with the fields in the order
+    /// a `Value` prints them (sorted).
+    fn line(&self, now: SystemTime) -> Line<'_> {
         let (class_uid, class_name, activity_id, activity_name) = match (self.activity, self.denial)
         {
             (Activity::Http, _) => (4002, "HTTP Activity", 99, "Other"),
@@ -67,44 +74,165 @@ impl Decision {
             (Activity::Close, _) => (4001, "Network Activity", 2, "Close"),
         };
         let allowed = self.denial.is_none() || self.activity == Activity::Close;
-        let mut v = json!({
-            "time": now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
-            "category_uid": 4,
-            "category_name": "Network Activity",
-            "class_uid": class_uid,
-            "class_name": class_name,
-            "activity_id": activity_id,
-            "activity_name": activity_name,
-            "type_uid": class_uid * 100 + activity_id,
-            "severity_id": if allowed { 1 } else { 3 },
-            "action_id": if self.denial.is_none() { 1 } else { 2 },
-            "action": if self.denial.is_none() { "Allowed" } else { "Denied" },
-            "disposition": if self.denial.is_none() { "Allowed" } else { "Blocked" },
-            "status": if self.denial.is_none() { "Success" } else { "Failure" },
-            "status_detail": self.denial.map_or("Allowed", Denial::as_str),
-            "src_endpoint": {"ip": self.source.ip().to_string(), "port": self.source.port()},
-            "dst_endpoint": {"hostname": self.host, "port": self.port},
-            "traffic": {"bytes_out": self.bytes_out, "bytes_in": self.bytes_in,
-                        "bytes": self.bytes_out + self.bytes_in},
-            "duration": self.duration.as_millis() as u64,
-            "metadata": {"version": "1.3.0", "product": {"name": "Palisade gateway", "vendor_name": "Palisade"}},
-        });
-        if let Some(addr) = self.address {
-            v["dst_endpoint"]["ip"] = json!(addr.ip().to_string());
+        let passed = self.denial.is_none();
+        Line {
+            action: if passed { "Allowed" } else { "Denied" },
+            action_id: if passed { 1 } else { 2 },
+            activity_id,
+            activity_name,
+            actor: self.sandbox.as_ref().map(|s| Actor {
+                user: User {
+                    name: &s.sandbox,
+                    uid: &s.sandbox_uid,
+                },
+            }),
+            category_name: "Network Activity",
+            category_uid: 4,
+            class_name,
+            class_uid,
+            disposition: if passed { "Allowed" } else { "Blocked" },
+            dst_endpoint: Dst {
+                hostname: &self.host,
+                ip: self.address.map(|a| a.ip()),
+                port: self.port,
+            },
+            duration: self.duration.as_millis() as u64,
+            http_request: self.method.as_deref().map(|m| HttpRequest {
+                http_method: m,
+                url: Url {
+                    hostname: &self.host,
+                    port: self.port,
+                },
+            }),
+            metadata: Metadata {
+                product: Product {
+                    name: "Palisade gateway",
+                    vendor_name: "Palisade",
+                },
+                version: "1.3.0",
+            },
+            severity_id: if allowed { 1 } else { 3 },
+            src_endpoint: Src {
+                ip: self.source.ip(),
+                name: self
+                    .sandbox
+                    .as_ref()
+                    .map(|s| format!("{}/{}", s.namespace, s.pod)),
+                port: self.source.port(),
+            },
+            status: if passed { "Success" } else { "Failure" },
+            status_detail: self.denial.map_or("Allowed", Denial::as_str),
+            time: now
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64,
+            traffic: Traffic {
+                bytes: self.bytes_out + self.bytes_in,
+                bytes_in: self.bytes_in,
+                bytes_out: self.bytes_out,
+            },
+            type_uid: class_uid * 100 + activity_id,
+            unmapped: self.sandbox.as_ref().map(|s| Unmapped {
+                namespace: &s.namespace,
+                pod: &s.pod,
+                sandbox: &s.sandbox,
+            }),
         }
-        if let Some(s) = &self.sandbox {
-            v["src_endpoint"]["name"] = json!(format!("{}/{}", s.namespace, s.pod));
-            v["actor"] = json!({"user": {"uid": s.sandbox_uid, "name": s.sandbox}});
-            v["unmapped"] = json!({"namespace": s.namespace, "sandbox": s.sandbox, "pod": s.pod});
-        }
-        if let Some(m) = &self.method {
-            v["http_request"] = json!({
-                "http_method": m,
-                "url": {"hostname": self.host, "port": self.port},
-            });
-        }
-        v
     }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    action: &'static str,
+    action_id: u8,
+    activity_id: u32,
+    activity_name: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<Actor<'a>>,
+    category_name: &'static str,
+    category_uid: u8,
+    class_name: &'static str,
+    class_uid: u32,
+    disposition: &'static str,
+    dst_endpoint: Dst<'a>,
+    duration: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_request: Option<HttpRequest<'a>>,
+    metadata: Metadata,
+    severity_id: u8,
+    src_endpoint: Src,
+    status: &'static str,
+    status_detail: &'static str,
+    time: u64,
+    traffic: Traffic,
+    type_uid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unmapped: Option<Unmapped<'a>>,
+}
+
+#[derive(Serialize)]
+struct Actor<'a> {
+    user: User<'a>,
+}
+
+#[derive(Serialize)]
+struct User<'a> {
+    name: &'a str,
+    uid: &'a str,
+}
+
+#[derive(Serialize)]
+struct Dst<'a> {
+    hostname: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip: Option<std::net::IpAddr>,
+    port: u16,
+}
+
+#[derive(Serialize)]
+struct Src {
+    ip: std::net::IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    port: u16,
+}
+
+#[derive(Serialize)]
+struct HttpRequest<'a> {
+    http_method: &'a str,
+    url: Url<'a>,
+}
+
+#[derive(Serialize)]
+struct Url<'a> {
+    hostname: &'a str,
+    port: u16,
+}
+
+#[derive(Serialize)]
+struct Metadata {
+    product: Product,
+    version: &'static str,
+}
+
+#[derive(Serialize)]
+struct Product {
+    name: &'static str,
+    vendor_name: &'static str,
+}
+
+#[derive(Serialize)]
+struct Traffic {
+    bytes: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+#[derive(Serialize)]
+struct Unmapped<'a> {
+    namespace: &'a str,
+    pod: &'a str,
+    sandbox: &'a str,
 }
 
 /// Where audit lines go: standard output in the gateway, memory in tests.
@@ -271,16 +399,18 @@ impl Auditor {
         if matches!(self.sink, AuditSink::Discard) {
             return;
         }
-        let line = d.to_json(SystemTime::now());
         match &self.sink {
             AuditSink::Stdout => {
-                let mut out = std::io::stdout().lock();
-                let _ = serde_json::to_writer(&mut out, &line);
-                let _ = out.write_all(b"\n");
+                // One write per line: the line is built first, then written whole.
+                let mut buf = Vec::with_capacity(768);
+                if serde_json::to_writer(&mut buf, &d.line(SystemTime::now())).is_ok() {
+                    buf.push(b'\n');
+                    let _ = std::io::stdout().lock().write_all(&buf);
+                }
             }
             AuditSink::Memory(lines) => {
                 if let Ok(mut l) = lines.lock() {
-                    l.push(line);
+                    l.push(d.to_json(SystemTime::now()));
                 }
             }
             AuditSink::Discard => {}
@@ -317,6 +447,47 @@ mod tests {
         assert_eq!(v["dst_endpoint"]["hostname"], "evil.example.com");
         assert_eq!(v["unmapped"]["sandbox"], "s1");
         assert_eq!(v["src_endpoint"]["name"], "a/s1");
+    }
+
+    #[test]
+    fn a_forwarded_request_line_has_every_field_in_order() {
+        let mut d = Decision::new(
+            Activity::Http,
+            "10.0.0.1:40000".parse().unwrap(),
+            "plain.example.com".into(),
+            80,
+        );
+        d.sandbox = Some(Source {
+            namespace: "a".into(),
+            sandbox: "s1".into(),
+            sandbox_uid: "u1".into(),
+            pod: "s1".into(),
+        });
+        d.address = Some("192.0.2.20:80".parse().unwrap());
+        d.method = Some("GET".into());
+        d.bytes_out = 10;
+        d.bytes_in = 32;
+        d.duration = Duration::from_millis(7);
+        let line = serde_json::to_string(&d.line(UNIX_EPOCH + Duration::from_secs(2))).unwrap();
+        assert_eq!(
+            line,
+            concat!(
+                r#"{"action":"Allowed","action_id":1,"activity_id":99,"activity_name":"Other","#,
+                r#""actor":{"user":{"name":"s1","uid":"u1"}},"category_name":"Network Activity","#,
+                r#""category_uid":4,"class_name":"HTTP Activity","class_uid":4002,"#,
+                r#""disposition":"Allowed","dst_endpoint":{"hostname":"plain.example.com","#,
+                r#""ip":"192.0.2.20","port":80},"duration":7,"http_request":{"http_method":"GET","#,
+                r#""url":{"hostname":"plain.example.com","port":80}},"metadata":{"product":"#,
+                r#"{"name":"Palisade gateway","vendor_name":"Palisade"},"version":"1.3.0"},"#,
+                r#""severity_id":1,"src_endpoint":{"ip":"10.0.0.1","name":"a/s1","port":40000},"#,
+                r#""status":"Success","status_detail":"Allowed","time":2000,"traffic":{"bytes":42,"#,
+                r#""bytes_in":32,"bytes_out":10},"type_uid":400299,"unmapped":{"namespace":"a","#,
+                r#""pod":"s1","sandbox":"s1"}}"#
+            )
+        );
+        // The same object as the one tests and the memory sink see.
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v, d.to_json(UNIX_EPOCH + Duration::from_secs(2)));
     }
 
     #[test]

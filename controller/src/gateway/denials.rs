@@ -19,6 +19,13 @@ pub const MAX_HOSTS: usize = 8;
 pub const EVENT_INTERVAL: Duration = Duration::from_secs(10);
 /// Distinct hosts announced by event per sandbox (by one gateway replica), at most.
 pub const MAX_ANNOUNCED: usize = 32;
+/// Distinct hosts counted per sandbox between two writes; beyond, the one refused longest ago
+/// is dropped (its refusals stay in the total): a sandbox asking for random names cannot grow
+/// the gateway's memory.
+pub const MAX_PENDING_HOSTS: usize = 64;
+/// What was announced about a sandbox is forgotten once nothing was refused for this long
+/// (the sandbox may be gone); a host refused after that is announced again.
+pub const ANNOUNCED_FOR: Duration = Duration::from_secs(3600);
 
 /// Refusals of one sandbox not yet written to its status.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -42,7 +49,10 @@ pub struct Announcement {
 #[derive(Default)]
 struct Announced {
     hosts: HashSet<(String, u16)>,
+    /// The last event.
     last: Option<Instant>,
+    /// The last refusal.
+    seen: Option<Instant>,
 }
 
 /// Refusals seen since the last flush, and what was announced.
@@ -74,6 +84,16 @@ impl DenialLog {
                 ..Pending::default()
             });
         p.total += 1;
+        if p.hosts.len() >= MAX_PENDING_HOSTS
+            && !p.hosts.contains_key(&(host.clone(), port))
+            && let Some(oldest) = p
+                .hosts
+                .iter()
+                .min_by_key(|(_, (_, _, time))| *time)
+                .map(|(k, _)| k.clone())
+        {
+            p.hosts.remove(&oldest);
+        }
         let e = p
             .hosts
             .entry((host.clone(), port))
@@ -85,6 +105,7 @@ impl DenialLog {
             .announced
             .entry(source.sandbox_uid.clone())
             .or_default();
+        a.seen = Some(clock);
         let new_host = !a.hosts.contains(&(host.clone(), port));
         let due = a
             .last
@@ -103,8 +124,13 @@ impl DenialLog {
         }
     }
 
-    /// Takes what is pending, by sandbox UID, and the events to publish.
-    pub fn take(&mut self) -> (HashMap<String, Pending>, Vec<Announcement>) {
+    /// Takes what is pending, by sandbox UID, and the events to publish; forgets what was
+    /// announced about sandboxes refused nothing for ANNOUNCED_FOR.
+    pub fn take(&mut self, clock: Instant) -> (HashMap<String, Pending>, Vec<Announcement>) {
+        self.announced.retain(|_, a| {
+            a.seen
+                .is_some_and(|t| clock.duration_since(t) < ANNOUNCED_FOR)
+        });
         (
             std::mem::take(&mut self.pending),
             std::mem::take(&mut self.events),
@@ -132,10 +158,10 @@ impl DenialLog {
         }
     }
 
-    /// Forgets sandboxes that no longer exist.
-    pub fn retain(&mut self, live: impl Fn(&str) -> bool) {
-        self.pending.retain(|uid, _| live(uid));
-        self.announced.retain(|uid, _| live(uid));
+    /// Forgets a sandbox that no longer exists.
+    pub fn forget(&mut self, uid: &str) {
+        self.pending.remove(uid);
+        self.announced.remove(uid);
     }
 }
 
@@ -210,7 +236,7 @@ mod tests {
             at(20),
             t0,
         );
-        let (pending, _) = log.take();
+        let (pending, _) = log.take(Instant::now());
         let p = &pending["u1"];
         assert_eq!(p.total, 11);
         let current = EgressDenials {
@@ -274,7 +300,7 @@ mod tests {
             at(3),
             t0,
         );
-        let (_, events) = log.take();
+        let (_, events) = log.take(Instant::now());
         let notes: Vec<(&str, &str)> = events
             .iter()
             .map(|e| (e.uid.as_str(), e.note.as_str()))
@@ -291,7 +317,7 @@ mod tests {
             at(4),
             t0 + EVENT_INTERVAL * 3,
         );
-        assert_eq!(log.take().1.len(), 1);
+        assert_eq!(log.take(Instant::now()).1.len(), 1);
     }
 
     #[test]
@@ -306,7 +332,7 @@ mod tests {
             at(0),
             t0,
         );
-        let (mut pending, _) = log.take();
+        let (mut pending, _) = log.take(Instant::now());
         log.record(
             &source("u1"),
             "a.example.com",
@@ -316,13 +342,54 @@ mod tests {
             t0,
         );
         log.restore("u1".into(), pending.remove("u1").unwrap());
-        let (pending, _) = log.take();
+        let (pending, _) = log.take(Instant::now());
         assert_eq!(pending["u1"].total, 2);
         assert_eq!(
             pending["u1"].hosts[&("a.example.com".to_string(), 443)].1,
             2
         );
-        log.retain(|_| false);
-        assert!(log.take().0.is_empty());
+        log.forget("u1");
+        assert!(log.take(Instant::now()).0.is_empty());
+    }
+
+    #[test]
+    fn a_sandbox_asking_for_random_names_cannot_grow_the_log() {
+        let mut log = DenialLog::default();
+        let t0 = Instant::now();
+        for i in 0..1000 {
+            log.record(
+                &source("u1"),
+                &format!("n{i}.example.com"),
+                443,
+                Denial::NoMatchingRule,
+                at(i),
+                t0,
+            );
+        }
+        let (pending, _) = log.take(t0);
+        assert_eq!(pending["u1"].total, 1000);
+        assert_eq!(pending["u1"].hosts.len(), MAX_PENDING_HOSTS);
+        // The newest are kept.
+        assert!(
+            pending["u1"]
+                .hosts
+                .contains_key(&("n999.example.com".to_string(), 443))
+        );
+        // What was announced is forgotten once the sandbox is quiet for ANNOUNCED_FOR.
+        let later = t0 + ANNOUNCED_FOR + Duration::from_secs(1);
+        let _ = log.take(later);
+        log.record(
+            &source("u1"),
+            "n0.example.com",
+            443,
+            Denial::NoMatchingRule,
+            at(2000),
+            later,
+        );
+        assert_eq!(
+            log.take(later).1.len(),
+            1,
+            "announced again after the quiet hour"
+        );
     }
 }

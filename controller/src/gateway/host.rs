@@ -103,6 +103,45 @@ pub fn name_matches(pattern: &str, name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    /// A DNS label IDNA accepts as it is (no `--` in positions 3 and 4, which IDNA reserves).
+    fn label() -> impl Strategy<Value = String> {
+        "[a-z][a-z0-9]{0,6}(-[a-z0-9]{1,5})?"
+    }
+
+    proptest! {
+        // Case and a final dot never change what a name is; parsing is idempotent.
+        #[test]
+        fn normalisation_is_stable(labels in proptest::collection::vec(label(), 2..5), upper in any::<bool>(), dot in any::<bool>()) {
+            let name = labels.join(".");
+            let mut raw = if upper { name.to_ascii_uppercase() } else { name.clone() };
+            if dot {
+                raw.push('.');
+            }
+            let parsed = parse_host(&raw).unwrap();
+            prop_assert_eq!(&parsed, &Host::Name(name.clone()));
+            prop_assert_eq!(parse_host(&parsed.to_string()).unwrap(), parsed);
+        }
+
+        // `*.suffix` matches exactly one label in front of the suffix: never the suffix
+        // itself, two labels, or a name that merely ends with the same characters.
+        #[test]
+        fn a_wildcard_covers_one_label_exactly(suffix in proptest::collection::vec(label(), 1..3), a in label(), b in label()) {
+            let suffix = suffix.join(".");
+            let pattern = format!("*.{suffix}");
+            let one = format!("{a}.{suffix}");
+            let two = format!("{a}.{b}.{suffix}");
+            let glued = format!("{a}{suffix}");
+            prop_assert!(name_matches(&pattern, &one));
+            prop_assert!(!name_matches(&pattern, &suffix));
+            prop_assert!(!name_matches(&pattern, &two));
+            prop_assert!(!name_matches(&pattern, &glued));
+            prop_assert!(!name_matches(&suffix, &one));
+            prop_assert!(name_matches(&suffix, &suffix));
+        }
+    }
+
     use super::*;
 
     fn name(s: &str) -> String {

@@ -95,7 +95,8 @@ impl Connect for Direct {
 /// How much one gateway takes on.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Connections open at once, from everyone.
+    /// Connections open at once, from everyone. A busy tunnel holds 64 KiB of buffers, so the
+    /// default (4,096) needs up to 256 MiB besides the caches.
     pub connections: usize,
     /// Connections open at once from one source address (one sandbox pod).
     pub per_source: usize,
@@ -111,8 +112,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            connections: 20_000,
-            per_source: 512,
+            connections: 4096,
+            per_source: 256,
             idle: Duration::from_secs(900),
             header_bytes: 32 * 1024,
             headers: 64,
@@ -445,7 +446,7 @@ async fn connect(
         .map(|a| a.as_str().to_string())
         .unwrap_or_default();
     let Some((host, port)) = parse_target(&authority, None) else {
-        let mut d = Decision::new(Activity::Open, peer, authority.clone(), 0);
+        let mut d = Decision::new(Activity::Open, peer, without_userinfo(&authority), 0);
         d.denial = Some(Denial::BadRequest);
         gw.auditor.record(&d);
         return refusal(Denial::BadRequest, &authority);
@@ -514,8 +515,19 @@ pub fn sni_is(sni: &str, host: &str) -> bool {
         && sni.eq_ignore_ascii_case(host)
 }
 
-/// Buffer of each direction of a tunnel (tokio's default of 8 KiB costs a system call per 8 KiB).
-const COPY_BUFFER: usize = 64 * 1024;
+/// An authority as the audit line may show it: userinfo (`user:password@`, which a refused
+/// request may carry) is replaced by `***@`.
+fn without_userinfo(authority: &str) -> String {
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    }
+}
+
+/// Buffer of each direction of a tunnel: tokio's default of 8 KiB costs a system call per
+/// 8 KiB (half the throughput); a busy tunnel holds two, 64 KiB, which the connection limits
+/// are sized against (`Limits`).
+const COPY_BUFFER: usize = 32 * 1024;
 
 /// Why a tunnel ended.
 enum End {
@@ -533,6 +545,17 @@ where
 {
     let Admitted { grant, upstream } = a;
     let mut first = Vec::new();
+    if let Host::Ip(_) = &grant.host
+        && let Some(denial) =
+            literal_names_a_blocked_host(&gw, &mut client, &mut first, &d, &grant).await
+    {
+        d.denial = Some(denial);
+        d.duration = started.elapsed();
+        gw.metrics_decided(started);
+        gw.auditor.record(&d);
+        let _ = client.shutdown().await;
+        return;
+    }
     if let Host::Name(name) = &grant.host {
         let outcome =
             tokio::time::timeout(gw.timeouts.hello, read_hello(&mut client, &mut first)).await;
@@ -562,14 +585,16 @@ where
     }
     gw.metrics_decided(started);
     d.duration = started.elapsed();
-    gw.auditor.record(&d);
     gw.auditor.metrics.open_tunnels.inc();
     let out = Arc::new(AtomicU64::new(0));
     let inn = Arc::new(AtomicU64::new(0));
     let mut upstream = Counting::new(upstream, inn.clone());
     let mut client = Counting::new(client, out.clone());
     let mut end = End::Done;
-    if upstream.inner.write_all(&first).await.is_ok() {
+    // The checked hello goes upstream first; the Open line is written while it travels.
+    let sent = upstream.inner.write_all(&first).await.is_ok();
+    gw.auditor.record(&d);
+    if sent {
         out.fetch_add(first.len() as u64, Ordering::Relaxed);
         let mut changes = gw.directory.clone();
         end = tokio::select! {
@@ -592,6 +617,41 @@ where
     close.bytes_in = inn.load(Ordering::Relaxed);
     close.duration = started.elapsed();
     gw.auditor.record(&close);
+}
+
+/// Under host names blocked by the policy (`blockedHosts` under allow-all egress), a tunnel to
+/// an IP literal could still reach a blocked host by its address: the client's first bytes are
+/// read before anything goes upstream, and a TLS ClientHello whose server name is a blocked
+/// name (or under one), or that offers Encrypted Client Hello, closes the tunnel. Bytes that
+/// are not TLS, and TLS without a server name, name no host and go on. A client that sends
+/// nothing first (a protocol where the server speaks first) is refused once the hello timeout
+/// passes: what it will send later could not be checked. Without blocked names, nothing is
+/// read (a CIDR rule allows the address whatever it serves).
+async fn literal_names_a_blocked_host<S: AsyncRead + Unpin>(
+    gw: &Gateway,
+    client: &mut S,
+    first: &mut Vec<u8>,
+    d: &Decision,
+    grant: &Grant,
+) -> Option<Denial> {
+    let snapshot = gw.directory.borrow().clone();
+    let rules = match snapshot.attribute(d.source.ip(), Some(&grant.uid)) {
+        Ok((_, rules)) if !rules.denied_names.is_empty() => rules,
+        Ok(_) => return None,
+        Err(denial) => return Some(denial),
+    };
+    match tokio::time::timeout(gw.timeouts.hello, read_hello(client, first)).await {
+        Ok(Ok(sni)) => {
+            let name = sni.strip_suffix('.').unwrap_or(&sni).to_ascii_lowercase();
+            let plain = name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            (!plain || rules.name_denied(&name)).then_some(Denial::NameDenied)
+        }
+        Ok(Err(Denial::NotTls | Denial::SniMissing)) => None,
+        Ok(Err(denial)) => Some(denial),
+        Err(_) => Some(Denial::NotTls),
+    }
 }
 
 /// Resolves once no byte has moved either way for `limit`.
@@ -743,7 +803,7 @@ async fn forward(
         .authority()
         .map(|a| a.as_str().to_string())
         .unwrap_or_default();
-    let mut d = Decision::new(Activity::Http, peer, authority.clone(), 80);
+    let mut d = Decision::new(Activity::Http, peer, without_userinfo(&authority), 80);
     d.method = Some(req.method().to_string());
     let refuse = |mut d: Decision, denial: Denial| {
         d.denial = Some(denial);
@@ -830,6 +890,17 @@ async fn forward(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn userinfo_never_reaches_the_audit_line() {
+        assert_eq!(
+            without_userinfo("u:secret@a.example.com:80"),
+            "***@a.example.com:80"
+        );
+        assert_eq!(without_userinfo("a:b@c@d.example.com"), "***@d.example.com");
+        assert_eq!(without_userinfo("a.example.com:443"), "a.example.com:443");
+    }
+
     use super::*;
 
     #[test]

@@ -211,13 +211,20 @@ impl GatewayRules {
         }
     }
 
-    fn check_name(&self, name: &str, port: u16) -> Result<(), Denial> {
-        // A blocked name blocks the names under it too (stricter than the name alone).
-        let under = |d: &str| {
+    /// Whether `name` (normalised) is a blocked name or under one: a blocked name blocks the
+    /// names under it too (stricter than the name alone).
+    pub fn name_denied(&self, name: &str) -> bool {
+        self.denied_names.iter().any(|d| {
             let base = d.strip_prefix("*.").unwrap_or(d);
-            name == base || name.ends_with(&format!(".{base}"))
-        };
-        if self.denied_names.iter().any(|d| under(d)) {
+            name == base
+                || name
+                    .strip_suffix(base)
+                    .is_some_and(|head| head.ends_with('.'))
+        })
+    }
+
+    fn check_name(&self, name: &str, port: u16) -> Result<(), Denial> {
+        if self.name_denied(name) {
             return Err(Denial::NameDenied);
         }
         let mut named = false;
