@@ -134,7 +134,7 @@ async fn run_agent(client: &kube::Client, ns: &str, name: &str, args: &[&str]) -
     let env = expect(&lines, "proxy-env", &log);
     assert_eq!(
         env.result, "set",
-        "the operator gave the sandbox no credentialed proxy URL: {}",
+        "the operator gave the sandbox no credentialed proxy URL (is Cilium, or a stand-in of its CRDs, installed? Then --fqdn-backend=auto picks Cilium): {}",
         env.detail
     );
     lines
