@@ -120,7 +120,8 @@ fn child() {
         let sandbox = Arc::new(serde_json::from_value(json!({
             "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox",
             "metadata": {"namespace": "bench", "name": "s", "uid": UID},
-            "spec": {"policyRef": {"name": "p"}, "image": "registry.example.com/agent:1"}})).unwrap());
+            "spec": {"policyRef": {"name": "p"}, "image": "registry.example.com/agent:1"},
+            "status": {"enforcedPolicy": {"uid": "p", "generation": 0}}})).unwrap());
         let policy = Arc::new(serde_json::from_value(json!({
             "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentPolicy",
             "metadata": {"namespace": "bench", "name": "p", "uid": "p", "resourceVersion": "1"},

@@ -156,7 +156,8 @@ fn sandbox(name: &str, uid: &str, policy: &str) -> Arc<AgentSandbox> {
         serde_json::from_value(json!({
             "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox",
             "metadata": {"namespace": "team", "name": name, "uid": uid},
-            "spec": {"policyRef": {"name": policy}, "image": "registry.example.com/agent:1"}
+            "spec": {"policyRef": {"name": policy}, "image": "registry.example.com/agent:1"},
+            "status": {"enforcedPolicy": {"uid": format!("uid-{policy}"), "generation": 0}}
         }))
         .unwrap(),
     )

@@ -325,6 +325,13 @@ pub struct AgentSandboxStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_hash: Option<String>,
 
+    /// The version of the AgentPolicy the running pod and its NetworkPolicy were last made
+    /// for (absent while none is: blocked, paused, being replaced). The egress gateway allows a
+    /// newer version of the policy only once it is here; until then a request must pass both
+    /// versions, so a narrowing applies at once and a widening once the operator enforces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced_policy: Option<PolicyVersion>,
+
     /// When the sandbox first started running (the base of `timeoutMs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
@@ -385,6 +392,18 @@ pub struct AgentSandboxStatus {
     /// operator): how many, and the hosts refused most recently.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_denials: Option<EgressDenials>,
+}
+
+/// One version of an AgentPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyVersion {
+    /// The AgentPolicy's UID.
+    pub uid: String,
+
+    /// Its `metadata.generation` (changes with its spec).
+    #[serde(default)]
+    pub generation: i64,
 }
 
 /// What the egress gateway refused for one sandbox.

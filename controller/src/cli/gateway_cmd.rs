@@ -262,7 +262,7 @@ async fn keep_directory(
         Arc::new(Default::default());
     // Each stream yields Ok(whether the event can change a decision) or Err (a failed watch).
     let mut pod_seen = Relevance::new(pod_fingerprint);
-    let mut sandbox_seen = Relevance::new(spec_fingerprint::<AgentSandbox>);
+    let mut sandbox_seen = Relevance::new(sandbox_fingerprint);
     let mut policy_seen = Relevance::new(spec_fingerprint::<AgentPolicy>);
     let streams =
         [
@@ -279,7 +279,11 @@ async fn keep_directory(
                 lenient::watch::<AgentSandbox>(client.clone(), ns, watcher::Config::default())
                     .modify(|s| {
                         s.metadata.managed_fields = None;
-                        s.status = None;
+                        // Of the status, only the policy version the operator enforces.
+                        s.status = s.status.take().map(|st| crate::api::AgentSandboxStatus {
+                            enforced_policy: st.enforced_policy,
+                            ..Default::default()
+                        });
                     }),
             )
             .map(move |e| e.map(|e| sandbox_seen.judge(&e)).map_err(drop))
@@ -434,6 +438,18 @@ fn spec_fingerprint<K: Resource>(o: &K) -> u64 {
         &m.name,
         m.generation,
         m.deletion_timestamp.is_some(),
+    ))
+}
+
+/// What the directory reads of a sandbox: its spec (generation), deletion, and the policy
+/// version the operator enforces for it.
+fn sandbox_fingerprint(s: &AgentSandbox) -> u64 {
+    hash_of((
+        spec_fingerprint(s),
+        s.status
+            .as_ref()
+            .and_then(|st| st.enforced_policy.as_ref())
+            .map(|v| (&v.uid, v.generation)),
     ))
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::api::sandbox::PolicyVersion;
 use crate::api::{AgentPolicy, AgentSandbox, SANDBOX_LABEL};
 use crate::policy::egress::ClusterRanges;
 use crate::reconcile::ownership::controlling_sandbox;
@@ -26,7 +27,47 @@ pub struct Source {
 }
 
 /// A policy's rules, or why it has none (the sandbox is then refused everything).
-pub type CompiledRules = Arc<Result<GatewayRules, String>>;
+pub type CompiledRules = Arc<Result<SandboxRules, String>>;
+
+/// The rules a sandbox's requests are judged by: its policy's, and, while the operator has not
+/// yet enforced the newest version of the policy for the sandbox (`status.enforcedPolicy`),
+/// those of the version it enforced too. A request must pass every set: a narrowing applies
+/// at once, a widening once the operator has made the pod and its NetworkPolicy for it (a pod
+/// that a new version would replace or block never gets what only that version allows).
+#[derive(Clone, Debug)]
+pub struct SandboxRules {
+    sets: Vec<Arc<GatewayRules>>,
+}
+
+impl SandboxRules {
+    pub fn new(sets: Vec<Arc<GatewayRules>>) -> Self {
+        SandboxRules { sets }
+    }
+
+    pub fn check_host(&self, host: &super::host::Host, port: u16) -> Result<(), Denial> {
+        self.sets.iter().try_for_each(|r| r.check_host(host, port))
+    }
+
+    pub fn check_addresses(&self, ips: &[IpAddr], port: u16) -> Result<(), Denial> {
+        self.sets
+            .iter()
+            .try_for_each(|r| r.check_addresses(ips, port))
+    }
+
+    pub fn check_address(&self, ip: IpAddr, port: u16) -> Result<(), Denial> {
+        self.sets.iter().try_for_each(|r| r.check_address(ip, port))
+    }
+
+    /// Whether any set blocks host names (`blockedHosts` under allow-all egress).
+    pub fn blocks_names(&self) -> bool {
+        self.sets.iter().any(|r| !r.denied_names.is_empty())
+    }
+
+    /// Whether any set blocks `name`.
+    pub fn name_denied(&self, name: &str) -> bool {
+        self.sets.iter().any(|r| r.name_denied(name))
+    }
+}
 
 /// One consistent view of pods, sandboxes and policies.
 #[derive(Clone, Debug, Default)]
@@ -54,7 +95,7 @@ impl Directory {
         &self,
         source: IpAddr,
         credential: Option<&str>,
-    ) -> Result<(&Source, &GatewayRules), Denial> {
+    ) -> Result<(&Source, &SandboxRules), Denial> {
         if !self.synced {
             return Err(Denial::NotSynced);
         }
@@ -81,14 +122,20 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Compiles policies once per resource version.
+/// A policy's compiled rules, or why it does not compile.
+type Compiled = Result<Arc<GatewayRules>, String>;
+
+/// Compiles policies once per resource version, and remembers, per sandbox, the rules of the
+/// policy version the operator last enforced for it.
 #[derive(Default)]
 pub struct RulesCache {
-    by_policy: HashMap<(String, String), (String, CompiledRules)>,
+    by_policy: HashMap<(String, String), (String, Compiled)>,
+    /// Sandbox UID to the version it was last seen enforced at, and its rules.
+    agreed: HashMap<String, (PolicyVersion, Arc<GatewayRules>)>,
 }
 
 impl RulesCache {
-    fn rules(&mut self, policy: &AgentPolicy, ranges: ClusterRanges<'_>) -> CompiledRules {
+    fn rules(&mut self, policy: &AgentPolicy, ranges: ClusterRanges<'_>) -> Compiled {
         let key = (
             policy.metadata.namespace.clone().unwrap_or_default(),
             policy.metadata.name.clone().unwrap_or_default(),
@@ -107,12 +154,49 @@ impl RulesCache {
         {
             return rules.clone();
         }
-        let rules = Arc::new(compile(policy, ranges));
+        let rules = compile(policy, ranges).map(Arc::new);
         self.by_policy.insert(key, (version, rules.clone()));
         rules
     }
 
-    fn retain(&mut self, policies: &[Arc<AgentPolicy>]) {
+    /// The rules of sandbox `uid` under `policy` (compiled as `live`), given the version the
+    /// operator says it enforces (`enforced`).
+    fn sandbox_rules(
+        &mut self,
+        uid: &str,
+        policy: &AgentPolicy,
+        live: Compiled,
+        enforced: Option<&PolicyVersion>,
+    ) -> Result<SandboxRules, String> {
+        let live = live?;
+        let version = PolicyVersion {
+            uid: policy.metadata.uid.clone().unwrap_or_default(),
+            generation: policy.metadata.generation.unwrap_or_default(),
+        };
+        if enforced == Some(&version) {
+            self.agreed.insert(uid.to_string(), (version, live.clone()));
+            return Ok(SandboxRules::new(vec![live]));
+        }
+        match self.agreed.get(uid) {
+            Some((agreed, old)) if Some(agreed) == enforced => {
+                Ok(SandboxRules::new(vec![old.clone(), live]))
+            }
+            _ => Err(format!(
+                "the operator has not enforced generation {} of AgentPolicy {}/{} for this sandbox yet",
+                version.generation,
+                policy.metadata.namespace.as_deref().unwrap_or_default(),
+                policy.metadata.name.as_deref().unwrap_or_default()
+            )),
+        }
+    }
+
+    fn retain(&mut self, policies: &[Arc<AgentPolicy>], sandboxes: &[Arc<AgentSandbox>]) {
+        let sandboxes: std::collections::HashSet<&str> = sandboxes
+            .iter()
+            .filter_map(|s| s.metadata.uid.as_deref())
+            .collect();
+        self.agreed
+            .retain(|uid, _| sandboxes.contains(uid.as_str()));
         let live: std::collections::HashSet<(String, String)> = policies
             .iter()
             .map(|p| {
@@ -163,7 +247,7 @@ pub fn build(
     ranges: ClusterRanges<'_>,
     cache: &mut RulesCache,
 ) -> Directory {
-    cache.retain(policies);
+    cache.retain(policies, sandboxes);
     let policy_by_key: BTreeMap<(&str, &str), &Arc<AgentPolicy>> = policies
         .iter()
         .map(|p| {
@@ -187,14 +271,18 @@ pub fn build(
             continue;
         };
         sandbox_by_key.insert((ns, name), s);
+        let enforced = s.status.as_ref().and_then(|st| st.enforced_policy.as_ref());
         let compiled = match policy_by_key.get(&(ns, s.spec.policy_ref.name.as_str())) {
-            Some(p) => cache.rules(p, ranges),
-            None => Arc::new(Err(format!(
+            Some(p) => {
+                let live = cache.rules(p, ranges);
+                cache.sandbox_rules(uid, p, live, enforced)
+            }
+            None => Err(format!(
                 "AgentPolicy {ns}/{} not found",
                 s.spec.policy_ref.name
-            ))),
+            )),
         };
-        rules.insert(uid.to_string(), compiled);
+        rules.insert(uid.to_string(), Arc::new(compiled));
     }
     let mut by_ip: HashMap<IpAddr, Source> = HashMap::new();
     let mut starting = std::collections::HashSet::new();
@@ -249,6 +337,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::host::Host;
     use serde_json::json;
 
     fn sandbox(ns: &str, name: &str, uid: &str, policy: &str) -> Arc<AgentSandbox> {
@@ -256,10 +345,112 @@ mod tests {
             serde_json::from_value(json!({
                 "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox",
                 "metadata": {"namespace": ns, "name": name, "uid": uid},
-                "spec": {"policyRef": {"name": policy}, "image": "registry.example.com/agent:1"}
+                "spec": {"policyRef": {"name": policy}, "image": "registry.example.com/agent:1"},
+                "status": {"enforcedPolicy": {"uid": format!("p-{policy}"), "generation": 0}}
             }))
             .unwrap(),
         )
+    }
+
+    fn versioned(ns: &str, name: &str, generation: i64, fqdns: &[&str]) -> Arc<AgentPolicy> {
+        let to: Vec<_> = fqdns.iter().map(|f| json!({"fqdn": f})).collect();
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentPolicy",
+                "metadata": {"namespace": ns, "name": name, "uid": format!("p-{name}"),
+                    "resourceVersion": format!("{generation}"), "generation": generation},
+                "spec": {"network": {"egress": {"allow": [{"to": to, "ports": [{"port": 443}]}]}}}
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn enforcing(sandbox: &Arc<AgentSandbox>, generation: Option<i64>) -> Arc<AgentSandbox> {
+        let mut s = (**sandbox).clone();
+        s.status = generation.map(|g| crate::api::AgentSandboxStatus {
+            enforced_policy: Some(PolicyVersion {
+                uid: "p-p1".into(),
+                generation: g,
+            }),
+            ..Default::default()
+        });
+        Arc::new(s)
+    }
+
+    #[test]
+    fn a_policy_version_applies_once_the_operator_enforces_it_and_narrowing_at_once() {
+        let pods = [Arc::new(pod("a", "s1", "u1", "10.0.0.1", "Running"))];
+        let s1 = sandbox("a", "s1", "u1", "p1");
+        let name = |n: &str| Host::Name(n.into());
+        let mut cache = RulesCache::default();
+        let allowed = |d: &Directory, n: &str| {
+            d.attribute(ip("10.0.0.1"), Some("u1"))
+                .map(|(_, r)| r.check_host(&name(n), 443).is_ok())
+        };
+        // Generation 1, enforced.
+        let v1 = versioned("a", "p1", 1, &["old.example.com", "kept.example.com"]);
+        let d = build(
+            &pods,
+            &[enforcing(&s1, Some(1))],
+            &[v1],
+            ClusterRanges::default(),
+            &mut cache,
+        );
+        assert_eq!(allowed(&d, "old.example.com"), Ok(true));
+        // Generation 2 adds a name and drops one; the operator has not enforced it yet: only
+        // what both allow.
+        let v2 = versioned("a", "p1", 2, &["new.example.com", "kept.example.com"]);
+        let d = build(
+            &pods,
+            &[enforcing(&s1, Some(1))],
+            std::slice::from_ref(&v2),
+            ClusterRanges::default(),
+            &mut cache,
+        );
+        assert_eq!(allowed(&d, "kept.example.com"), Ok(true));
+        assert_eq!(
+            allowed(&d, "old.example.com"),
+            Ok(false),
+            "the narrowing waits"
+        );
+        assert_eq!(
+            allowed(&d, "new.example.com"),
+            Ok(false),
+            "the widening did not wait"
+        );
+        // Enforced: the new name too.
+        let d = build(
+            &pods,
+            &[enforcing(&s1, Some(2))],
+            std::slice::from_ref(&v2),
+            ClusterRanges::default(),
+            &mut cache,
+        );
+        assert_eq!(allowed(&d, "new.example.com"), Ok(true));
+        // A gateway that never saw the enforced version (a restart), or a sandbox the operator
+        // enforces nothing for (blocked, being replaced): refused everything.
+        let fresh = build(
+            &pods,
+            &[enforcing(&s1, Some(1))],
+            std::slice::from_ref(&v2),
+            ClusterRanges::default(),
+            &mut RulesCache::default(),
+        );
+        assert_eq!(
+            allowed(&fresh, "kept.example.com").err(),
+            Some(Denial::PolicyUnavailable)
+        );
+        let none = build(
+            &pods,
+            &[enforcing(&s1, None)],
+            &[v2],
+            ClusterRanges::default(),
+            &mut cache,
+        );
+        assert_eq!(
+            allowed(&none, "kept.example.com").err(),
+            Some(Denial::PolicyUnavailable)
+        );
     }
 
     fn policy(ns: &str, name: &str, rv: &str, fqdn: &str) -> Arc<AgentPolicy> {
@@ -311,7 +502,10 @@ mod tests {
         ]);
         let (source, rules) = d.attribute(ip("10.0.0.1"), Some("u1")).unwrap();
         assert_eq!(source.sandbox, "s1");
-        assert_eq!(rules.names[0].names, vec!["api.example.com".to_string()]);
+        assert_eq!(
+            rules.sets[0].names[0].names,
+            vec!["api.example.com".to_string()]
+        );
         assert_eq!(
             d.attribute(ip("::ffff:10.0.0.1"), Some("u1"))
                 .map(|(s, _)| s.pod.clone()),
@@ -398,7 +592,11 @@ mod tests {
             ClusterRanges::default(),
             &mut cache,
         );
-        assert!(Arc::ptr_eq(&first.rules["u1"], &same.rules["u1"]));
+        let set = |d: &Directory| match d.rules["u1"].as_ref() {
+            Ok(r) => r.sets[0].clone(),
+            Err(e) => panic!("{e}"),
+        };
+        assert!(Arc::ptr_eq(&set(&first), &set(&same)), "compiled again");
         let changed = build(
             &[],
             &sandboxes,
@@ -409,7 +607,10 @@ mod tests {
         let Ok(rules) = changed.rules["u1"].as_ref() else {
             panic!()
         };
-        assert_eq!(rules.names[0].names, vec!["b.example.com".to_string()]);
+        assert_eq!(
+            rules.sets[0].names[0].names,
+            vec!["b.example.com".to_string()]
+        );
     }
 
     #[test]

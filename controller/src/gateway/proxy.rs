@@ -636,7 +636,7 @@ async fn literal_names_a_blocked_host<S: AsyncRead + Unpin>(
 ) -> Option<Denial> {
     let snapshot = gw.directory.borrow().clone();
     let rules = match snapshot.attribute(d.source.ip(), Some(&grant.uid)) {
-        Ok((_, rules)) if !rules.denied_names.is_empty() => rules,
+        Ok((_, rules)) if rules.blocks_names() => rules,
         Ok(_) => return None,
         Err(denial) => return Some(denial),
     };

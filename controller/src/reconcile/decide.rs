@@ -407,6 +407,18 @@ impl PodDecision<'_> {
         self.run(PodStep::Later, outcome, lifetime, record)
     }
 
+    /// The outcome of a pass that keeps, binds, ungates or creates a pod of this plan, with its
+    /// NetworkPolicy applied first: the policy's version is enforced for the sandbox.
+    fn current(&self, mut outcome: Outcome) -> Outcome {
+        if let PolicyState::Found(p) = self.o.policy {
+            outcome.enforced_policy = Some(crate::api::sandbox::PolicyVersion {
+                uid: p.metadata.uid.clone().unwrap_or_default(),
+                generation: p.metadata.generation.unwrap_or_default(),
+            });
+        }
+        outcome
+    }
+
     fn starting(&self, reason: &str, message: &str) -> Outcome {
         let mut outcome = Outcome::new(SandboxPhase::Starting, reason, message);
         outcome.plan = Some(self.facts.clone());
@@ -456,7 +468,7 @@ impl PodDecision<'_> {
             if self.hold {
                 return self.held(lifetime, record);
             }
-            let outcome = self.starting("Starting", "creating the pod");
+            let outcome = self.current(self.starting("Starting", "creating the pod"));
             return self.run(PodStep::Create, outcome, lifetime, record);
         };
         if !pod.ours {
@@ -633,10 +645,10 @@ impl PodDecision<'_> {
             if self.hold {
                 return self.held(lifetime, record);
             }
-            let outcome = self.starting(
+            let outcome = self.current(self.starting(
                 "Starting",
                 "confirming the isolating NetworkPolicy before the pod is scheduled",
-            );
+            ));
             return self.run(PodStep::Ungate, outcome, lifetime, record);
         }
         let step = match (&pod.network_policy_uid, o.isolation) {
@@ -654,7 +666,7 @@ impl PodDecision<'_> {
             ),
             _ => "waiting for the pod to become ready".to_string(),
         };
-        let mut outcome = self.starting("Starting", &waiting);
+        let mut outcome = self.current(self.starting("Starting", &waiting));
         outcome.pod_ip = pod.ip.clone();
         if pod.phase == PodPhase::Running && pod.ready {
             outcome.phase = SandboxPhase::Running;
@@ -1209,6 +1221,78 @@ mod tests {
             "{}",
             d.outcome.message
         );
+    }
+
+    #[test]
+    fn the_policy_version_is_enforced_only_where_the_pod_is_the_plans() {
+        let s = sandbox(None, false);
+        let mut p = policy();
+        p.metadata.uid = Some("pu".into());
+        p.metadata.generation = Some(3);
+        let version = Some(crate::api::sandbox::PolicyVersion {
+            uid: "pu".into(),
+            generation: 3,
+        });
+        let np = LiveIsolation {
+            uid: "np".into(),
+            ours: true,
+            deleting: false,
+        };
+        // Created under the plan (its NetworkPolicy first).
+        let d = decide_with(&s, PolicyState::Found(&p), Some(&np), None);
+        assert_eq!(d.outcome.enforced_policy, version);
+        let Step::Run(plan, PodStep::Create) = d.step else {
+            panic!("{:?}", d.step);
+        };
+        let live = |hash: Option<&str>| {
+            let mut pod = plan.pod.clone();
+            pod.metadata.uid = Some("pod".into());
+            pod.metadata.owner_references = Some(vec![
+                serde_json::from_value(serde_json::json!({"apiVersion": "palisade.dev/v1alpha1",
+                    "kind": "AgentSandbox", "name": "a", "uid": "sb", "controller": true}))
+                .unwrap(),
+            ]);
+            let annotations = pod.metadata.annotations.get_or_insert_default();
+            annotations.insert("palisade.dev/network-policy-uid".into(), "np".into());
+            if let Some(h) = hash {
+                let key = annotations
+                    .keys()
+                    .find(|k| k.ends_with("policy-hash"))
+                    .cloned()
+                    .expect("the pod carries its hash");
+                annotations.insert(key, h.into());
+            }
+            pod.spec.as_mut().unwrap().scheduling_gates = None;
+            pod.status =
+                Some(serde_json::from_value(serde_json::json!({"phase": "Running"})).unwrap());
+            LivePod::read(&pod, "sb")
+        };
+        // The pod of the plan, kept.
+        let d = decide_with(&s, PolicyState::Found(&p), Some(&np), Some(&live(None)));
+        assert_eq!(d.outcome.enforced_policy, version, "{:?}", d.step);
+        // A pod of another plan, being replaced: nothing is enforced for this version yet.
+        let d = decide_with(
+            &s,
+            PolicyState::Found(&p),
+            Some(&np),
+            Some(&live(Some("stale"))),
+        );
+        assert!(
+            matches!(d.step, Step::Run(_, PodStep::Replace { .. })),
+            "{:?}",
+            d.step
+        );
+        assert_eq!(d.outcome.enforced_policy, None);
+        // The NetworkPolicy going: the pod goes first, nothing enforced.
+        let going = LiveIsolation {
+            deleting: true,
+            ..np
+        };
+        let d = decide_with(&s, PolicyState::Found(&p), Some(&going), Some(&live(None)));
+        assert_eq!(d.outcome.enforced_policy, None);
+        // No policy: nothing.
+        let d = decide_with(&s, PolicyState::Missing, None, None);
+        assert_eq!(d.outcome.enforced_policy, None);
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub struct Outcome {
     /// The pod is expected to exist (not paused, blocked or expired).
     pub has_pod: bool,
     pub pod_ip: Option<String>,
+    /// The policy version the pod and its NetworkPolicy are current for (`status.enforcedPolicy`):
+    /// set only where the pass keeps, binds, ungates or creates a pod of the plan.
+    pub enforced_policy: Option<crate::api::sandbox::PolicyVersion>,
     /// Look again this soon (else at expiry, else the resync).
     pub requeue: Option<Duration>,
     pub expires_at: Option<Timestamp>,
@@ -96,6 +99,7 @@ impl Outcome {
             plan: None,
             has_pod: false,
             pod_ip: None,
+            enforced_policy: None,
             requeue: None,
             expires_at: None,
             retained_claim: None,
@@ -242,6 +246,7 @@ pub fn status(
         }),
         runtime_class_name: plan.and_then(|p| p.runtime_class_name.clone()),
         policy_hash: plan.map(|p| p.pod_hash.clone()),
+        enforced_policy: outcome.enforced_policy.clone(),
         enforcement: plan.and_then(|p| p.enforcement.clone()),
         expires_at: outcome.expires_at.map(Time),
         message: Some(outcome.message.clone()),
