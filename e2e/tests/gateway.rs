@@ -307,11 +307,18 @@ async fn curl_and_pip_reach_a_name_through_the_gateway_and_nothing_else_gets_out
         "{reasons:?}"
     );
 
-    // The sandbox's status sums up the denials, and a Warning event names a denied host.
+    // The sandbox's status sums up the denials (each gateway replica adds its own every 30 s),
+    // and a Warning event names a denied host.
     let api: Api<palisade::api::AgentSandbox> = Api::namespaced(client.clone(), &ns);
+    let refused = [
+        "api.example.com",
+        "rebind.example.com",
+        "metadata.google.internal",
+        PACKAGES_ADDRESS,
+    ];
     let denials = wait_for(
-        "status.egressDenials of the sandbox",
-        Duration::from_secs(60),
+        "status.egressDenials of the sandbox to list the four refused hosts",
+        Duration::from_secs(90),
         || async {
             let s = api.get("agent").await.ok()?;
             let d = serde_json::to_value(s.status?.egress_denials?).ok()?;
@@ -320,7 +327,10 @@ async fn curl_and_pip_reach_a_name_through_the_gateway_and_nothing_else_gets_out
                 .iter()
                 .filter_map(|h| h["host"].as_str().map(String::from))
                 .collect();
-            hosts.iter().any(|h| h == "api.example.com").then_some(d)
+            refused
+                .iter()
+                .all(|r| hosts.iter().any(|h| h == r))
+                .then_some(d)
         },
     )
     .await;
