@@ -19,7 +19,7 @@ use base64::Engine;
 use palisade::gateway::audit::{AuditSink, Auditor, GatewayMetrics};
 use palisade::gateway::credential::CredentialKey;
 use palisade::gateway::directory::{RulesCache, build};
-use palisade::gateway::proxy::{Gateway, Limits, Timeouts, serve};
+use palisade::gateway::proxy::{Gateway, Limits, Timeouts, serve, serve_workers};
 use palisade::gateway::resolve::DnsResolver;
 use palisade::gateway::testing::{MapConnector, dns_server};
 use palisade::policy::egress::ClusterRanges;
@@ -32,6 +32,8 @@ const PORT: u16 = 8443;
 const KEY: &[u8] = b"bench-key-bench-key-bench-key-bench-key";
 const UID: &str = "bench-sandbox-uid";
 const STREAM_BYTES: u64 = 256 << 20;
+/// Sequential setups per proxy for the latency columns.
+const LATENCY_ROUNDS: usize = 5000;
 
 /// A ClientHello naming NAME (what a TLS client sends first).
 fn hello() -> Vec<u8> {
@@ -158,9 +160,6 @@ fn child() {
                 ..Limits::default()
             },
         ));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        eprintln!("{}", listener.local_addr().expect("addr").port());
-        std::io::stderr().flush().ok();
         let stop = tokio_util::sync::CancellationToken::new();
         let stopper = stop.clone();
         std::thread::spawn(move || {
@@ -168,6 +167,30 @@ fn child() {
             let _ = std::io::stdin().read_line(&mut line);
             stopper.cancel();
         });
+        // As `palisade gateway` serves: one single-threaded runtime per CPU, each with its own
+        // listener (BENCH_WORKERS=N to choose; 0: one multi-threaded runtime, the old way).
+        let workers: usize = std::env::var("BENCH_WORKERS")
+            .ok()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(usize::from)
+                    .unwrap_or(1)
+            });
+        if workers > 0 {
+            let (ready, bound) = std::sync::mpsc::channel();
+            let served = std::thread::spawn(move || {
+                serve_workers("127.0.0.1:0".parse().expect("addr"), workers, gw, stop, ready)
+            });
+            let port = bound.recv().expect("bound").port();
+            eprintln!("{port}");
+            std::io::stderr().flush().ok();
+            let _ = tokio::task::spawn_blocking(move || served.join()).await;
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        eprintln!("{}", listener.local_addr().expect("addr").port());
+        std::io::stderr().flush().ok();
         serve(listener, gw, stop).await;
     });
 }
@@ -239,15 +262,6 @@ async fn measure(p: &Proxy, upstream: SocketAddr) -> Figures {
         let mut s = setup(p, upstream, &hello).await.expect("setup");
         let _ = s.write_all(b"C").await;
     }
-    // Latency: sequential setups.
-    let mut times = Vec::new();
-    for _ in 0..2000 {
-        let t = Instant::now();
-        let mut s = setup(p, upstream, &hello).await.expect("setup");
-        times.push(t.elapsed());
-        let _ = s.write_all(b"C").await;
-    }
-    times.sort();
     // Rate: 32 concurrent clients for 10 s.
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -300,8 +314,8 @@ async fn measure(p: &Proxy, upstream: SocketAddr) -> Figures {
         None => None,
     };
     Figures {
-        p50: percentile(&times, 0.5),
-        p99: percentile(&times, 0.99),
+        p50: Duration::ZERO,
+        p99: Duration::ZERO,
         setups_per_s,
         mb_per_s,
         rss,
@@ -419,6 +433,24 @@ fn main() {
         for p in &proxies {
             eprintln!("bench-gateway: measuring {}", p.name);
             rows.push((p.name, measure(p, upstream).await));
+        }
+        // Latency: sequential setups, the proxies taking turns (direct, gateway, Squid, ...)
+        // so that whatever else the machine does weighs on each alike.
+        eprintln!("bench-gateway: latency, {LATENCY_ROUNDS} rounds");
+        let hello = hello();
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); proxies.len()];
+        for _ in 0..LATENCY_ROUNDS {
+            for (i, p) in proxies.iter().enumerate() {
+                let t = Instant::now();
+                let mut s = setup(p, upstream, &hello).await.expect("setup");
+                times[i].push(t.elapsed());
+                let _ = s.write_all(b"C").await;
+            }
+        }
+        for (row, mut t) in rows.iter_mut().zip(times) {
+            t.sort();
+            row.1.p50 = percentile(&t, 0.5);
+            row.1.p99 = percentile(&t, 0.99);
         }
         let direct = (rows[0].1.p50, rows[0].1.p99);
         println!("\nbench-gateway: one CONNECT setup = CONNECT, 200, a ClientHello forwarded, 2 bytes back");

@@ -14,7 +14,7 @@ use palisade::gateway::audit::{AuditSink, Auditor, GatewayMetrics};
 use palisade::gateway::credential::CredentialKey;
 use palisade::gateway::denials::DenialLog;
 use palisade::gateway::directory::{Directory, RulesCache, build};
-use palisade::gateway::proxy::{Gateway, Limits, Timeouts, serve};
+use palisade::gateway::proxy::{Gateway, Limits, Timeouts, serve, serve_workers};
 use palisade::gateway::resolve::DnsResolver;
 use palisade::gateway::testing::{MapConnector, dns_server};
 use palisade::policy::egress::ClusterRanges;
@@ -253,6 +253,11 @@ async fn world() -> World {
 }
 
 async fn world_with(limits: Limits) -> World {
+    world_served(limits, None).await
+}
+
+/// `workers`: served as `palisade gateway` serves (threads with listeners of their own).
+async fn world_served(limits: Limits, workers: Option<usize>) -> World {
     let certs = certs();
     let tls_seen = Arc::new(Mutex::new(Seen::default()));
     let http_seen = Arc::new(Mutex::new(Seen::default()));
@@ -312,10 +317,22 @@ async fn world_with(limits: Limits) -> World {
         },
         limits,
     ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let served = tokio::spawn(serve(listener, gw, stop.clone()));
+    let (proxy, served) = match workers {
+        None => {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let proxy = listener.local_addr().unwrap();
+            (proxy, tokio::spawn(serve(listener, gw, stop.clone())))
+        }
+        Some(n) => {
+            let (ready, bound) = std::sync::mpsc::channel();
+            let stop = stop.clone();
+            let served = tokio::task::spawn_blocking(move || {
+                serve_workers("127.0.0.1:0".parse().unwrap(), n, gw, stop, ready).unwrap();
+            });
+            (bound.recv().unwrap(), served)
+        }
+    };
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certs.cert.clone()).unwrap();
     World {
@@ -1154,4 +1171,56 @@ async fn a_terminating_pod_loses_its_open_tunnel_and_its_address() {
         .connect("127.0.0.1", "api.example.com:443", Cred::Of("u1"))
         .await;
     assert_eq!((status, denial_header(&head)), (403, "UnknownSource"));
+}
+
+#[tokio::test]
+async fn served_by_worker_threads_it_tunnels_then_drains() {
+    let w = world_served(Limits::default(), Some(2)).await;
+    for _ in 0..4 {
+        let (status, head, s) = w
+            .connect("127.0.0.1", "api.example.com:443", Cred::Of("u1"))
+            .await;
+        assert_eq!(status, 200, "{head}");
+        assert!(w.tls_ping(s, "api.example.com").await.is_ok());
+    }
+    let (status, head, _) = w
+        .connect("127.0.0.1", "other.example.com:443", Cred::Of("u1"))
+        .await;
+    assert_eq!((status, denial_header(&head)), (403, "NoMatchingRule"));
+    w.stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), w.served)
+        .await
+        .expect("every worker stopped")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn answers_are_kept_for_their_ttl_and_never_beyond() {
+    use palisade::gateway::resolve::Resolve;
+    let answers = || {
+        HashMap::from([(
+            "twice.example.com".to_string(),
+            vec![ips(&["192.0.2.1"]), ips(&["192.0.2.2"])],
+        )])
+    };
+    // TTL 300: the second request is answered from the cache (the server would say .2).
+    let kept = DnsResolver::new(&[dns_server(answers(), 300).await.unwrap()]).unwrap();
+    assert_eq!(
+        kept.lookup("twice.example.com").await.unwrap(),
+        ips(&["192.0.2.1"])
+    );
+    assert_eq!(
+        kept.lookup("twice.example.com").await.unwrap(),
+        ips(&["192.0.2.1"])
+    );
+    // TTL 0: asked again each time.
+    let fresh = DnsResolver::new(&[dns_server(answers(), 0).await.unwrap()]).unwrap();
+    assert_eq!(
+        fresh.lookup("twice.example.com").await.unwrap(),
+        ips(&["192.0.2.1"])
+    );
+    assert_eq!(
+        fresh.lookup("twice.example.com").await.unwrap(),
+        ips(&["192.0.2.2"])
+    );
 }

@@ -25,7 +25,7 @@ use crate::gateway::audit::{AuditSink, Auditor, GatewayMetrics};
 use crate::gateway::credential::CredentialKey;
 use crate::gateway::denials::{DenialLog, merge};
 use crate::gateway::directory::{Directory, RulesCache, build};
-use crate::gateway::proxy::{Direct, Gateway, Limits, Timeouts, serve};
+use crate::gateway::proxy::{Direct, Gateway, Limits, Timeouts, serve_workers};
 use crate::gateway::resolve::DnsResolver;
 use crate::ops::health::METRICS_CONTENT_TYPE;
 use crate::policy::egress::ClusterRanges;
@@ -82,6 +82,10 @@ pub struct GatewayArgs {
     /// Service stops sending it connections first), before it drains.
     #[arg(long, env = "PALISADE_GATEWAY_UNREADY_SECONDS", default_value_t = 5)]
     pub unready_seconds: u64,
+    /// Threads serving the proxy, each with its own listener on the address (SO_REUSEPORT)
+    /// and a single-threaded runtime. Default: the CPUs available.
+    #[arg(long, env = "PALISADE_GATEWAY_WORKERS")]
+    pub workers: Option<usize>,
     /// Seconds a tunnel may carry nothing before it is closed.
     #[arg(long, env = "PALISADE_GATEWAY_IDLE_SECONDS", default_value_t = 900)]
     pub idle_seconds: u64,
@@ -103,9 +107,6 @@ pub async fn run(args: GatewayArgs) -> Result<(), String> {
     let client = Client::try_default()
         .await
         .map_err(|e| format!("cannot reach the cluster (in-cluster config or KUBECONFIG): {e}"))?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let metrics = GatewayMetrics::new();
     let (tx, rx) = watch::channel(Arc::new(Directory::default()));
     let stop = CancellationToken::new();
@@ -176,12 +177,31 @@ pub async fn run(args: GatewayArgs) -> Result<(), String> {
             ..Limits::default()
         },
     ));
-    tracing::info!(listen = %args.listen, namespace = args.namespace.as_deref().unwrap_or("(all)"), "palisade gateway starting");
-    serve(listener, gateway, stop.clone()).await;
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
+    });
+    tracing::info!(listen = %args.listen, workers, namespace = args.namespace.as_deref().unwrap_or("(all)"), "palisade gateway starting");
+    let (ready, _bound) = std::sync::mpsc::channel();
+    let listen = args.listen;
+    let proxy_stop = stop.clone();
+    let served = tokio::task::spawn_blocking(move || {
+        serve_workers(listen, workers, gateway, proxy_stop, ready)
+    })
+    .await;
+    let failed = match served {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("cannot serve on {listen}: {e}")),
+        Err(e) => Some(format!("the proxy stopped: {e}")),
+    };
     directory_stop.cancel();
     let _ = directory.await;
     let _ = reporter.await;
     let _ = probes.await;
+    if let Some(failed) = failed {
+        return Err(failed);
+    }
     tracing::info!("stopped");
     Ok(())
 }

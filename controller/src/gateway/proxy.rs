@@ -201,6 +201,67 @@ impl Drop for Slot {
     }
 }
 
+/// Serves on `addr` with `workers` threads, each a single-threaded runtime with a listener of
+/// its own on the same address (`SO_REUSEPORT`: the kernel spreads connections over them), so
+/// that a connection and its tunnel stay on one thread. Returns once every worker has drained
+/// (see [`serve`]); `ready` gets the bound address (port 0 picks one) once all listen.
+pub fn serve_workers(
+    addr: SocketAddr,
+    workers: usize,
+    gw: Arc<Gateway>,
+    shutdown: CancellationToken,
+    ready: std::sync::mpsc::Sender<SocketAddr>,
+) -> std::io::Result<()> {
+    let bind = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseport(true)?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(1024)?.into_std()
+    };
+    // Sockets are made outside any runtime (std listeners, non-blocking), then handed over.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let first = rt.block_on(async { bind(addr) })?;
+    let bound = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..workers.max(1) {
+        listeners.push(rt.block_on(async { bind(bound) })?);
+    }
+    drop(rt);
+    let _ = ready.send(bound);
+    let threads: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, listener)| {
+            let (gw, shutdown) = (gw.clone(), shutdown.clone());
+            std::thread::Builder::new()
+                .name(format!("gateway-{i}"))
+                .spawn(move || -> std::io::Result<()> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async move {
+                        let listener = TcpListener::from_std(listener)?;
+                        serve(listener, gw, shutdown).await;
+                        Ok(())
+                    })
+                })
+        })
+        .collect::<std::io::Result<_>>()?;
+    for t in threads {
+        match t.join() {
+            Ok(result) => result?,
+            Err(_) => return Err(std::io::Error::other("a gateway worker panicked")),
+        }
+    }
+    Ok(())
+}
+
 /// Accepts connections until `shutdown`, then lets open connections and tunnels drain for
 /// `timeouts.drain`, then closes what is left.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: CancellationToken) {

