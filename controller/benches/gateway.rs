@@ -123,10 +123,10 @@ fn child() {
             "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox",
             "metadata": {"namespace": "bench", "name": "s", "uid": UID},
             "spec": {"policyRef": {"name": "p"}, "image": "registry.example.com/agent:1"},
-            "status": {"enforcedPolicy": {"uid": "p", "generation": 0}}})).unwrap());
+            "status": {"enforcedPolicy": {"uid": "p", "generation": 1}}})).unwrap());
         let policy = Arc::new(serde_json::from_value(json!({
             "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentPolicy",
-            "metadata": {"namespace": "bench", "name": "p", "uid": "p", "resourceVersion": "1"},
+            "metadata": {"namespace": "bench", "name": "p", "uid": "p", "resourceVersion": "1", "generation": 1},
             "spec": {"network": {"egress": {"allow": [{"to": [{"fqdn": NAME}], "ports": [{"port": PORT}]}]}}}})).unwrap());
         let pod = Arc::new(serde_json::from_value(json!({
             "metadata": {"namespace": "bench", "name": "s", "labels": {"palisade.dev/sandbox": "s"},

@@ -157,7 +157,7 @@ fn sandbox(name: &str, uid: &str, policy: &str) -> Arc<AgentSandbox> {
             "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox",
             "metadata": {"namespace": "team", "name": name, "uid": uid},
             "spec": {"policyRef": {"name": policy}, "image": "registry.example.com/agent:1"},
-            "status": {"enforcedPolicy": {"uid": format!("uid-{policy}"), "generation": 0}}
+            "status": {"enforcedPolicy": {"uid": format!("uid-{policy}"), "generation": 1}}
         }))
         .unwrap(),
     )
@@ -167,7 +167,7 @@ fn policy(name: &str, rv: &str, egress: Value) -> Arc<AgentPolicy> {
     Arc::new(
         serde_json::from_value(json!({
             "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentPolicy",
-            "metadata": {"namespace": "team", "name": name, "uid": format!("uid-{name}"), "resourceVersion": rv},
+            "metadata": {"namespace": "team", "name": name, "uid": format!("uid-{name}"), "resourceVersion": rv, "generation": 1},
             "spec": {"network": {"egress": egress}}
         }))
         .unwrap(),
@@ -1041,7 +1041,7 @@ fn directory_with(spec: Value, cache: &mut RulesCache, s1_terminating: bool) -> 
     let p1: Arc<AgentPolicy> = Arc::new(
         serde_json::from_value(json!({
             "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentPolicy",
-            "metadata": {"namespace": "team", "name": "p1", "uid": "uid-p1", "resourceVersion": "9"},
+            "metadata": {"namespace": "team", "name": "p1", "uid": "uid-p1", "resourceVersion": "9", "generation": 1},
             "spec": spec
         }))
         .unwrap(),
@@ -1212,6 +1212,18 @@ async fn answers_are_kept_for_their_ttl_and_never_beyond() {
     assert_eq!(
         kept.lookup("twice.example.com").await.unwrap(),
         ips(&["192.0.2.1"])
+    );
+    // TTL 1: kept for that second, never beyond.
+    let brief = DnsResolver::new(&[dns_server(answers(), 1).await.unwrap()]).unwrap();
+    assert_eq!(
+        brief.lookup("twice.example.com").await.unwrap(),
+        ips(&["192.0.2.1"])
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        brief.lookup("twice.example.com").await.unwrap(),
+        ips(&["192.0.2.2"]),
+        "an answer was kept past its TTL"
     );
     // TTL 0: asked again each time.
     let fresh = DnsResolver::new(&[dns_server(answers(), 0).await.unwrap()]).unwrap();

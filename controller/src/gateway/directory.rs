@@ -169,9 +169,14 @@ impl RulesCache {
         enforced: Option<&PolicyVersion>,
     ) -> Result<SandboxRules, String> {
         let live = live?;
+        let (Some(policy_uid), Some(generation)) =
+            (&policy.metadata.uid, policy.metadata.generation)
+        else {
+            return Err("the AgentPolicy has no UID or generation".into());
+        };
         let version = PolicyVersion {
-            uid: policy.metadata.uid.clone().unwrap_or_default(),
-            generation: policy.metadata.generation.unwrap_or_default(),
+            uid: policy_uid.clone(),
+            generation,
         };
         if enforced == Some(&version) {
             self.agreed.insert(uid.to_string(), (version, live.clone()));
@@ -346,7 +351,7 @@ mod tests {
                 "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox",
                 "metadata": {"namespace": ns, "name": name, "uid": uid},
                 "spec": {"policyRef": {"name": policy}, "image": "registry.example.com/agent:1"},
-                "status": {"enforcedPolicy": {"uid": format!("p-{policy}"), "generation": 0}}
+                "status": {"enforcedPolicy": {"uid": format!("p-{policy}"), "generation": 1}}
             }))
             .unwrap(),
         )
@@ -457,7 +462,7 @@ mod tests {
         Arc::new(
             serde_json::from_value(json!({
                 "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentPolicy",
-                "metadata": {"namespace": ns, "name": name, "uid": format!("p-{name}"), "resourceVersion": rv},
+                "metadata": {"namespace": ns, "name": name, "uid": format!("p-{name}"), "resourceVersion": rv, "generation": 1},
                 "spec": {"network": {"egress": {"allow": [{"to": [{"fqdn": fqdn}], "ports": [{"port": 443}]}]}}}
             }))
             .unwrap(),

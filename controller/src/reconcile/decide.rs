@@ -410,10 +410,13 @@ impl PodDecision<'_> {
     /// The outcome of a pass that keeps, binds, ungates or creates a pod of this plan, with its
     /// NetworkPolicy applied first: the policy's version is enforced for the sandbox.
     fn current(&self, mut outcome: Outcome) -> Outcome {
-        if let PolicyState::Found(p) = self.o.policy {
+        // The API server always sets both; without them no version can be named.
+        if let PolicyState::Found(p) = self.o.policy
+            && let (Some(uid), Some(generation)) = (&p.metadata.uid, p.metadata.generation)
+        {
             outcome.enforced_policy = Some(crate::api::sandbox::PolicyVersion {
-                uid: p.metadata.uid.clone().unwrap_or_default(),
-                generation: p.metadata.generation.unwrap_or_default(),
+                uid: uid.clone(),
+                generation,
             });
         }
         outcome

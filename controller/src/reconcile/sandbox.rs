@@ -284,7 +284,7 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
             if let Some(created) = &acted.created {
                 record.uid = Some(created.clone());
             }
-            (after(&decision, acted), None)
+            (after(&decision, acted, enforced_before(&sandbox)), None)
         }
         // The sandbox goes with its namespace: nothing to report.
         Err(failed) if failed.error.namespace_terminating() => return Err(failed.error),
@@ -396,8 +396,21 @@ fn until(t: Timestamp, now: Timestamp) -> Duration {
     Duration::from_millis(ms.max(0) as u64)
 }
 
-/// The outcome once the decision was carried out.
-fn after(decision: &Decision, acted: Acted) -> Outcome {
+/// The policy version the status said was enforced before this pass.
+fn enforced_before(sandbox: &AgentSandbox) -> Option<crate::api::sandbox::PolicyVersion> {
+    sandbox
+        .status
+        .as_ref()
+        .and_then(|s| s.enforced_policy.clone())
+}
+
+/// The outcome once the decision was carried out. A pass that stopped before every child was
+/// applied (a retry) keeps the policy version enforced before: the new one is not, yet.
+fn after(
+    decision: &Decision,
+    acted: Acted,
+    before: Option<crate::api::sandbox::PolicyVersion>,
+) -> Outcome {
     let mut outcome = decision.outcome.clone();
     if let Some(what) = acted.conflict {
         // Someone else's object holds a child's name: never adopted; no pod runs without it
@@ -416,6 +429,7 @@ fn after(decision: &Decision, acted: Acted) -> Outcome {
         outcome.reason = "Retrying".into();
         outcome.message = why;
         outcome.requeue = Some(Duration::from_secs(1));
+        outcome.enforced_policy = before;
     }
     outcome.retained_claim = acted.retained_claim;
     outcome
@@ -437,6 +451,8 @@ async fn after_failure(
     let error = &failed.error;
     tracing::warn!(sandbox = %sandbox.name_any(), during = %failed.during, %error, "reconcile step failed");
     let mut outcome = decision.outcome.clone();
+    // The children may not be what the decision planned: the version enforced before stays.
+    outcome.enforced_policy = enforced_before(sandbox);
     outcome.reason = error.reason().to_string();
     outcome.message = format!("could not {}: {}", failed.during, error.message());
     outcome.standing = Some(if error.needs_a_person() {
@@ -603,4 +619,51 @@ pub fn affected_by_network_policy(ctx: &Ctx, np: &NetworkPolicy) -> Vec<ObjectRe
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::sandbox::PolicyVersion;
+    use crate::reconcile::decide::Step;
+    use crate::reconcile::status::Outcome;
+
+    #[test]
+    fn a_pass_that_stopped_early_keeps_the_version_enforced_before() {
+        let version = |generation| PolicyVersion {
+            uid: "p".into(),
+            generation,
+        };
+        let mut outcome = Outcome::new(SandboxPhase::Running, "Running", "the pod is ready");
+        outcome.enforced_policy = Some(version(2));
+        let decision = Decision {
+            step: Step::Leave,
+            outcome,
+            lifetime: Default::default(),
+            record: Default::default(),
+            confirm: None,
+        };
+        // Every child applied: the decision's version.
+        let done = after(&decision, Acted::default(), Some(version(1)));
+        assert_eq!(done.enforced_policy, Some(version(2)));
+        // A child still being deleted: the NetworkPolicy of version 2 may not be there.
+        let retry = || Acted {
+            retry: Some("ServiceAccount a is being deleted".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            after(&decision, retry(), Some(version(1))).enforced_policy,
+            Some(version(1))
+        );
+        assert_eq!(after(&decision, retry(), None).enforced_policy, None);
+        // A name held by someone else: blocked, nothing enforced.
+        let conflict = Acted {
+            conflict: Some("NetworkPolicy a".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            after(&decision, conflict, Some(version(1))).enforced_policy,
+            None
+        );
+    }
 }
