@@ -247,7 +247,21 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// User and system CPU seconds a process has used so far (`/proc/<pid>/stat`, clock ticks).
+fn cpu_s(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at state (field 3).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = 100.0; // USER_HZ on Linux
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let sys: f64 = fields.get(12)?.parse().ok()?;
+    Some((user / tick, sys / tick))
+}
+
 struct Figures {
+    /// The proxy's CPU per setup during the rate phase, user and system, in microseconds.
+    cpu_us: Option<(f64, f64)>,
     p50: Duration,
     p99: Duration,
     setups_per_s: f64,
@@ -265,6 +279,7 @@ async fn measure(p: &Proxy, upstream: SocketAddr) -> Figures {
     // Rate: 32 concurrent clients for 10 s.
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(10);
+    let cpu_before = p.pid.and_then(cpu_s);
     let mut workers = Vec::new();
     for _ in 0..32 {
         let (p, hello, done) = (p.clone(), hello.clone(), done.clone());
@@ -280,7 +295,14 @@ async fn measure(p: &Proxy, upstream: SocketAddr) -> Figures {
     for w in workers {
         let _ = w.await;
     }
-    let setups_per_s = done.load(Ordering::Relaxed) as f64 / 10.0;
+    let setups = done.load(Ordering::Relaxed) as f64;
+    let setups_per_s = setups / 10.0;
+    let cpu_us = match (cpu_before, p.pid.and_then(cpu_s)) {
+        (Some((u0, s0)), Some((u1, s1))) if setups > 0.0 => {
+            Some(((u1 - u0) * 1e6 / setups, (s1 - s0) * 1e6 / setups))
+        }
+        _ => None,
+    };
     // Throughput through one tunnel.
     let mut s = setup(p, upstream, &hello).await.expect("setup");
     s.write_all(b"S").await.expect("stream");
@@ -314,6 +336,7 @@ async fn measure(p: &Proxy, upstream: SocketAddr) -> Figures {
         None => None,
     };
     Figures {
+        cpu_us,
         p50: Duration::ZERO,
         p99: Duration::ZERO,
         setups_per_s,
@@ -454,7 +477,7 @@ fn main() {
         }
         let direct = (rows[0].1.p50, rows[0].1.p99);
         println!("\nbench-gateway: one CONNECT setup = CONNECT, 200, a ClientHello forwarded, 2 bytes back");
-        println!("{:<18} {:>12} {:>14} {:>14} {:>12} {:>22}", "", "setups/s", "added p50 ms", "added p99 ms", "MB/s", "RSS MiB idle/1000 open");
+        println!("{:<18} {:>10} {:>18} {:>13} {:>13} {:>8} {:>22}", "", "setups/s", "CPU us/setup u+s", "added p50 ms", "added p99 ms", "MB/s", "RSS MiB idle/1000 open");
         for (name, f) in &rows {
             let (a50, a99) = if *name == "direct" {
                 ("-".to_string(), "-".to_string())
@@ -468,7 +491,11 @@ fn main() {
                 .rss
                 .map(|(b, a)| format!("{:.1} / {:.1}", b as f64 / 1024.0, a as f64 / 1024.0))
                 .unwrap_or_else(|| "-".into());
-            println!("{:<18} {:>12.0} {:>14} {:>14} {:>12.0} {:>22}", name, f.setups_per_s, a50, a99, f.mb_per_s, rss);
+            let cpu = f
+                .cpu_us
+                .map(|(u, s)| format!("{u:.0}+{s:.0}={:.0}", u + s))
+                .unwrap_or_else(|| "-".into());
+            println!("{:<18} {:>10.0} {:>18} {:>13} {:>13} {:>8.0} {:>22}", name, f.setups_per_s, cpu, a50, a99, f.mb_per_s, rss);
         }
         if let Some(g) = rows.iter().find(|r| r.0 == "palisade gateway")
             && let Some(s) = rows.iter().find(|r| r.0.starts_with("squid"))
@@ -479,6 +506,14 @@ fn main() {
                 100.0 * g.1.p99.saturating_sub(direct.1).as_secs_f64()
                     / s.1.p99.saturating_sub(direct.1).as_secs_f64().max(1e-9)
             );
+            if let (Some((gu, gs)), Some((su, ss))) = (g.1.cpu_us, s.1.cpu_us) {
+                println!(
+                    "gateway/squid: CPU per setup {:.0}% of squid's (user {:.0}%, system {:.0}%)",
+                    100.0 * (gu + gs) / (su + ss).max(1e-9),
+                    100.0 * gu / su.max(1e-9),
+                    100.0 * gs / ss.max(1e-9)
+                );
+            }
         }
         let _ = gw_child.kill();
         if let Some((mut child, _)) = squid {
