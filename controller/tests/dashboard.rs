@@ -37,6 +37,8 @@ fn exported_families() -> BTreeMap<String, (MetricType, BTreeSet<String>)> {
     metrics.reconcile_error("agentsandbox", "Conflict");
     metrics.compile_error("PolicyInvalid");
     metrics.observe_start_latency(Duration::from_secs(1));
+    metrics.pool_replicas.with_label_values(&["ns/pool"]).set(2);
+    metrics.pool_ready.with_label_values(&["ns/pool"]).set(1);
     let gateway = GatewayMetrics::new();
     gateway.bytes.with_label_values(&["out"]).inc();
     gateway.decision_seconds.observe(0.001);

@@ -62,21 +62,22 @@ app.kubernetes.io/part-of: palisade
 {{/* Rules for the namespaced objects the operator reads and writes: in the ClusterRole, or in a
 Role of watchNamespace. e2e/rbac-allowlist.yaml is their checked-in ceiling. */}}
 {{- define "palisade.namespacedRules" }}
-# The two kinds: read, and status written by server-side apply. Sandboxes delete themselves
-# ttlSecondsAfterFinished after the agent finished.
+# The kinds: read, and status written by server-side apply. Sandboxes delete themselves
+# ttlSecondsAfterFinished after the agent finished. Pools create their warm sandboxes and
+# delete stale ones; a sandbox takes a warm one by a patch of its annotation.
 - apiGroups: [palisade.dev]
   resources: [agentsandboxes]
-  verbs: [get, list, watch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [palisade.dev]
-  resources: [agentpolicies]
+  resources: [agentpolicies, agentsandboxpools]
   verbs: [get, list, watch]
 - apiGroups: [palisade.dev]
-  resources: [agentsandboxes/status, agentpolicies/status]
+  resources: [agentsandboxes/status, agentpolicies/status, agentsandboxpools/status]
   verbs: [patch]
 # Children carry an owner reference with blockOwnerDeletion, which clusters running the
 # OwnerReferencesPermissionEnforcement admission plugin allow only with this.
 - apiGroups: [palisade.dev]
-  resources: [agentsandboxes/finalizers]
+  resources: [agentsandboxes/finalizers, agentsandboxpools/finalizers]
   verbs: [update]
 # Sandbox pods: created behind a scheduling gate, let through by a patch, replaced by deletion
 # when the policy changes.

@@ -5,7 +5,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use super::{AgentPolicy, AgentSandbox};
+use super::{AgentPolicy, AgentSandbox, AgentSandboxPool};
 
 /// Integer and number formats the API server knows; schemars also emits `uint32`, `uint16`...
 const KNOWN_FORMATS: &[&str] = &[
@@ -31,9 +31,13 @@ const KNOWN_FORMATS: &[&str] = &[
     "quantity",
 ];
 
-/// Both CRDs, ready to apply.
+/// The CRDs, ready to apply.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![clean(AgentPolicy::crd()), clean(AgentSandbox::crd())]
+    vec![
+        clean(AgentPolicy::crd()),
+        clean(AgentSandbox::crd()),
+        clean(AgentSandboxPool::crd()),
+    ]
 }
 
 /// Both CRDs as one multi-document YAML stream (what `palisade crd` prints and `crds/` holds).

@@ -2,10 +2,12 @@
 
 pub mod crd;
 pub mod policy;
+pub mod pool;
 pub mod report;
 pub mod sandbox;
 
 pub use policy::{AgentPolicy, AgentPolicySpec, AgentPolicyStatus};
+pub use pool::{AgentSandboxPool, AgentSandboxPoolSpec, AgentSandboxPoolStatus};
 pub use report::{EnforcementReport, ReportEntry};
 pub use sandbox::{AgentSandbox, AgentSandboxSpec, AgentSandboxStatus, SandboxPhase};
 

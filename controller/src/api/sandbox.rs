@@ -27,6 +27,12 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policyRef.name"),
     printcolumn(
+        name = "Pool",
+        type_ = "string",
+        json_path = ".spec.poolRef.name",
+        priority = 1
+    ),
+    printcolumn(
         name = "Runtime",
         type_ = "string",
         json_path = ".status.runtimeClassName"
@@ -39,13 +45,38 @@ use serde::{Deserialize, Serialize};
     )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.poolRef) || (has(self.policyRef) && has(self.image))", "message": "policyRef and image are required unless poolRef names a pool (whose template gives them)"},
+    {"rule": "!has(self.pool) || has(self.poolRef)", "message": "pool applies only with poolRef"},
+    {"rule": "has(self.poolRef) == has(oldSelf.poolRef)", "message": "poolRef cannot be added or removed"}
+]))]
 pub struct AgentSandboxSpec {
-    /// The AgentPolicy (in the same namespace) this sandbox runs under.
+    /// The AgentPolicy (in the same namespace) this sandbox runs under. Required unless
+    /// `poolRef` is set: then the pool's template names it.
+    #[serde(default, skip_serializing_if = "PolicyRef::is_unset")]
     pub policy_ref: PolicyRef,
 
-    /// Container image of the agent. The policy's `images` rules apply.
+    /// Container image of the agent. The policy's `images` rules apply. Required unless
+    /// `poolRef` is set: then the pool's template gives it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(min = 1, max = 1024))]
     pub image: String,
+
+    /// An AgentSandboxPool in the same namespace. The sandbox takes one of the pool's ready warm
+    /// sandboxes (its pod, NetworkPolicy, ServiceAccount, Service and workspace move to this
+    /// sandbox, which then keeps their names) or, when none is ready or this spec sets fields
+    /// beyond the template (say `env` or `args`), starts cold from the template (see `pool`).
+    /// The template is read once, when the sandbox starts: later changes of the pool leave the
+    /// sandbox as it is. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self == oldSelf", "message": "poolRef is immutable"}
+    ]))]
+    pub pool_ref: Option<PoolRef>,
+
+    /// With `poolRef`: what to do when the pool has no ready warm sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolClaim>,
 
     /// Entrypoint; the image's when omitted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -142,6 +173,91 @@ pub struct PolicyRef {
     /// Name of the AgentPolicy.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+}
+
+impl PolicyRef {
+    /// No policy named (a sandbox of a pool, whose template names it).
+    pub fn is_unset(&self) -> bool {
+        self.name.is_empty()
+    }
+}
+
+/// Reference to an AgentSandboxPool in the sandbox's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolRef {
+    /// Name of the AgentSandboxPool.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// How a sandbox of a pool starts when the pool has no ready warm sandbox.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolClaim {
+    /// `Cold` (default): start cold from the pool's template at once. `Wait`: wait for a warm
+    /// sandbox until `waitSeconds` have passed since the sandbox was created, then fail
+    /// (phase `Failed`, reason `PoolExhausted`); it never waits longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_empty: Option<WhenEmpty>,
+
+    /// With `whenEmpty: Wait`: how long to wait, in seconds (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86_400))]
+    pub wait_seconds: Option<i32>,
+}
+
+/// What a sandbox of an empty pool does.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum WhenEmpty {
+    /// Start cold from the template.
+    #[default]
+    Cold,
+    /// Wait for a warm sandbox, up to `waitSeconds`.
+    Wait,
+}
+
+/// How a sandbox of a pool started: what `status.pool` records.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxPoolStatus {
+    /// The AgentSandboxPool.
+    pub name: String,
+
+    /// `Warm`: the sandbox took a warm sandbox of the pool. `Cold`: it started from the
+    /// template (`reason` says why).
+    pub start: PoolStart,
+
+    /// Why the sandbox started cold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+
+    /// The warm sandbox taken: its children (pod, NetworkPolicy, ServiceAccount, ...) keep its
+    /// name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+
+    /// The UID of the warm sandbox taken (its pod's proxy credential names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_uid: Option<String>,
+
+    /// Hash of the template the sandbox started from.
+    pub template_hash: String,
+
+    /// The template as it was when the sandbox started (an AgentSandbox spec): later changes of
+    /// the pool, or its deletion, leave the sandbox as it is.
+    #[schemars(schema_with = "crate::api::pool::any_object")]
+    pub template: serde_json::Value,
+}
+
+/// How a sandbox of a pool started.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PoolStart {
+    /// It took a warm sandbox.
+    Warm,
+    /// It started from the template.
+    #[default]
+    Cold,
 }
 
 /// An environment variable.
@@ -392,6 +508,11 @@ pub struct AgentSandboxStatus {
     /// operator): how many, and the hosts refused most recently.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_denials: Option<EgressDenials>,
+
+    /// For a sandbox of a pool: how it started (warm or cold), from which warm sandbox, and the
+    /// template it started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<SandboxPoolStatus>,
 }
 
 /// One version of an AgentPolicy.
@@ -442,4 +563,24 @@ pub struct EgressDenial {
 
     /// When the last one was refused.
     pub last_time: Time,
+}
+
+impl AgentSandbox {
+    /// The template recorded when this sandbox of a pool started, if it did.
+    pub fn pool_template(&self) -> Option<AgentSandboxSpec> {
+        let pool = self.status.as_ref()?.pool.as_ref()?;
+        serde_json::from_value(pool.template.clone()).ok()
+    }
+
+    /// The name of the AgentPolicy the sandbox runs under: its own `policyRef`, or, for a
+    /// sandbox of a pool that names none, the one of the template it started from (empty until
+    /// it started).
+    pub fn policy_name(&self) -> String {
+        if !self.spec.policy_ref.is_unset() {
+            return self.spec.policy_ref.name.clone();
+        }
+        self.pool_template()
+            .map(|t| t.policy_ref.name)
+            .unwrap_or_default()
+    }
 }

@@ -435,6 +435,7 @@ mod tests {
             namespace: "a".into(),
             sandbox: "s1".into(),
             sandbox_uid: "u1".into(),
+            credential: "u1".into(),
             pod: "s1".into(),
         });
         let v = d.to_json(UNIX_EPOCH + Duration::from_secs(1));
@@ -461,6 +462,7 @@ mod tests {
             namespace: "a".into(),
             sandbox: "s1".into(),
             sandbox_uid: "u1".into(),
+            credential: "u1".into(),
             pod: "s1".into(),
         });
         d.address = Some("192.0.2.20:80".parse().unwrap());

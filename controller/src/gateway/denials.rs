@@ -206,6 +206,7 @@ mod tests {
             namespace: "team".into(),
             sandbox: format!("s-{uid}"),
             sandbox_uid: uid.into(),
+            credential: uid.into(),
             pod: format!("s-{uid}"),
         }
     }

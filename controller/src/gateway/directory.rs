@@ -14,6 +14,7 @@ use crate::api::{AgentPolicy, AgentSandbox, SANDBOX_LABEL};
 use crate::policy::egress::ClusterRanges;
 use crate::reconcile::ownership::controlling_sandbox;
 use crate::render::check_policy;
+use crate::render::children::{base_name, credential_id};
 
 use super::rules::{Denial, GatewayRules};
 
@@ -23,6 +24,9 @@ pub struct Source {
     pub namespace: String,
     pub sandbox: String,
     pub sandbox_uid: String,
+    /// What the pod's credential names: the sandbox's UID, or for a sandbox that took a warm
+    /// sandbox of a pool, the warm sandbox's (the pod's environment was written for it).
+    pub credential: String,
     pub pod: String,
 }
 
@@ -104,10 +108,10 @@ impl Directory {
             .by_ip
             .get(&canonical(source))
             .ok_or(Denial::UnknownSource)?;
-        if from.sandbox_uid != uid {
+        if from.credential != uid {
             return Err(Denial::WrongSandbox);
         }
-        match self.rules.get(uid).map(|r| r.as_ref()) {
+        match self.rules.get(&from.sandbox_uid).map(|r| r.as_ref()) {
             Some(Ok(rules)) => Ok((from, rules)),
             _ => Err(Denial::PolicyUnavailable),
         }
@@ -265,27 +269,25 @@ pub fn build(
             )
         })
         .collect();
-    let mut sandbox_by_key: BTreeMap<(&str, &str), &Arc<AgentSandbox>> = BTreeMap::new();
+    let mut sandbox_by_uid: HashMap<&str, &Arc<AgentSandbox>> = HashMap::new();
     let mut rules = HashMap::new();
     for s in sandboxes {
-        let (Some(ns), Some(name), Some(uid)) = (
+        let (Some(ns), Some(_), Some(uid)) = (
             s.metadata.namespace.as_deref(),
             s.metadata.name.as_deref(),
             s.metadata.uid.as_deref(),
         ) else {
             continue;
         };
-        sandbox_by_key.insert((ns, name), s);
+        sandbox_by_uid.insert(uid, s);
         let enforced = s.status.as_ref().and_then(|st| st.enforced_policy.as_ref());
-        let compiled = match policy_by_key.get(&(ns, s.spec.policy_ref.name.as_str())) {
+        let policy_name = s.policy_name();
+        let compiled = match policy_by_key.get(&(ns, policy_name.as_str())) {
             Some(p) => {
                 let live = cache.rules(p, ranges);
                 cache.sandbox_rules(uid, p, live, enforced)
             }
-            None => Err(format!(
-                "AgentPolicy {ns}/{} not found",
-                s.spec.policy_ref.name
-            )),
+            None => Err(format!("AgentPolicy {ns}/{policy_name} not found")),
         };
         rules.insert(uid.to_string(), Arc::new(compiled));
     }
@@ -308,18 +310,27 @@ pub fn build(
         let Some(owner) = controlling_sandbox(&pod.metadata) else {
             continue;
         };
-        let Some(sandbox) = sandbox_by_key.get(&(ns, name)) else {
+        // The pod's controlling sandbox, by UID, in the pod's namespace; its children carry
+        // its name (or the warm sandbox's it took from a pool).
+        let Some(sandbox) = sandbox_by_uid.get(owner.uid.as_str()) else {
             continue;
         };
-        if !labelled || sandbox.metadata.uid.as_deref() != Some(owner.uid.as_str()) {
+        if !labelled
+            || sandbox.metadata.namespace.as_deref() != Some(ns)
+            || base_name(sandbox) != name
+        {
             continue;
         }
+        let Some(credential) = credential_id(sandbox) else {
+            continue;
+        };
         starting.extend(ips_in_phase(pod, "Pending"));
         for ip in ips_in_phase(pod, "Running") {
             let source = Source {
                 namespace: ns.to_string(),
-                sandbox: name.to_string(),
+                sandbox: sandbox.metadata.name.clone().unwrap_or_default(),
                 sandbox_uid: owner.uid.clone(),
+                credential: credential.to_string(),
                 pod: name.to_string(),
             };
             if by_ip.insert(ip, source).is_some() {

@@ -37,6 +37,11 @@ const START_BUCKETS: [f64; 13] = [
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0,
 ];
 
+/// A claim of a warm sandbox takes milliseconds; a cold start of a pool's sandbox, seconds.
+const CLAIM_BUCKETS: [f64; 14] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+];
+
 /// Cheap-to-clone handle on the operator's metrics: one `Arc` around [`MetricSet`], which it
 /// dereferences to, so `metrics.start_latency.observe(..)` works directly.
 #[derive(Clone)]
@@ -61,6 +66,16 @@ pub struct MetricSet {
     /// `palisade_leader`: 1 while this replica runs the controllers (it holds the leader Lease,
     /// or leader election is off), else 0.
     pub leader: IntGauge,
+    /// `palisade_pool_claim_seconds{start}`: from the creation of a sandbox of a pool to it
+    /// being Ready, by how it started (`warm` or `cold`).
+    pub claim_latency: HistogramVec,
+    /// `palisade_pool_warm_sandboxes{pool}`: warm sandboxes not yet taken (`pool` is
+    /// `<namespace>/<name>`).
+    pub pool_replicas: IntGaugeVec,
+    /// `palisade_pool_ready_warm_sandboxes{pool}`: of those, ready to be taken.
+    pub pool_ready: IntGaugeVec,
+    /// `palisade_pool_refill_seconds`: from a warm sandbox's creation to it being Ready.
+    pub refill_latency: Histogram,
 }
 
 impl Deref for Metrics {
@@ -152,6 +167,47 @@ impl Metrics {
         )
         .expect(VALID);
         registry.register(Box::new(leader.clone())).expect(VALID);
+        let claim_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "palisade_pool_claim_seconds",
+                "Time from the creation of a sandbox of a pool until it is Ready, by start (warm or cold).",
+            )
+            .buckets(CLAIM_BUCKETS.to_vec()),
+            &["start"],
+        )
+        .expect(VALID);
+        let pool_replicas = IntGaugeVec::new(
+            Opts::new(
+                "palisade_pool_warm_sandboxes",
+                "Warm sandboxes of a pool not yet taken.",
+            ),
+            &["pool"],
+        )
+        .expect(VALID);
+        let pool_ready = IntGaugeVec::new(
+            Opts::new(
+                "palisade_pool_ready_warm_sandboxes",
+                "Warm sandboxes of a pool ready to be taken.",
+            ),
+            &["pool"],
+        )
+        .expect(VALID);
+        let refill_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "palisade_pool_refill_seconds",
+                "Time from a warm sandbox's creation until it is Ready.",
+            )
+            .buckets(START_BUCKETS.to_vec()),
+        )
+        .expect(VALID);
+        for m in [
+            Box::new(claim_latency.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(pool_replicas.clone()),
+            Box::new(pool_ready.clone()),
+            Box::new(refill_latency.clone()),
+        ] {
+            registry.register(m).expect(VALID);
+        }
 
         let metrics = Metrics(Arc::new(MetricSet {
             registry,
@@ -162,7 +218,15 @@ impl Metrics {
             start_latency,
             compile_errors,
             leader,
+            claim_latency,
+            pool_replicas,
+            pool_ready,
+            refill_latency,
         }));
+        // Both starts are exported from the start.
+        for start in ["warm", "cold"] {
+            metrics.claim_latency.with_label_values(&[start]);
+        }
         // Export every phase as zero from the start, before the first census.
         metrics.set_phase_counts(&BTreeMap::new());
         metrics

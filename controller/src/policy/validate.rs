@@ -570,14 +570,22 @@ pub fn validate_sandbox(spec: &AgentSandboxSpec) -> Result<(), Invalid> {
     e.check(
         !spec.policy_ref.name.is_empty(),
         "policyRef.name",
-        "policyRef.name is required",
+        if spec.pool_ref.is_some() {
+            "policyRef.name is required: a sandbox of a pool (poolRef) takes it from the pool's template"
+        } else {
+            "policyRef.name is required (or poolRef, to take it from a pool's template)"
+        },
     );
     e.check(
         is_dns_subdomain(&spec.policy_ref.name) || spec.policy_ref.name.is_empty(),
         "policyRef.name",
         format!("`{}` is not a valid object name", spec.policy_ref.name),
     );
-    e.check(!spec.image.is_empty(), "image", "image is required");
+    e.check(
+        !spec.image.is_empty(),
+        "image",
+        "image is required (or poolRef, to take it from a pool's template)",
+    );
     e.check(
         spec.image.is_empty() || image::is_reference(&spec.image),
         "image",

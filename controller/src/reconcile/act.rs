@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::api::{AgentSandbox, ISOLATION_GATE};
 use crate::render::Plan;
-use crate::render::children::workspace_claim_name;
+use crate::render::children::{base_name, workspace_claim_name};
 use crate::render::network::isolation_name;
 
 use super::caches::OptionalStore;
@@ -241,7 +241,7 @@ async fn existing_pod(ctx: &Ctx, sandbox: &AgentSandbox, plan: &Plan) -> Result<
     let ns = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
     let uid = sandbox.uid().ok_or(Error::Missing("uid"))?;
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(pod) = api.get_opt(&sandbox.name_any()).await? else {
+    let Some(pod) = api.get_opt(&base_name(sandbox)).await? else {
         return Ok(Existing::Ours);
     };
     if !controlled_by(&pod.metadata, &uid) {
@@ -270,7 +270,7 @@ async fn let_through(
     let sandbox_uid = sandbox.uid().unwrap_or_default();
     let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let np = api
-        .get_opt(&isolation_name(&sandbox.name_any()))
+        .get_opt(&isolation_name(&base_name(sandbox)))
         .await
         .map_err(|e| failed("read the NetworkPolicy back", true)(e.into()))?;
     let confirmed = np.as_ref().is_some_and(|np| {
@@ -301,7 +301,7 @@ async fn children_of(
     plan: &Plan,
 ) -> Result<(Acted, Option<String>), Failed> {
     let ns = sandbox.namespace().unwrap_or_default();
-    let name = sandbox.name_any();
+    let name = base_name(sandbox);
     let uid = sandbox.uid().unwrap_or_default();
     let facts = ctx.facts();
     let c = &ctx.caches;

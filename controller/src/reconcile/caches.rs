@@ -14,13 +14,14 @@ use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use tokio::sync::Notify;
 
-use crate::api::{AgentPolicy, AgentSandbox};
+use crate::api::{AgentPolicy, AgentSandbox, AgentSandboxPool};
 
 /// Every store a reconcile reads.
 #[derive(Clone)]
 pub struct Caches {
     pub policies: Store<AgentPolicy>,
     pub sandboxes: Store<AgentSandbox>,
+    pub pools: Store<AgentSandboxPool>,
     pub runtime_classes: Store<RuntimeClass>,
     /// Every NetworkPolicy (the operator's and others', which may widen a sandbox).
     pub network_policies: Store<NetworkPolicy>,

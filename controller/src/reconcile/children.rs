@@ -13,6 +13,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::api::{AgentSandbox, ISOLATION_GATE, MANAGER, NETWORK_POLICY_UID_ANNOTATION};
+use crate::render::children::base_name;
 
 use super::Error;
 use super::ownership::controlled_by;
@@ -336,7 +337,7 @@ pub async fn delete_pod(
 ) -> Result<(), Error> {
     let namespace = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
     let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    delete_with(&api, &sandbox.name_any(), uid, grace).await
+    delete_with(&api, &base_name(sandbox), uid, grace).await
 }
 
 /// Creates the planned pod behind its scheduling gate, bound to the NetworkPolicy `isolation`
@@ -389,7 +390,7 @@ pub async fn ungate(
         {"op": "test", "path": format!("/spec/schedulingGates/{index}/name"), "value": ISOLATION_GATE},
         {"op": "remove", "path": format!("/spec/schedulingGates/{index}")},
     ]))?;
-    let name = sandbox.name_any();
+    let name = base_name(sandbox);
     match api
         .patch(&name, &patch_params(), &Patch::<()>::Json(patch))
         .await
@@ -432,7 +433,7 @@ pub async fn bind_pod(
         {"op": "add", "path": format!("/metadata/annotations/{key}"), "value": network_policy},
     ]))?;
     api.patch(
-        &sandbox.name_any(),
+        &base_name(sandbox),
         &patch_params(),
         &Patch::<()>::Json(patch),
     )

@@ -19,13 +19,16 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{AgentPolicy, AgentSandbox, MANAGED_BY_LABEL, MANAGER, SandboxPhase};
+use crate::api::pool::POOL_LABEL;
+use crate::api::{
+    AgentPolicy, AgentSandbox, AgentSandboxPool, MANAGED_BY_LABEL, MANAGER, SandboxPhase,
+};
 use crate::ops::metrics::Metrics;
 
 use super::caches::{Caches, Gate, OptionalStore, synced};
 use super::facts::{OPTIONAL_CRDS, OptionalCrds};
 use super::ownership::controlling_sandbox;
-use super::{Context, OperatorConfig, isolation, lenient, policy, sandbox};
+use super::{Context, OperatorConfig, isolation, lenient, policy, pool, sandbox};
 
 /// How the controllers run.
 #[derive(Clone, Debug)]
@@ -319,6 +322,8 @@ pub async fn run(
     let ours = wc.clone().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
     let (policies, policy_writer) = reflector::store();
     let (sandboxes, sandbox_writer) = reflector::store();
+    let (pools, pool_writer) = reflector::store_shared::<AgentSandboxPool>(256);
+    let pool_events = pool_writer.subscribe();
     let (runtime_classes, rc_writer) = reflector::store::<RuntimeClass>();
     let (network_policies, np_writer) = reflector::store_shared::<NetworkPolicy>(1024);
     let isolation_events = np_writer.subscribe();
@@ -338,10 +343,12 @@ pub async fn run(
     let facts_checked = Gate::default();
     let gate = |_: &str| Gate::default();
     let (g_policies, g_sandboxes, g_rcs, g_nps) = (gate("p"), gate("s"), gate("rc"), gate("np"));
+    let g_pools = gate("pool");
     let (g_pods, g_sas, g_services, g_claims) = (gate("pod"), gate("sa"), gate("svc"), gate("pvc"));
     let caches = Caches {
         policies,
         sandboxes: sandboxes.clone(),
+        pools: pools.clone(),
         runtime_classes,
         network_policies: network_policies.clone(),
         pods,
@@ -357,6 +364,7 @@ pub async fn run(
         gates: Arc::new(vec![
             g_policies.clone(),
             g_sandboxes.clone(),
+            g_pools.clone(),
             g_rcs.clone(),
             g_nps.clone(),
             g_pods.clone(),
@@ -398,6 +406,14 @@ pub async fn run(
             lenient::watch::<AgentSandbox>(client.clone(), ns, wc.clone()),
         ),
         g_sandboxes,
+    )
+    .touched_objects();
+    let pool_stream = synced(
+        reflector::reflector(
+            pool_writer,
+            lenient::watch::<AgentSandboxPool>(client.clone(), ns, wc.clone()),
+        ),
+        g_pools,
     )
     .touched_objects();
     let rc_stream = synced(
@@ -554,7 +570,11 @@ pub async fn run(
             .map(|s| ObjectRef::from_obj(&**s))
             .collect()
     };
+    let ctx_pool = ctx.clone();
     let sandbox_controller = Controller::for_stream(sandbox_stream, sandboxes.clone())
+        .watches_stream(pool_stream, move |p: AgentSandboxPool| {
+            sandbox::waiting_for_pool(&ctx_pool, &p)
+        })
         .owns_stream(pod_stream)
         .owns_stream(sa_stream)
         .owns_stream(service_stream)
@@ -580,6 +600,30 @@ pub async fn run(
         .run(sandbox::reconcile, sandbox::error_policy, ctx.clone())
         .for_each(|_| async {});
 
+    // Pools: driven by their own changes and their warm sandboxes' (a watch of those only).
+    // Sandboxes waiting for a pool that did not exist are re-queued when it appears.
+    let pool_controller = match pool_events {
+        Some(events) => {
+            let warm =
+                lenient::watch::<AgentSandbox>(client.clone(), ns, wc.clone().labels(POOL_LABEL))
+                    .touched_objects()
+                    .filter_map(|s| async move { s.ok().and_then(|s| pool::pool_of(&s)) });
+            Controller::for_shared_stream(events, pools.clone())
+                .reconcile_on(warm)
+                .with_config(
+                    kube::runtime::controller::Config::default().concurrency(settings.concurrency),
+                )
+                .graceful_shutdown_on(stop.clone().cancelled_owned())
+                .run(pool::reconcile, pool::error_policy, ctx.clone())
+                .for_each(|_| async {})
+                .boxed()
+        }
+        None => {
+            tracing::error!("the pool store cannot be shared; pools are off");
+            futures::future::ready(()).boxed()
+        }
+    };
+
     // The policy controller keeps its own store, and counts sandboxes as they come and go.
     let (own_policies, own_policy_writer) = reflector::store::<AgentPolicy>();
     let own_policy_stream = reflector::reflector(
@@ -592,7 +636,7 @@ pub async fn run(
     let policy_controller = Controller::for_stream(own_policy_stream, own_policies)
         .watches_stream(sandbox_to_policy, |s: AgentSandbox| {
             s.namespace()
-                .map(|ns| ObjectRef::<AgentPolicy>::new(&s.spec.policy_ref.name).within(&ns))
+                .map(|ns| ObjectRef::<AgentPolicy>::new(&s.policy_name()).within(&ns))
         })
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(policy::reconcile, policy::error_policy, ctx.clone())
@@ -654,6 +698,21 @@ pub async fn run(
                         *counts.entry(format!("{phase:?}")).or_insert(0) += 1;
                     }
                     ctx.metrics.set_phase_counts(&counts);
+                    // Pools as their status says (a deleted pool's series goes).
+                    ctx.metrics.pool_replicas.reset();
+                    ctx.metrics.pool_ready.reset();
+                    for p in ctx.caches.pools.state() {
+                        let key = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
+                        let st = p.status.clone().unwrap_or_default();
+                        ctx.metrics
+                            .pool_replicas
+                            .with_label_values(&[&key])
+                            .set(st.replicas as i64);
+                        ctx.metrics
+                            .pool_ready
+                            .with_label_values(&[&key])
+                            .set(st.ready_replicas as i64);
+                    }
                 }
                 tokio::select! { _ = stop.cancelled() => {}, _ = tokio::time::sleep(Duration::from_secs(5)) => {} }
             }
@@ -663,6 +722,7 @@ pub async fn run(
     // The controllers end after a graceful shutdown, once their in-flight reconciles finished.
     tokio::join!(
         sandbox_controller,
+        pool_controller,
         policy_controller,
         isolation_controller,
         crd_watch,

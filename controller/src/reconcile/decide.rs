@@ -18,7 +18,7 @@ use crate::api::policy::DefaultAction;
 use crate::api::sandbox::RestartPolicy;
 use crate::api::{AgentPolicy, AgentSandbox, AgentSandboxStatus, EnforcementReport, SandboxPhase};
 use crate::policy::image;
-use crate::render::children::service_account_name;
+use crate::render::children::{base_name, service_account_name};
 use crate::render::network::isolation_name;
 use crate::render::{
     BlockReason, CheckedPolicy, ClusterFacts, Plan, check_policy, compile_checked,
@@ -252,7 +252,7 @@ pub fn decide(o: &Observed) -> Decision {
         .is_some_and(|i| i.default == Some(DefaultAction::Allow));
     let labels = pod_labels(o, &plan);
     let namespace = sandbox.namespace().unwrap_or_default();
-    let service_account = service_account_name(&sandbox.name_any());
+    let service_account = service_account_name(&base_name(sandbox));
     // An administrator's cluster-scoped allowances come first: the report is bounded.
     let mut report = EnforcementReport {
         not_enforced: o.admin.report(&Subject {
@@ -307,7 +307,7 @@ pub fn decide(o: &Observed) -> Decision {
     let cilium_listing = matches!(o.cilium_policies, Known::Listing);
     if let Some((other, how)) = super::cilium::widening_cilium_policy(
         cilium_policies,
-        &crate::render::network::fqdn_policy_name(&sandbox.name_any()),
+        &crate::render::network::fqdn_policy_name(&base_name(sandbox)),
         &sandbox.uid().unwrap_or_default(),
         &endpoint,
         ingress_open,
@@ -333,7 +333,7 @@ pub fn decide(o: &Observed) -> Decision {
             "NameConflict",
             format!(
                 "NetworkPolicy {} exists and is not controlled by this sandbox; it is not adopted",
-                isolation_name(&sandbox.name_any())
+                isolation_name(&base_name(sandbox))
             ),
         )
         .not_isolated(None);
@@ -479,7 +479,7 @@ impl PodDecision<'_> {
                 "NameConflict",
                 format!(
                     "Pod {} exists and is not controlled by this sandbox; it is not adopted",
-                    o.sandbox.name_any()
+                    base_name(o.sandbox)
                 ),
             );
             return Decision::new(Step::Leave, outcome, lifetime, record);
@@ -783,7 +783,7 @@ fn pod_labels(o: &Observed, plan: &Plan) -> BTreeMap<String, String> {
 fn widening_network_policy(o: &Observed, plan: &Plan, ingress_open: bool) -> Option<String> {
     let ns = o.sandbox.namespace()?;
     let uid = o.sandbox.uid().unwrap_or_default();
-    let ours = isolation_name(&o.sandbox.name_any());
+    let ours = isolation_name(&base_name(o.sandbox));
     let labels = pod_labels(o, plan);
     o.network_policies.iter().find_map(|np| {
         // Ours: the one object of our isolation policy's name, and controlled by the sandbox

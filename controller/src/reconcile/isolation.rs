@@ -19,7 +19,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::NETWORK_POLICY_UID_ANNOTATION;
-use crate::render::network::{ISOLATION_FINALIZER, isolation_name};
+use crate::render::network::{ISOLATION_FINALIZER, ISOLATION_SUFFIX, isolation_name};
 
 use super::children::delete_precisely;
 use super::ownership::{controlled_by, controlling_sandbox};
@@ -30,18 +30,28 @@ use super::{Ctx, Error};
 /// (pods from before the binding annotation count as bound).
 pub fn isolated_pod(np: &NetworkPolicy, pod: Option<&Pod>) -> Option<(String, String)> {
     let owner = controlling_sandbox(&np.metadata)?;
-    if np.name_any() != isolation_name(&owner.name) {
-        return None;
-    }
+    let pod_name = isolated_pod_name(np)?;
+    // A sandbox's children carry its name, or, for one that took a warm sandbox of a pool, the
+    // warm sandbox's: then only a pod bound to this very NetworkPolicy counts.
+    let own_name = pod_name == owner.name;
     let pod = pod?;
-    if pod.name_any() != owner.name || !controlled_by(&pod.metadata, &owner.uid) {
+    if pod.name_any() != pod_name || !controlled_by(&pod.metadata, &owner.uid) {
         return None;
     }
     let bound = pod.annotations().get(NETWORK_POLICY_UID_ANNOTATION);
-    if bound.is_some_and(|b| Some(b) != np.uid().as_ref()) {
-        return None;
+    match bound {
+        Some(b) if Some(b) != np.uid().as_ref() => return None,
+        None if !own_name => return None,
+        _ => {}
     }
     Some((pod.name_any(), pod.uid()?))
+}
+
+/// The name of the pod an isolating NetworkPolicy (`<name>-isolation`) isolates.
+pub fn isolated_pod_name(np: &NetworkPolicy) -> Option<String> {
+    let name = np.name_any();
+    let pod = name.strip_suffix(ISOLATION_SUFFIX)?;
+    (isolation_name(pod) == name).then(|| pod.to_string())
 }
 
 pub async fn reconcile(np: Arc<NetworkPolicy>, ctx: Ctx) -> Result<Action, Error> {
@@ -53,9 +63,9 @@ pub async fn reconcile(np: Arc<NetworkPolicy>, ctx: Ctx) -> Result<Action, Error
     }
     let ns = np.namespace().ok_or(Error::Missing("namespace"))?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pod = match controlling_sandbox(&np.metadata) {
-        Some(owner) => pods.get_opt(&owner.name).await?,
-        None => None,
+    let pod = match (controlling_sandbox(&np.metadata), isolated_pod_name(&np)) {
+        (Some(_), Some(name)) => pods.get_opt(&name).await?,
+        _ => None,
     };
     if let Some((name, uid)) = isolated_pod(&np, pod.as_ref()) {
         if pod
@@ -159,5 +169,35 @@ mod tests {
             isolated_pod(&np("a-isolation", "np-1", "a", "sb-other"), Some(&victim)),
             None
         );
+    }
+
+    #[test]
+    fn a_sandbox_that_took_a_warm_sandbox_holds_the_pod_of_that_name_only_when_bound() {
+        // Sandbox "task" (sb-t) took warm sandbox "pool-x1": its children keep that name.
+        let moved = np("pool-x1-isolation", "np-1", "task", "sb-t");
+        let p = pod("pool-x1", "sb-t", Some("np-1"));
+        assert_eq!(
+            isolated_pod(&moved, Some(&p)),
+            Some(("pool-x1".into(), "pod-uid".into()))
+        );
+        // Unbound, or bound to another NetworkPolicy, or another owner: not held.
+        assert_eq!(
+            isolated_pod(&moved, Some(&pod("pool-x1", "sb-t", None))),
+            None
+        );
+        assert_eq!(
+            isolated_pod(&moved, Some(&pod("pool-x1", "sb-t", Some("np-0")))),
+            None
+        );
+        assert_eq!(
+            isolated_pod(&moved, Some(&pod("pool-x1", "sb-w", Some("np-1")))),
+            None
+        );
+        // A pod of another name than the NetworkPolicy's.
+        assert_eq!(
+            isolated_pod(&moved, Some(&pod("task", "sb-t", Some("np-1")))),
+            None
+        );
+        assert_eq!(isolated_pod_name(&np("forged", "np-9", "a", "sb-a")), None);
     }
 }

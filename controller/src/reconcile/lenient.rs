@@ -45,6 +45,16 @@ impl Placeholder for crate::api::AgentPolicy {
     }
 }
 
+impl Placeholder for crate::api::AgentSandboxPool {
+    fn placeholder(metadata: ObjectMeta) -> Self {
+        Self {
+            metadata,
+            spec: Default::default(),
+            status: None,
+        }
+    }
+}
+
 impl Placeholder for crate::api::AgentSandbox {
     fn placeholder(metadata: ObjectMeta) -> Self {
         Self {

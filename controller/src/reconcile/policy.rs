@@ -24,7 +24,7 @@ pub fn sandboxes_of(ctx: &Ctx, policy: &ObjectRef<AgentPolicy>) -> Vec<ObjectRef
         .sandboxes
         .state()
         .iter()
-        .filter(|s| s.namespace() == policy.namespace && s.spec.policy_ref.name == policy.name)
+        .filter(|s| s.namespace() == policy.namespace && s.policy_name() == policy.name)
         .map(|s| ObjectRef::from_obj(&**s))
         .collect()
 }

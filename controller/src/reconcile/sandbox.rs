@@ -22,6 +22,7 @@ use serde_json::json;
 
 use crate::api::{AgentPolicy, AgentSandbox, AgentSandboxStatus, MANAGER, SandboxPhase};
 use crate::render::ClusterFacts;
+use crate::render::children::base_name;
 use crate::render::network::isolation_name;
 
 use super::act::{Acted, Failed, act};
@@ -110,7 +111,7 @@ fn read(kind: &ReadOnly, store: &OptionalStore, namespace: Option<&str>) -> Read
 /// What the caches hold about the sandbox.
 fn observe(ctx: &Ctx, sandbox: &AgentSandbox, ns: &str, uid: &str) -> Reading {
     let c = &ctx.caches;
-    let name = sandbox.name_any();
+    let name = base_name(sandbox);
     let policy = c
         .policies
         .get(&ObjectRef::new(&sandbox.spec.policy_ref.name).within(ns))
@@ -159,7 +160,7 @@ async fn confirm(
     what: &Confirm,
     mut reading: Reading,
 ) -> Result<Reading, Error> {
-    let name = sandbox.name_any();
+    let name = base_name(sandbox);
     match what {
         Confirm::Policy => {
             let ar = ApiResource::erase::<AgentPolicy>(&());
@@ -235,6 +236,10 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
         ctx.written.forget(&uid);
         return Ok(Action::await_change());
     }
+    // A warm sandbox another sandbox took: its children are moving to that one.
+    if super::claim::taken(&sandbox) {
+        return Ok(Action::await_change());
+    }
     // Our last status write is not in the cache yet: deciding from the older status could
     // undo what it recorded (a finished agent run again). Look again shortly.
     if ctx
@@ -246,6 +251,11 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
     let ns = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
     let name = sandbox.name_any();
     let now = Timestamp::now();
+    // A sandbox of a pool takes a warm sandbox or starts cold from the template first.
+    let sandbox = match super::claim::prepare(&ctx, sandbox, now).await? {
+        super::claim::Prepared::Run(s) => s,
+        super::claim::Prepared::Done(action) => return Ok(action),
+    };
     let previous = sandbox.status.clone().unwrap_or_default();
 
     let mut reading = observe(&ctx, &sandbox, &ns, &uid);
@@ -310,7 +320,7 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
         &decision.lifetime,
         generation,
         &Names {
-            name: &name,
+            name: &base_name(&sandbox),
             namespace: &ns,
             cluster_domain: &ctx.config.facts.cluster_domain,
         },
@@ -359,7 +369,21 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
                 .as_ref()
                 .map_or(started, |t| t.0);
             let ms = (now.as_millisecond() - created.as_millisecond()).max(0);
-            ctx.metrics.start_latency.observe(ms as f64 / 1000.0);
+            let seconds = ms as f64 / 1000.0;
+            ctx.metrics.start_latency.observe(seconds);
+            if let Some(pool) = previous.pool.as_ref() {
+                let start = match pool.start {
+                    crate::api::sandbox::PoolStart::Warm => "warm",
+                    crate::api::sandbox::PoolStart::Cold => "cold",
+                };
+                ctx.metrics
+                    .claim_latency
+                    .with_label_values(&[start])
+                    .observe(seconds);
+            }
+            if sandbox.labels().contains_key(crate::api::pool::POOL_LABEL) {
+                ctx.metrics.refill_latency.observe(seconds);
+            }
         }
     }
     if let Some(failed) = failure {
@@ -503,7 +527,7 @@ fn isolation_may_widen(ctx: &Ctx, sandbox: &AgentSandbox, decision: &Decision) -
         _ => return false,
     };
     let ns = sandbox.namespace().unwrap_or_default();
-    let np_name = isolation_name(&sandbox.name_any());
+    let np_name = isolation_name(&base_name(sandbox));
     let live_np = ctx
         .caches
         .network_policies
@@ -619,6 +643,25 @@ pub fn affected_by_network_policy(ctx: &Ctx, np: &NetworkPolicy) -> Vec<ObjectRe
         }
     }
     out
+}
+
+/// The sandboxes of a pool that have not started yet (they wait for it, or for a warm sandbox).
+pub fn waiting_for_pool(
+    ctx: &Ctx,
+    pool: &crate::api::AgentSandboxPool,
+) -> Vec<ObjectRef<AgentSandbox>> {
+    let name = pool.name_any();
+    ctx.caches
+        .sandboxes
+        .state()
+        .iter()
+        .filter(|s| {
+            s.namespace() == pool.namespace()
+                && s.spec.pool_ref.as_ref().is_some_and(|r| r.name == name)
+                && s.status.as_ref().is_none_or(|st| st.pool.is_none())
+        })
+        .map(|s| ObjectRef::from_obj(&**s))
+        .collect()
 }
 
 #[cfg(test)]

@@ -250,6 +250,7 @@ pub fn status(
         enforcement: plan.and_then(|p| p.enforcement.clone()),
         expires_at: outcome.expires_at.map(Time),
         message: Some(outcome.message.clone()),
+        pool: previous.pool.clone(),
         ..Default::default()
     };
     lifetime.write(&mut status);

@@ -39,15 +39,37 @@ pub fn object_meta(sandbox: &AgentSandbox, name: String) -> ObjectMeta {
                 .clone()
                 .unwrap_or_else(|| "default".into()),
         ),
-        labels: Some(child_labels(
-            sandbox.metadata.name.as_deref().unwrap_or_default(),
-        )),
+        labels: Some(child_labels(&base_name(sandbox))),
         ..Default::default()
     }
 }
 
 fn sandbox_name(sandbox: &AgentSandbox) -> String {
-    sandbox.metadata.name.clone().unwrap_or_default()
+    base_name(sandbox)
+}
+
+/// The name the sandbox's children carry (and their `palisade.dev/sandbox` label): the
+/// sandbox's own, or, for a sandbox that took a warm sandbox of a pool, the warm sandbox's
+/// (objects cannot be renamed; their owner reference moved to this sandbox).
+pub fn base_name(sandbox: &AgentSandbox) -> String {
+    sandbox
+        .status
+        .as_ref()
+        .and_then(|s| s.pool.as_ref())
+        .and_then(|p| p.instance.clone())
+        .unwrap_or_else(|| sandbox.metadata.name.clone().unwrap_or_default())
+}
+
+/// What the sandbox's proxy credential names: its UID, or, for a sandbox that took a warm
+/// sandbox, the warm sandbox's UID (the pod's environment was written for it, and a running
+/// pod's environment cannot change).
+pub fn credential_id(sandbox: &AgentSandbox) -> Option<&str> {
+    sandbox
+        .status
+        .as_ref()
+        .and_then(|s| s.pool.as_ref())
+        .and_then(|p| p.instance_uid.as_deref())
+        .or(sandbox.metadata.uid.as_deref())
 }
 
 /// The sandbox's own ServiceAccount: `palisade-<sandbox>`.

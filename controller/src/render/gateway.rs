@@ -47,7 +47,7 @@ fn host_cidr(ip: std::net::IpAddr) -> Cidr {
 /// The proxy URL for this sandbox.
 pub fn proxy_url(gw: &GatewayFacts, sandbox: &AgentSandbox) -> Result<String, Blocked> {
     let host = gw.address.to_string();
-    match (&gw.key, sandbox.metadata.uid.as_deref()) {
+    match (&gw.key, crate::render::children::credential_id(sandbox)) {
         (Some(key), Some(uid)) => {
             let key = CredentialKey::from_bytes(&key.0).map_err(|e| {
                 Blocked::new(

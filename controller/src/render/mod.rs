@@ -10,6 +10,7 @@ pub mod network;
 pub mod pod;
 pub mod resources;
 pub mod secrets;
+pub mod template;
 
 use std::fmt;
 

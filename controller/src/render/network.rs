@@ -33,8 +33,11 @@ pub struct CompiledNetwork {
 /// enforcement) stays until the operator has removed the pod it isolates.
 pub const ISOLATION_FINALIZER: &str = "palisade.dev/isolation";
 
+/// Suffix of a sandbox's isolating NetworkPolicy's name.
+pub const ISOLATION_SUFFIX: &str = "-isolation";
+
 pub fn isolation_name(sandbox: &str) -> String {
-    format!("{sandbox}-isolation")
+    format!("{sandbox}{ISOLATION_SUFFIX}")
 }
 
 /// The sandbox's CiliumNetworkPolicy for egress to domain names.
@@ -84,7 +87,7 @@ pub fn compile_network(
     facts: &ClusterFacts,
     report: &mut EnforcementReport,
 ) -> Result<CompiledNetwork, Blocked> {
-    let name = sandbox.metadata.name.clone().unwrap_or_default();
+    let name = crate::render::children::base_name(sandbox);
     let net = &checked.network;
     let egress = compile_egress(&net.egress, facts.ranges(), report)
         .map_err(|e| Blocked::new(BlockReason::PolicyInvalid, e.to_string()))?;
@@ -324,7 +327,7 @@ fn all_through_gateway(
             ));
         }
     };
-    let name = sandbox.metadata.name.clone().unwrap_or_default();
+    let name = crate::render::children::base_name(sandbox);
     let through =
         super::gateway::compile_gateway(gw, sandbox, egress, &facts.cluster_domain, true, report)?;
     match net.dns {

@@ -269,7 +269,7 @@ fn env(input: &PodInput) -> Vec<EnvVar> {
 /// Builds the pod and the hash of everything in it that only a new pod can change.
 pub fn build_pod(input: &PodInput) -> Result<(Pod, String), Blocked> {
     let sandbox = input.sandbox;
-    let name = sandbox.metadata.name.clone().unwrap_or_default();
+    let name = crate::render::children::base_name(sandbox);
     let privileges = input.spec.privileges.clone().unwrap_or_default();
     let identity = input.spec.identity.clone().unwrap_or_default();
     let (mut volumes, mut mounts) = filesystem(input.spec, &name, input.resources.ephemeral_bytes)?;

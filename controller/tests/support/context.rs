@@ -36,6 +36,7 @@ where
 pub struct Cached {
     pub policies: Vec<AgentPolicy>,
     pub sandboxes: Vec<AgentSandbox>,
+    pub pools: Vec<palisade::api::AgentSandboxPool>,
     pub runtime_classes: Vec<RuntimeClass>,
     pub network_policies: Vec<NetworkPolicy>,
     pub pods: Vec<Pod>,
@@ -48,6 +49,7 @@ pub fn caches(c: Cached) -> Caches {
     Caches {
         policies: ready_store(c.policies),
         sandboxes: ready_store(c.sandboxes),
+        pools: ready_store(c.pools),
         runtime_classes: ready_store(c.runtime_classes),
         network_policies: ready_store(c.network_policies),
         pods: ready_store(c.pods),

@@ -1,0 +1,509 @@
+//! A sandbox of a pool (`spec.poolRef`) before its normal pass: it takes a ready warm sandbox of
+//! the pool, or starts cold from the template, and records which in `status.pool` along with
+//! the template (later changes of the pool leave it as it is).
+//!
+//! Taking a warm sandbox: its `palisade.dev/claimed-by` annotation is written with its
+//! resourceVersion as a precondition (two sandboxes can never both take it), `status.pool`
+//! records it, its children (pod, NetworkPolicy, ServiceAccount, Service, workspace, Cilium
+//! policy, seccomp profile) get this sandbox as their controller, each with its
+//! resourceVersion as a precondition, and the emptied warm sandbox is deleted. The pod never
+//! stops and never runs without its NetworkPolicy: nothing is recreated, only owners change.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::pool::{CLAIMED_BY_ANNOTATION, POOL_LABEL, TEMPLATE_HASH_LABEL};
+use crate::api::sandbox::{PoolStart, SandboxPoolStatus, WhenEmpty};
+use crate::api::{AgentSandbox, AgentSandboxStatus, MANAGER, SandboxPhase};
+use crate::render::children::{service_account_name, workspace_claim_name};
+use crate::render::network::{fqdn_policy_name, isolation_name};
+use crate::render::template::{merge, template_hash};
+
+use super::children::{delete_precisely, owner_reference};
+use super::lifetime::Lifetime;
+use super::ownership::controlled_by;
+use super::status::{Names, Outcome, status};
+use super::{Ctx, Error};
+
+/// Annotation on a taken warm sandbox: when it was taken (for the pool to clean up a warm
+/// sandbox whose taker went away before moving its children).
+pub const CLAIMED_AT_ANNOTATION: &str = "palisade.dev/claimed-at";
+/// How long `whenEmpty: Wait` waits by default.
+pub const DEFAULT_WAIT_SECONDS: i32 = 60;
+
+/// What the normal pass runs with.
+pub enum Prepared {
+    /// The sandbox as the pass should see it: for a sandbox of a pool, the template's spec with
+    /// its own fields on top.
+    Run(Arc<AgentSandbox>),
+    /// Nothing more this pass.
+    Done(Action),
+}
+
+/// Whether `sandbox` is a warm sandbox some sandbox has taken: it is left alone (its children
+/// are moving to the one that took it) until its pool deletes it.
+pub fn taken(sandbox: &AgentSandbox) -> bool {
+    sandbox.annotations().contains_key(CLAIMED_BY_ANNOTATION)
+}
+
+/// Readies a sandbox of a pool for its pass (see the module's documentation).
+pub async fn prepare(
+    ctx: &Ctx,
+    sandbox: Arc<AgentSandbox>,
+    now: Timestamp,
+) -> Result<Prepared, Error> {
+    let Some(pool_ref) = sandbox.spec.pool_ref.clone() else {
+        return Ok(Prepared::Run(sandbox));
+    };
+    let ns = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
+    let uid = sandbox.uid().ok_or(Error::Missing("uid"))?;
+    let previous = sandbox.status.clone().unwrap_or_default();
+    if let Some(recorded) = &previous.pool {
+        if recorded.start == PoolStart::Warm {
+            take_children(ctx, &sandbox, recorded).await?;
+        }
+        return Ok(Prepared::Run(with_template(sandbox)?));
+    }
+    // Failed waiting for a warm sandbox: final.
+    if previous.phase == Some(SandboxPhase::Failed) {
+        return Ok(Prepared::Done(Action::await_change()));
+    }
+
+    // A warm sandbox taken in an earlier pass that ended before recording it.
+    let warm_of_pool = |s: &&Arc<AgentSandbox>| {
+        s.namespace().as_deref() == Some(ns.as_str())
+            && s.labels().get(POOL_LABEL) == Some(&pool_ref.name)
+    };
+    let sandboxes = ctx.caches.sandboxes.state();
+    if let Some(mine) = sandboxes
+        .iter()
+        .filter(warm_of_pool)
+        .find(|s| s.annotations().get(CLAIMED_BY_ANNOTATION) == Some(&uid))
+    {
+        // A warm sandbox's spec is the template it was made from.
+        let template = mine.spec.clone();
+        let recorded = SandboxPoolStatus {
+            name: pool_ref.name.clone(),
+            start: PoolStart::Warm,
+            reason: None,
+            instance: Some(mine.name_any()),
+            instance_uid: mine.uid(),
+            template_hash: mine
+                .labels()
+                .get(TEMPLATE_HASH_LABEL)
+                .cloned()
+                .unwrap_or_default(),
+            template: serde_json::to_value(&template)?,
+        };
+        return record(ctx, &sandbox, recorded).await;
+    }
+
+    let Some(pool) = ctx
+        .caches
+        .pools
+        .get(&ObjectRef::new(&pool_ref.name).within(&ns))
+    else {
+        let outcome = Outcome::blocked(
+            "PoolNotFound",
+            format!(
+                "AgentSandboxPool {ns}/{} not found; the sandbox starts once it exists",
+                pool_ref.name
+            ),
+        );
+        write(ctx, &sandbox, &outcome, now).await?;
+        return Ok(Prepared::Done(Action::requeue(Duration::from_secs(60))));
+    };
+    let template = pool.spec.template.clone();
+    let hash = template_hash(&template);
+    let merged = merge(&template, &sandbox.spec).map_err(|_| Error::Missing("template"))?;
+    let mut recorded = SandboxPoolStatus {
+        name: pool_ref.name.clone(),
+        start: PoolStart::Cold,
+        reason: None,
+        instance: None,
+        instance_uid: None,
+        template_hash: hash.clone(),
+        template: serde_json::to_value(&template)?,
+    };
+    if !merged.custom.is_empty() {
+        recorded.reason = Some(format!(
+            "the sandbox sets {} beyond the pool's template: a warm sandbox does not fit",
+            merged.custom.join(", ")
+        ));
+        return record(ctx, &sandbox, recorded).await;
+    }
+
+    let current_policy = ctx
+        .caches
+        .policies
+        .get(&ObjectRef::new(&template.policy_ref.name).within(&ns))
+        .and_then(|p| Some((p.uid()?, p.metadata.generation?)));
+    let pool_uid = pool.uid().unwrap_or_default();
+    let mut candidates: Vec<&Arc<AgentSandbox>> = sandboxes
+        .iter()
+        .filter(warm_of_pool)
+        .filter(|s| fit(s, &pool_uid, &hash, current_policy.as_ref()))
+        .collect();
+    // Sandboxes taking at the same time start at different candidates.
+    if !candidates.is_empty() {
+        let mut h = DefaultHasher::new();
+        uid.hash(&mut h);
+        let start = (h.finish() % candidates.len() as u64) as usize;
+        candidates.rotate_left(start);
+    }
+    let api: Api<AgentSandbox> = Api::namespaced(ctx.client.clone(), &ns);
+    for candidate in candidates {
+        if let Some(taken) = take(&api, candidate, &uid, now, |s| {
+            fit(s, &pool_uid, &hash, current_policy.as_ref())
+        })
+        .await?
+        {
+            recorded.start = PoolStart::Warm;
+            recorded.instance = Some(taken.name_any());
+            recorded.instance_uid = taken.uid();
+            return record(ctx, &sandbox, recorded).await;
+        }
+    }
+
+    let claim = sandbox.spec.pool.clone().unwrap_or_default();
+    if claim.when_empty == Some(WhenEmpty::Wait) {
+        let wait = claim.wait_seconds.unwrap_or(DEFAULT_WAIT_SECONDS);
+        let created = sandbox
+            .meta()
+            .creation_timestamp
+            .as_ref()
+            .map_or(now, |t| t.0);
+        let deadline = created
+            .checked_add(jiff::SignedDuration::from_secs(wait as i64))
+            .unwrap_or(created);
+        if now >= deadline {
+            let outcome = Outcome::new(
+                SandboxPhase::Failed,
+                "PoolExhausted",
+                format!(
+                    "no warm sandbox of pool {} was ready within {wait} s (whenEmpty: Wait)",
+                    pool_ref.name
+                ),
+            );
+            write(ctx, &sandbox, &outcome, now).await?;
+            return Ok(Prepared::Done(Action::await_change()));
+        }
+        let outcome = Outcome::new(
+            SandboxPhase::Pending,
+            "WaitingForPool",
+            format!(
+                "waiting for a warm sandbox of pool {} (until {wait} s after creation)",
+                pool_ref.name
+            ),
+        );
+        write(ctx, &sandbox, &outcome, now).await?;
+        let left = (deadline.as_millisecond() - now.as_millisecond()).max(0) as u64;
+        return Ok(Prepared::Done(Action::requeue(
+            Duration::from_millis(left).min(Duration::from_millis(500)),
+        )));
+    }
+    recorded.reason = Some(format!(
+        "no warm sandbox of pool {} was ready",
+        pool_ref.name
+    ));
+    record(ctx, &sandbox, recorded).await
+}
+
+/// Whether a warm sandbox can be handed out: the pool's own, of the current template, not
+/// taken, not being deleted, Ready for its current generation, and enforcing the policy's
+/// current version.
+pub fn fit(s: &AgentSandbox, pool_uid: &str, hash: &str, policy: Option<&(String, i64)>) -> bool {
+    let Some(status) = s.status.as_ref() else {
+        return false;
+    };
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let enforced = match (policy, status.enforced_policy.as_ref()) {
+        (Some((uid, generation)), Some(e)) => e.uid == *uid && e.generation == *generation,
+        _ => false,
+    };
+    controlled_by(s.meta(), pool_uid)
+        && s.labels().get(TEMPLATE_HASH_LABEL).map(String::as_str) == Some(hash)
+        && !taken(s)
+        && s.meta().deletion_timestamp.is_none()
+        && status.phase == Some(SandboxPhase::Running)
+        && ready
+        && status.observed_generation == s.meta().generation
+        && enforced
+}
+
+/// Marks `candidate` taken by `uid`, with its resourceVersion as a precondition. On a conflict
+/// (the cache was behind), reads it again and tries once more if it is still `fit`.
+async fn take(
+    api: &Api<AgentSandbox>,
+    candidate: &AgentSandbox,
+    uid: &str,
+    now: Timestamp,
+    fit: impl Fn(&AgentSandbox) -> bool,
+) -> Result<Option<AgentSandbox>, Error> {
+    let name = candidate.name_any();
+    let mut version = candidate.resource_version();
+    for attempt in 0..2 {
+        let patch = json!({"metadata": {
+            "resourceVersion": version,
+            "annotations": {CLAIMED_BY_ANNOTATION: uid, CLAIMED_AT_ANNOTATION: now.to_string()},
+        }});
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(taken) => return Ok(Some(taken)),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt == 0 => {
+                match api.get_opt(&name).await? {
+                    Some(fresh) if fit(&fresh) && fresh.uid() == candidate.uid() => {
+                        version = fresh.resource_version();
+                    }
+                    _ => return Ok(None),
+                }
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
+}
+
+/// Records how the sandbox starts, and goes on with the pass (with the recorded template).
+async fn record(
+    ctx: &Ctx,
+    sandbox: &AgentSandbox,
+    recorded: SandboxPoolStatus,
+) -> Result<Prepared, Error> {
+    let start = recorded.start;
+    let mut st = sandbox.status.clone().unwrap_or_default();
+    st.pool = Some(recorded);
+    let written = apply_status(ctx, sandbox, st).await?;
+    let written = Arc::new(written);
+    if start == PoolStart::Warm
+        && let Some(recorded) = written.status.as_ref().and_then(|s| s.pool.as_ref())
+    {
+        take_children(ctx, &written, recorded).await?;
+    }
+    Ok(Prepared::Run(with_template(written)?))
+}
+
+/// The sandbox with the recorded template's spec and its own fields on top.
+fn with_template(sandbox: Arc<AgentSandbox>) -> Result<Arc<AgentSandbox>, Error> {
+    let Some(template) = sandbox.pool_template() else {
+        return Ok(sandbox);
+    };
+    let merged = merge(&template, &sandbox.spec).map_err(|_| Error::Missing("template"))?;
+    let mut view = (*sandbox).clone();
+    view.spec = merged.spec;
+    view.spec.pool_ref = sandbox.spec.pool_ref.clone();
+    Ok(Arc::new(view))
+}
+
+/// Writes a status for a pass that stops here.
+async fn write(
+    ctx: &Ctx,
+    sandbox: &AgentSandbox,
+    outcome: &Outcome,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let previous = sandbox.status.clone().unwrap_or_default();
+    let name = sandbox.name_any();
+    let ns = sandbox.namespace().unwrap_or_default();
+    let new = status(
+        &previous,
+        outcome,
+        &Lifetime::of(&previous),
+        sandbox.meta().generation,
+        &Names {
+            name: &name,
+            namespace: &ns,
+            cluster_domain: &ctx.config.facts.cluster_domain,
+        },
+        now,
+    );
+    let own = AgentSandboxStatus {
+        egress_denials: None,
+        ..previous
+    };
+    if new != own {
+        apply_status(ctx, sandbox, new).await?;
+    }
+    Ok(())
+}
+
+async fn apply_status(
+    ctx: &Ctx,
+    sandbox: &AgentSandbox,
+    mut st: AgentSandboxStatus,
+) -> Result<AgentSandbox, Error> {
+    // The gateway writes egressDenials; the operator never applies (so never owns) that field.
+    st.egress_denials = None;
+    let ns = sandbox.namespace().unwrap_or_default();
+    let api: Api<AgentSandbox> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch =
+        json!({"apiVersion": crate::api::API_VERSION, "kind": "AgentSandbox", "status": st});
+    let written = api
+        .patch_status(
+            &sandbox.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    if let Some(uid) = sandbox.uid() {
+        ctx.written.wrote(
+            &uid,
+            sandbox.meta().resource_version.as_deref(),
+            written.meta().resource_version.as_deref(),
+        );
+    }
+    Ok(written)
+}
+
+/// Moves the children of the warm sandbox taken to `sandbox` (those still controlled by the
+/// warm sandbox), then deletes the warm sandbox.
+async fn take_children(
+    ctx: &Ctx,
+    sandbox: &AgentSandbox,
+    recorded: &SandboxPoolStatus,
+) -> Result<(), Error> {
+    let (Some(instance), Some(from)) = (&recorded.instance, &recorded.instance_uid) else {
+        return Ok(());
+    };
+    let ns = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
+    let to = owner_reference(sandbox).ok_or(Error::Missing("uid"))?;
+    let c = &ctx.caches;
+    let client = &ctx.client;
+    move_typed::<ServiceAccount>(
+        client,
+        &c.service_accounts,
+        &ns,
+        &service_account_name(instance),
+        from,
+        &to,
+    )
+    .await?;
+    move_typed::<Service>(client, &c.services, &ns, instance, from, &to).await?;
+    move_typed::<PersistentVolumeClaim>(
+        client,
+        &c.claims,
+        &ns,
+        &workspace_claim_name(instance),
+        from,
+        &to,
+    )
+    .await?;
+    move_typed::<NetworkPolicy>(
+        client,
+        &c.network_policies,
+        &ns,
+        &isolation_name(instance),
+        from,
+        &to,
+    )
+    .await?;
+    if let Some(store) = c.cilium_policies.get() {
+        let ar = super::act::cilium_resource();
+        move_dynamic(
+            client,
+            &store,
+            &ar,
+            &ns,
+            |n| n == fqdn_policy_name(instance),
+            from,
+            &to,
+        )
+        .await?;
+    }
+    if let Some(store) = c.seccomp_profiles.get() {
+        let ar = super::act::seccomp_resource();
+        move_dynamic(client, &store, &ar, &ns, |_| true, from, &to).await?;
+    }
+    move_typed::<Pod>(client, &c.pods, &ns, instance, from, &to).await?;
+    // Emptied: the warm sandbox goes (nothing it still owns is ours).
+    if let Some(warm) = c
+        .sandboxes
+        .get(&ObjectRef::new(instance).within(&ns))
+        .filter(|w| w.uid().as_deref() == Some(from.as_str()))
+    {
+        let api: Api<AgentSandbox> = Api::namespaced(client.clone(), &ns);
+        delete_precisely(&api, &warm.name_any(), from).await?;
+    }
+    Ok(())
+}
+
+fn owner_patch(version: Option<String>, to: &OwnerReference) -> serde_json::Value {
+    json!({"metadata": {"resourceVersion": version, "ownerReferences": [to]}})
+}
+
+async fn move_typed<K>(
+    client: &kube::Client,
+    store: &Store<K>,
+    ns: &str,
+    name: &str,
+    from: &str,
+    to: &OwnerReference,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let Some(obj) = store.get(&ObjectRef::new(name).within(ns)) else {
+        return Ok(());
+    };
+    if !controlled_by(obj.meta(), from) {
+        return Ok(());
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&owner_patch(obj.meta().resource_version.clone(), to)),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn move_dynamic(
+    client: &kube::Client,
+    store: &Store<DynamicObject>,
+    ar: &ApiResource,
+    ns: &str,
+    named: impl Fn(&str) -> bool,
+    from: &str,
+    to: &OwnerReference,
+) -> Result<(), Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
+    for obj in store.state() {
+        if obj.namespace().as_deref() != Some(ns)
+            || !named(&obj.name_any())
+            || !controlled_by(obj.meta(), from)
+        {
+            continue;
+        }
+        api.patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&owner_patch(obj.resource_version(), to)),
+        )
+        .await?;
+    }
+    Ok(())
+}

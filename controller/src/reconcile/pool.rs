@@ -1,0 +1,377 @@
+//! The AgentSandboxPool controller: keeps `spec.replicas` warm sandboxes of the current
+//! template (each an AgentSandbox the pool controls, made a complete sandbox by the sandbox
+//! controller), replaces those of an older template (deleted, never handed out), removes taken
+//! warm sandboxes whose taker went away, and reports in status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::pool::{CLAIMED_BY_ANNOTATION, POOL_LABEL, TEMPLATE_HASH_LABEL};
+use crate::api::{
+    AgentSandbox, AgentSandboxPool, AgentSandboxPoolStatus, MANAGED_BY_LABEL, MANAGER, SandboxPhase,
+};
+use crate::render::template::template_hash;
+
+use super::children::delete_precisely;
+use super::claim::{CLAIMED_AT_ANNOTATION, fit};
+use super::conditions::{Want, merge};
+use super::ownership::controlled_by;
+use super::{Ctx, Error, RESYNC};
+
+/// Warm sandboxes created in one pass at most (the next pass creates more).
+const CREATE_PER_PASS: usize = 100;
+/// A taken warm sandbox whose taker is gone is deleted this long after it was taken.
+const ORPHAN_AFTER: Duration = Duration::from_secs(120);
+
+/// One warm sandbox as the pool sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Warm {
+    pub name: String,
+    pub uid: String,
+    pub current: bool,
+    pub ready: bool,
+    pub deleting: bool,
+    /// Taken by a sandbox (its UID), and when.
+    pub taken: Option<(String, Option<Timestamp>)>,
+    /// Blocked: why (the pool is Stalled).
+    pub blocked: Option<String>,
+}
+
+/// What a pass does.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PoolPlan {
+    pub create: usize,
+    /// (name, UID) of warm sandboxes to delete.
+    pub delete: Vec<(String, String)>,
+    pub status: Counts,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counts {
+    pub replicas: i32,
+    pub ready: i32,
+    pub updated: i32,
+    pub stalled: Option<String>,
+}
+
+/// The pass, from the warm sandboxes and which takers exist.
+pub fn plan(
+    desired: i32,
+    warm: &[Warm],
+    taker_exists: impl Fn(&str) -> bool,
+    now: Timestamp,
+) -> PoolPlan {
+    let mut p = PoolPlan::default();
+    let mut current = Vec::new();
+    for w in warm.iter().filter(|w| !w.deleting) {
+        match &w.taken {
+            Some((taker, at)) => {
+                let old = at.is_none_or(|at| {
+                    now.as_millisecond() - at.as_millisecond() > ORPHAN_AFTER.as_millis() as i64
+                });
+                if !taker_exists(taker) && old {
+                    p.delete.push((w.name.clone(), w.uid.clone()));
+                }
+            }
+            None if !w.current => p.delete.push((w.name.clone(), w.uid.clone())),
+            None => current.push(w),
+        }
+    }
+    let desired = desired.max(0) as usize;
+    if current.len() > desired {
+        // Keep the ready ones: remove the not ready first, then the newest (listed last).
+        let mut extra: Vec<&&Warm> = current.iter().collect();
+        extra.sort_by_key(|w| w.ready);
+        for w in extra.into_iter().take(current.len() - desired) {
+            p.delete.push((w.name.clone(), w.uid.clone()));
+        }
+    } else {
+        p.create = (desired - current.len()).min(CREATE_PER_PASS);
+    }
+    let untaken = warm.iter().filter(|w| !w.deleting && w.taken.is_none());
+    p.status = Counts {
+        replicas: untaken.clone().count() as i32,
+        ready: current.iter().filter(|w| w.ready).count() as i32,
+        updated: current.len() as i32,
+        stalled: current.iter().find_map(|w| w.blocked.clone()),
+    };
+    p
+}
+
+pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, Error> {
+    let _timer = ctx.metrics.observe_reconcile("agentsandboxpool");
+    tokio::select! {
+        () = ctx.caches.ready() => {}
+        () = ctx.stop.cancelled() => return Ok(Action::await_change()),
+    }
+    if pool.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = pool.namespace().ok_or(Error::Missing("namespace"))?;
+    let name = pool.name_any();
+    let uid = pool.uid().ok_or(Error::Missing("uid"))?;
+    let now = Timestamp::now();
+    let hash = template_hash(&pool.spec.template);
+    let policy = ctx
+        .caches
+        .policies
+        .get(&ObjectRef::new(&pool.spec.template.policy_ref.name).within(&ns))
+        .and_then(|p| Some((p.uid()?, p.metadata.generation?)));
+    let sandboxes = ctx.caches.sandboxes.state();
+    let warm: Vec<Warm> = sandboxes
+        .iter()
+        .filter(|s| s.namespace().as_deref() == Some(ns.as_str()) && controlled_by(s.meta(), &uid))
+        .map(|s| {
+            let status = s.status.as_ref();
+            Warm {
+                name: s.name_any(),
+                uid: s.uid().unwrap_or_default(),
+                current: s.labels().get(TEMPLATE_HASH_LABEL) == Some(&hash),
+                ready: fit(s, &uid, &hash, policy.as_ref()),
+                deleting: s.meta().deletion_timestamp.is_some(),
+                taken: s.annotations().get(CLAIMED_BY_ANNOTATION).map(|t| {
+                    let at = s
+                        .annotations()
+                        .get(CLAIMED_AT_ANNOTATION)
+                        .and_then(|a| a.parse().ok());
+                    (t.clone(), at)
+                }),
+                blocked: status
+                    .filter(|st| st.phase == Some(SandboxPhase::Blocked))
+                    .map(|st| st.message.clone().unwrap_or_default()),
+            }
+        })
+        .collect();
+    let takers: std::collections::HashSet<String> =
+        sandboxes.iter().filter_map(|s| s.uid()).collect();
+    let p = plan(pool.spec.replicas, &warm, |t| takers.contains(t), now);
+
+    let api: Api<AgentSandbox> = Api::namespaced(ctx.client.clone(), &ns);
+    for (warm_name, warm_uid) in &p.delete {
+        delete_precisely(&api, warm_name, warm_uid).await?;
+    }
+    for _ in 0..p.create {
+        api.create(&PostParams::default(), &warm_sandbox(&pool, &hash)?)
+            .await?;
+    }
+
+    let previous = pool.status.clone().unwrap_or_default();
+    let generation = pool.meta().generation;
+    let desired = pool.spec.replicas;
+    let wants = match &p.status.stalled {
+        Some(why) => vec![
+            Want::new("Ready", false, "WarmSandboxBlocked", why.clone()),
+            Want::new("Stalled", true, "WarmSandboxBlocked", why.clone()),
+            Want::new("Reconciling", false, "WarmSandboxBlocked", why.clone()),
+        ],
+        None if p.status.ready >= desired && p.delete.is_empty() && p.create == 0 => vec![
+            Want::new(
+                "Ready",
+                true,
+                "Ready",
+                format!("{desired} warm sandboxes ready"),
+            ),
+            Want::new("Stalled", false, "Ready", String::new()),
+            Want::new("Reconciling", false, "Ready", String::new()),
+        ],
+        None => {
+            let why = format!("{} of {desired} warm sandboxes ready", p.status.ready);
+            vec![
+                Want::new("Ready", false, "Filling", why.clone()),
+                Want::new("Stalled", false, "Filling", String::new()),
+                Want::new("Reconciling", true, "Filling", why),
+            ]
+        }
+    };
+    let status = AgentSandboxPoolStatus {
+        replicas: p.status.replicas,
+        ready_replicas: p.status.ready,
+        updated_replicas: p.status.updated,
+        observed_generation: generation,
+        conditions: merge(&previous.conditions, wants, generation, &Time(now)),
+        selector: Some(format!("{POOL_LABEL}={name}")),
+        template_hash: Some(hash),
+    };
+    if status != previous {
+        if let Some(why) = &p.status.stalled
+            && previous
+                .conditions
+                .iter()
+                .all(|c| !(c.type_ == "Stalled" && c.status == "True" && c.message == *why))
+        {
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "WarmSandboxBlocked".into(),
+                note: Some(why.clone()),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
+                tracing::warn!(error = %e, "could not publish an event");
+            }
+        }
+        let pools: Api<AgentSandboxPool> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = json!({"apiVersion": crate::api::API_VERSION, "kind": "AgentSandboxPool", "status": status});
+        pools
+            .patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+    }
+    Ok(if p.create > 0 || !p.delete.is_empty() {
+        Action::requeue(Duration::from_secs(1))
+    } else {
+        Action::requeue(RESYNC)
+    })
+}
+
+/// A warm sandbox of the pool: the template, controlled by the pool, labelled with its name and
+/// the template's hash.
+fn warm_sandbox(pool: &AgentSandboxPool, hash: &str) -> Result<AgentSandbox, Error> {
+    let owner = pool
+        .controller_owner_ref(&())
+        .ok_or(Error::Missing("uid"))?;
+    let name = pool.name_any();
+    // Room for the generated suffix and the children's suffixes within label limits (63).
+    let prefix: String = name.chars().take(40).collect();
+    let prefix = prefix.trim_end_matches(['-', '.']);
+    let mut sandbox = AgentSandbox::new("", pool.spec.template.clone());
+    sandbox.metadata.name = None;
+    sandbox.metadata.generate_name = Some(format!("{prefix}-"));
+    sandbox.metadata.namespace = pool.namespace();
+    sandbox.metadata.labels = Some(BTreeMap::from([
+        (POOL_LABEL.to_string(), name),
+        (TEMPLATE_HASH_LABEL.to_string(), hash.to_string()),
+        (MANAGED_BY_LABEL.to_string(), MANAGER.to_string()),
+    ]));
+    sandbox.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            block_owner_deletion: Some(true),
+            ..owner
+        },
+    ]);
+    Ok(sandbox)
+}
+
+/// The pools whose warm sandbox changed (the owner of a warm sandbox).
+pub fn pool_of(s: &AgentSandbox) -> Option<ObjectRef<AgentSandboxPool>> {
+    let owner = super::ownership::controller_of(s.meta())?;
+    (owner.kind == "AgentSandboxPool")
+        .then(|| ObjectRef::new(&owner.name).within(&s.namespace().unwrap_or_default()))
+}
+
+pub fn error_policy(pool: Arc<AgentSandboxPool>, error: &Error, ctx: Ctx) -> Action {
+    ctx.metrics
+        .reconcile_error("agentsandboxpool", error.label());
+    tracing::warn!(pool = %pool.name_any(), %error, "pool reconcile failed");
+    let key = pool.uid().unwrap_or_else(|| pool.name_any());
+    Action::requeue(ctx.backoff.failed(&key).min(Duration::from_secs(30)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(name: &str, current: bool, ready: bool) -> Warm {
+        Warm {
+            name: name.into(),
+            uid: format!("{name}-uid"),
+            current,
+            ready,
+            deleting: false,
+            taken: None,
+            blocked: None,
+        }
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(10_000).unwrap()
+    }
+
+    #[test]
+    fn an_empty_pool_is_filled_and_a_full_one_left_alone() {
+        let p = plan(3, &[], |_| true, now());
+        assert_eq!(p.create, 3);
+        assert!(p.delete.is_empty());
+        let full = [w("a", true, true), w("b", true, true), w("c", true, true)];
+        let p = plan(3, &full, |_| true, now());
+        assert_eq!((p.create, p.delete.len()), (0, 0));
+        assert_eq!(
+            p.status,
+            Counts {
+                replicas: 3,
+                ready: 3,
+                updated: 3,
+                stalled: None
+            }
+        );
+    }
+
+    #[test]
+    fn stale_warm_sandboxes_are_deleted_never_counted_and_replaced() {
+        let warm = [
+            w("old1", false, true),
+            w("old2", false, true),
+            w("new", true, true),
+        ];
+        let p = plan(2, &warm, |_| true, now());
+        assert_eq!(
+            p.delete.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(),
+            vec!["old1", "old2"]
+        );
+        assert_eq!(p.create, 1);
+        assert_eq!(p.status.ready, 1);
+        assert_eq!(p.status.updated, 1);
+    }
+
+    #[test]
+    fn taken_ones_are_not_counted_and_removed_only_when_their_taker_is_long_gone() {
+        let mut taken = w("t", true, true);
+        taken.taken = Some(("taker".into(), Some(now())));
+        let p = plan(1, std::slice::from_ref(&taken), |_| false, now());
+        assert_eq!(p.create, 1, "a taken warm sandbox is no longer the pool's");
+        assert!(p.delete.is_empty(), "its taker may not be in the cache yet");
+        let later = Timestamp::from_second(10_000 + 121).unwrap();
+        let p = plan(1, std::slice::from_ref(&taken), |_| false, later);
+        assert_eq!(p.delete, vec![("t".into(), "t-uid".into())]);
+        let p = plan(1, std::slice::from_ref(&taken), |_| true, later);
+        assert!(
+            p.delete.is_empty(),
+            "its taker moves its children and deletes it"
+        );
+    }
+
+    #[test]
+    fn scaling_down_removes_not_ready_ones_first() {
+        let warm = [w("a", true, true), w("b", true, false), w("c", true, true)];
+        let p = plan(1, &warm, |_| true, now());
+        assert_eq!(p.delete.len(), 2);
+        assert_eq!(p.delete[0].0, "b");
+        let p = plan(0, &warm, |_| true, now());
+        assert_eq!(p.delete.len(), 3);
+    }
+
+    #[test]
+    fn a_blocked_warm_sandbox_stalls_the_pool() {
+        let mut b = w("a", true, false);
+        b.blocked = Some("RuntimeClass gvisor not found".into());
+        let p = plan(1, &[b], |_| true, now());
+        assert_eq!(
+            p.status.stalled.as_deref(),
+            Some("RuntimeClass gvisor not found")
+        );
+        assert_eq!(p.create, 0);
+    }
+}
