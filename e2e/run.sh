@@ -188,7 +188,7 @@ status=0
 if ((node)); then
   cargo test -p palisade-e2e --test gateway -- "$@" || status=$?
 fi
-suites=(--test admission --test operator --test hardening --test rbac --test gitops --test backends)
+suites=(--test admission --test operator --test pools --test hardening --test rbac --test gitops --test backends)
 ((node)) && suites+=(--test isolation)
 cargo test -p palisade-e2e --no-fail-fast "${suites[@]}" \
   -- --test-threads "${E2E_THREADS:-8}" "$@" || status=$?

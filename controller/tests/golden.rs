@@ -46,6 +46,7 @@ fn each_example_renders_to_its_golden_output() {
         "coding-agent.yaml",
         "kata-agent.yaml",
         "package-registry.yaml",
+        "agent-pool.yaml",
     ];
     for ex in examples {
         // Domain names need a backend: the egress gateway at a ClusterIP.

@@ -89,10 +89,10 @@ fn every_example_pod_is_restricted() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let loaded = palisade::cli::render_cmd::load(&[root], false).expect("examples load");
     let mut rendered = 0;
-    for doc in &loaded.documents {
-        let palisade::cli::documents::Document::Sandbox(_, s) = doc else {
-            continue;
-        };
+    // Sandboxes, those of a pool with its template, and a warm sandbox of each pool.
+    for item in palisade::cli::render_cmd::renderable(&loaded.documents) {
+        let (_, s, _) = item.expect("renderable");
+        let s = &s;
         let p = loaded
             .documents
             .iter()
@@ -128,7 +128,7 @@ fn every_example_pod_is_restricted() {
         assert_hardened(&plan);
         rendered += 1;
     }
-    assert_eq!(rendered, 4);
+    assert_eq!(rendered, 7);
 }
 
 fn blocked(spec: AgentPolicySpec, sb: AgentSandbox, facts: &ClusterFacts) -> BlockReason {

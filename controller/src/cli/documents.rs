@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::api::{API_VERSION, AgentPolicy, AgentSandbox, GROUP};
+use crate::api::{API_VERSION, AgentPolicy, AgentSandbox, AgentSandboxPool, GROUP};
 
 /// Where a document came from: file and 1-based position in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +35,7 @@ pub struct DocumentError {
 pub enum Document {
     Policy(Origin, Box<AgentPolicy>),
     Sandbox(Origin, Box<AgentSandbox>),
+    Pool(Origin, Box<AgentSandboxPool>),
 }
 
 /// A document of another API group, passed over.
@@ -201,9 +202,9 @@ pub fn classify(origin: Origin, value: Value) -> Result<Result<Document, Skipped
             "unknown version {api_version}: this palisade understands {API_VERSION}"
         )));
     }
-    if !matches!(kind, "AgentPolicy" | "AgentSandbox") {
+    if !matches!(kind, "AgentPolicy" | "AgentSandbox" | "AgentSandboxPool") {
         return Err(err(format!(
-            "unknown kind {kind} in {API_VERSION}: expected AgentPolicy or AgentSandbox"
+            "unknown kind {kind} in {API_VERSION}: expected AgentPolicy, AgentSandbox or AgentSandboxPool"
         )));
     }
     for key in map.keys() {
@@ -226,6 +227,10 @@ pub fn classify(origin: Origin, value: Value) -> Result<Result<Document, Skipped
         let mut p: AgentPolicy = typed(&origin, value)?;
         p.metadata.namespace.get_or_insert_with(|| "default".into());
         Document::Policy(origin, Box::new(p))
+    } else if kind == "AgentSandboxPool" {
+        let mut p: AgentSandboxPool = typed(&origin, value)?;
+        p.metadata.namespace.get_or_insert_with(|| "default".into());
+        Document::Pool(origin, Box::new(p))
     } else {
         let mut s: AgentSandbox = typed(&origin, value)?;
         s.metadata.namespace.get_or_insert_with(|| "default".into());

@@ -122,6 +122,9 @@ pub fn load(file: &std::path::Path, options: mxc::ImportOptions) -> Result<Loade
             Ok(Document::Sandbox(..)) => Err(format!(
                 "{origin}: this is an AgentSandbox; policy check takes an AgentPolicy or an MXC document"
             )),
+            Ok(Document::Pool(..)) => Err(format!(
+                "{origin}: this is an AgentSandboxPool; policy check takes an AgentPolicy or an MXC document"
+            )),
             Err(s) => Err(format!(
                 "{origin}: {} {} is not a policy",
                 s.api_version, s.kind

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::api::{AgentSandbox, AgentSandboxPool};
+use crate::render::template::merge;
 use crate::render::{self, check_policy};
 
 use super::documents::{Document, classify, collect_files, parse_values, read_text};
@@ -86,6 +88,27 @@ pub fn load_into(
                                 p.metadata.name.clone().unwrap_or_default()
                             )
                         }),
+                        // A sandbox of a pool is checked once merged with the pool's template.
+                        Document::Sandbox(_, s) if s.spec.pool_ref.is_some() => None,
+                        Document::Pool(o, p) => {
+                            let t = &p.spec.template;
+                            let named_pool =
+                                (t.pool_ref.is_some() || t.pool.is_some()).then(|| {
+                                    "spec.template: a template cannot name a pool".to_string()
+                                });
+                            named_pool
+                                .or_else(|| {
+                                    crate::policy::validate::validate_sandbox(t)
+                                        .err()
+                                        .map(|e| format!("spec.template: {e}"))
+                                })
+                                .map(|e| {
+                                    format!(
+                                        "{o}: AgentSandboxPool {}: {e}",
+                                        p.metadata.name.clone().unwrap_or_default()
+                                    )
+                                })
+                        }
                         Document::Sandbox(o, s) => {
                             crate::policy::validate::validate_sandbox(&s.spec)
                                 .err()
@@ -131,10 +154,15 @@ pub fn run(args: RenderArgs) -> Result<(), String> {
     });
     let mut out = String::new();
     let mut errors = Vec::new();
-    for doc in &loaded.documents {
-        let Document::Sandbox(origin, sandbox) = doc else {
-            continue;
+    for item in renderable(&loaded.documents) {
+        let (origin, sandbox, header) = match item {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
         };
+        let sandbox = &sandbox;
         let ns = sandbox.metadata.namespace.clone().unwrap_or_default();
         let name = sandbox.metadata.name.clone().unwrap_or_default();
         let policy = loaded.documents.iter().find_map(|d| match d {
@@ -159,6 +187,9 @@ pub fn run(args: RenderArgs) -> Result<(), String> {
                     "# AgentSandbox {ns}/{name} under AgentPolicy {ns}/{}\n",
                     sandbox.spec.policy_ref.name
                 ));
+                if let Some(note) = header {
+                    out.push_str(&note);
+                }
                 out.push_str(&plan.report.as_comments());
                 let paused = sandbox.spec.paused == Some(true);
                 if paused {
@@ -184,4 +215,90 @@ pub fn run(args: RenderArgs) -> Result<(), String> {
     } else {
         Err(errors.join("\n"))
     }
+}
+
+/// What `render` compiles, in input order: each sandbox (one of a pool with the pool's
+/// template), and one warm sandbox of each pool, with a note for the header.
+#[allow(clippy::type_complexity)]
+pub fn renderable(
+    documents: &[Document],
+) -> Vec<Result<(&super::documents::Origin, AgentSandbox, Option<String>), String>> {
+    documents
+        .iter()
+        .filter_map(|doc| match doc {
+            Document::Policy(..) => None,
+            Document::Sandbox(origin, sandbox) => Some(match of_pool(documents, sandbox) {
+                Ok(Some((view, note))) => Ok((origin, view, Some(note))),
+                Ok(None) => Ok((origin, (**sandbox).clone(), None)),
+                Err(e) => Err(format!("{origin}: {e}")),
+            }),
+            Document::Pool(origin, pool) => {
+                let (view, note) = warm_of(pool);
+                Some(Ok((origin, view, Some(note))))
+            }
+        })
+        .collect()
+}
+
+/// A sandbox of a pool (`poolRef`) as it would start cold: the pool's template (among the
+/// inputs) with its own fields on top. `None` for a sandbox of no pool.
+fn of_pool(
+    documents: &[Document],
+    sandbox: &AgentSandbox,
+) -> Result<Option<(AgentSandbox, String)>, String> {
+    let Some(pool_ref) = &sandbox.spec.pool_ref else {
+        return Ok(None);
+    };
+    let ns = sandbox.metadata.namespace.clone().unwrap_or_default();
+    let name = sandbox.metadata.name.clone().unwrap_or_default();
+    let pool = documents
+        .iter()
+        .find_map(|d| match d {
+            Document::Pool(_, p)
+                if p.metadata.name.as_deref() == Some(pool_ref.name.as_str())
+                    && p.metadata.namespace.as_deref() == Some(ns.as_str()) =>
+            {
+                Some(p)
+            }
+            _ => None,
+        })
+        .ok_or_else(|| {
+            format!(
+                "AgentSandbox {ns}/{name}: spec.poolRef.name: AgentSandboxPool {ns}/{} is not among the inputs",
+                pool_ref.name
+            )
+        })?;
+    let merged = merge(&pool.spec.template, &sandbox.spec)
+        .map_err(|e| format!("AgentSandbox {ns}/{name}: {e}"))?;
+    let note = if merged.custom.is_empty() {
+        format!(
+            "# of pool {}: takes a ready warm sandbox (its objects then keep the warm sandbox's name), else starts cold with these\n",
+            pool_ref.name
+        )
+    } else {
+        format!(
+            "# of pool {}: sets {} beyond the template, so starts cold with these\n",
+            pool_ref.name,
+            merged.custom.join(", ")
+        )
+    };
+    let mut view = sandbox.clone();
+    view.spec = merged.spec;
+    Ok(Some((view, note)))
+}
+
+/// One warm sandbox of a pool (its name is generated: `<pool>-xxxxx` stands for it).
+fn warm_of(pool: &AgentSandboxPool) -> (AgentSandbox, String) {
+    let name = pool.metadata.name.clone().unwrap_or_default();
+    let prefix: String = name.chars().take(40).collect();
+    let mut view = AgentSandbox::new(
+        &format!("{}-xxxxx", prefix.trim_end_matches(['-', '.'])),
+        pool.spec.template.clone(),
+    );
+    view.metadata.namespace = pool.metadata.namespace.clone();
+    let note = format!(
+        "# one of the {} warm sandboxes of AgentSandboxPool {name} (names generated)\n",
+        pool.spec.replicas
+    );
+    (view, note)
 }

@@ -41,6 +41,8 @@ pub struct Warm {
     pub current: bool,
     pub ready: bool,
     pub deleting: bool,
+    /// Its agent finished or it expired (a warm pod has run out its deadline): replaced.
+    pub finished: bool,
     /// Taken by a sandbox (its UID), and when.
     pub taken: Option<(String, Option<Timestamp>)>,
     /// Blocked: why (the pool is Stalled).
@@ -83,7 +85,7 @@ pub fn plan(
                     p.delete.push((w.name.clone(), w.uid.clone()));
                 }
             }
-            None if !w.current => p.delete.push((w.name.clone(), w.uid.clone())),
+            None if !w.current || w.finished => p.delete.push((w.name.clone(), w.uid.clone())),
             None => current.push(w),
         }
     }
@@ -139,6 +141,10 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
                 current: s.labels().get(TEMPLATE_HASH_LABEL) == Some(&hash),
                 ready: fit(s, &uid, &hash, policy.as_ref()),
                 deleting: s.meta().deletion_timestamp.is_some(),
+                finished: matches!(
+                    status.and_then(|st| st.phase),
+                    Some(SandboxPhase::Succeeded | SandboxPhase::Failed | SandboxPhase::Expired)
+                ),
                 taken: s.annotations().get(CLAIMED_BY_ANNOTATION).map(|t| {
                     let at = s
                         .annotations()
@@ -291,6 +297,7 @@ mod tests {
             current,
             ready,
             deleting: false,
+            finished: false,
             taken: None,
             blocked: None,
         }
@@ -361,6 +368,15 @@ mod tests {
         assert_eq!(p.delete[0].0, "b");
         let p = plan(0, &warm, |_| true, now());
         assert_eq!(p.delete.len(), 3);
+    }
+
+    #[test]
+    fn a_finished_or_expired_warm_sandbox_is_replaced() {
+        let mut done = w("a", true, false);
+        done.finished = true;
+        let p = plan(1, &[done], |_| true, now());
+        assert_eq!(p.delete, vec![("a".into(), "a-uid".into())]);
+        assert_eq!(p.create, 1);
     }
 
     #[test]
