@@ -113,7 +113,7 @@ wait_flags=(--wait --timeout 3m)
 ((node)) && wait_flags=()
 helm upgrade --install "$release" charts/palisade --namespace "$release_ns" --create-namespace \
   --set "admissionPolicy.runtimeClassNames={gvisor-*,kata-*}" "${node_values[@]}" "${wait_flags[@]}"
-kubectl wait --for=condition=Established --timeout=60s crd/agentpolicies.palisade.dev crd/agentsandboxes.palisade.dev
+kubectl wait --for=condition=Established --timeout=60s crd/agentpolicies.palisade.dev crd/agentsandboxes.palisade.dev crd/agentsandboxpools.palisade.dev
 
 # Credentials of the chart's ServiceAccount, for every operator the suite runs.
 operator_kubeconfig="$state/operator.kubeconfig"

@@ -303,6 +303,7 @@ async fn run_with(
         metrics: ctx.metrics.clone(),
         backoff: Default::default(),
         written: Default::default(),
+        pool_expectations: Default::default(),
         stop: Default::default(),
     });
     for _ in 0..ctx.backoff.failures(UID) {

@@ -290,7 +290,40 @@ fn invalid_documents() -> Vec<(&'static str, Value, &'static str)> {
             sandbox(json!({"policyRef": {"name": "p"}, "image": "a:1", "hostNetwork": true})),
             ".spec.hostNetwork: field not declared in schema",
         ),
+        (
+            "pool options without a pool",
+            sandbox(
+                json!({"policyRef": {"name": "p"}, "image": "a:1", "pool": {"whenEmpty": "Wait"}}),
+            ),
+            "pool applies only with poolRef",
+        ),
+        (
+            "a pool's template naming a pool",
+            pool(
+                json!({"template": {"policyRef": {"name": "p"}, "image": "a:1", "poolRef": {"name": "x"}}}),
+            ),
+            "a template cannot name a pool",
+        ),
+        (
+            "a pool's template without an image",
+            pool(json!({"template": {"policyRef": {"name": "p"}}})),
+            "spec.template.image: Required value",
+        ),
+        (
+            "a paused template",
+            pool(json!({"template": {"policyRef": {"name": "p"}, "image": "a:1", "paused": true}})),
+            "a template cannot be paused",
+        ),
+        (
+            "negative replicas",
+            pool(json!({"replicas": -1, "template": {"policyRef": {"name": "p"}, "image": "a:1"}})),
+            "spec.replicas: Invalid value",
+        ),
     ]
+}
+
+fn pool(spec: Value) -> Value {
+    json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandboxPool", "metadata": {"name": "bad"}, "spec": spec})
 }
 
 #[tokio::test]

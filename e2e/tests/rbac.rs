@@ -341,13 +341,6 @@ async fn the_api_server_denies_the_operator_what_it_must_not_do() {
             "",
         ),
         (
-            "delete",
-            "networking.k8s.io",
-            "networkpolicies",
-            None,
-            "any-namespace",
-        ),
-        (
             "update",
             "palisade.dev",
             "agentpolicies",
@@ -978,6 +971,75 @@ async fn the_admission_policy_lets_the_operator_create_only_sandbox_children() {
             Err(message) => assert!(
                 message.contains(expected),
                 "{what}: refused for another reason: {message}"
+            ),
+        }
+    }
+    // RBAC lets the operator delete these (only so that it may move a warm sandbox's children
+    // to the sandbox that took it); admission refuses every deletion (dry run, on real objects
+    // the suite creates).
+    let kept = |kind: &str, name: &str, spec: serde_json::Value| {
+        let mut v = child(kind, name, "a", spec);
+        v["apiVersion"] = json!(if kind == "NetworkPolicy" {
+            "networking.k8s.io/v1"
+        } else {
+            "v1"
+        });
+        v["kind"] = json!(kind);
+        v
+    };
+    let pp = kube::api::PostParams::default();
+    let np: NetworkPolicy =
+        serde_json::from_value(kept("NetworkPolicy", "a-isolation", isolation)).expect("np");
+    Api::<NetworkPolicy>::namespaced(admin.clone(), ns)
+        .create(&pp, &np)
+        .await
+        .expect("np");
+    let sa: ServiceAccount =
+        serde_json::from_value(kept("ServiceAccount", "palisade-a", json!({}))).expect("sa");
+    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+        .create(&pp, &sa)
+        .await
+        .expect("sa");
+    let pvc: PersistentVolumeClaim =
+        serde_json::from_value(kept("PersistentVolumeClaim", "a-workspace", claim)).expect("pvc");
+    Api::<PersistentVolumeClaim>::namespaced(admin.clone(), ns)
+        .create(&pp, &pvc)
+        .await
+        .expect("pvc");
+    let dry = kube::api::DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deleted = [
+        (
+            "the isolation NetworkPolicy",
+            Api::<NetworkPolicy>::namespaced(operator.clone(), ns)
+                .delete("a-isolation", &dry)
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "the ServiceAccount",
+            Api::<ServiceAccount>::namespaced(operator.clone(), ns)
+                .delete("palisade-a", &dry)
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "the workspace claim",
+            Api::<PersistentVolumeClaim>::namespaced(operator.clone(), ns)
+                .delete("a-workspace", &dry)
+                .await
+                .map(|_| ()),
+        ),
+    ];
+    for (what, result) in deleted {
+        match result {
+            Ok(()) => panic!("the operator deleted {what}"),
+            Err(e) => assert!(
+                e.to_string()
+                    .contains("deletes no ServiceAccount, claim or NetworkPolicy"),
+                "{what}: refused for another reason: {e}"
             ),
         }
     }

@@ -87,15 +87,19 @@ Role of watchNamespace. e2e/rbac-allowlist.yaml is their checked-in ceiling. */}
 # The other children: applied, and replaced (update) when someone added fields to them. The
 # isolation NetworkPolicy's finalizer is released by a patch. A Service (or a Cilium policy,
 # or a SeccompProfile) that leaves the plan is deleted; claims are kept, so are never deleted.
+# `delete` on ServiceAccounts, claims and NetworkPolicies is never used to delete (the chart's
+# admission policy refuses it): a sandbox that takes a warm sandbox of a pool changes its
+# children's owner references, which the OwnerReferencesPermissionEnforcement admission plugin
+# allows only to those who may delete the object.
 - apiGroups: [""]
   resources: [serviceaccounts, persistentvolumeclaims]
-  verbs: [get, list, watch, create, patch, update]
+  verbs: [get, list, watch, create, patch, update, delete]
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, update, delete]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [get, list, watch, create, patch, update]
+  verbs: [get, list, watch, create, patch, update, delete]
 {{- if .Values.rbac.cilium }}
 - apiGroups: [cilium.io]
   resources: [ciliumnetworkpolicies]

@@ -32,6 +32,7 @@ pub const CLAIMED_BY_ANNOTATION: &str = "palisade.dev/claimed-by";
     shortname = "asbp",
     category = "palisade",
     doc = "AgentSandboxPool keeps warm sandboxes made from a template, each complete with its policy enforced, for AgentSandboxes that name the pool (poolRef) to take at once.",
+    validation = Rule::new("size(self.metadata.name) <= 63").message("a pool's name is a label value: at most 63 characters"),
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",
@@ -59,12 +60,14 @@ pub const CLAIMED_BY_ANNOTATION: &str = "palisade.dev/claimed-by";
 pub struct AgentSandboxPoolSpec {
     /// The sandbox each warm sandbox is made from, and that sandboxes of the pool start from
     /// when none is ready: an AgentSandbox spec (`policyRef` and `image` required; no `poolRef`,
-    /// `pool` or `paused`). A change makes the warm sandboxes of the old template stale: they
+    /// `pool`, `paused`, `expiresAt` or `ttlSecondsAfterFinished`). A change makes the warm sandboxes of the old template stale: they
     /// are replaced and never handed out; sandboxes that already started keep theirs.
     #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "has(self.policyRef) && has(self.image)", "message": "the template needs policyRef and image"},
+        {"rule": "has(self.policyRef)", "message": "the template needs policyRef", "fieldPath": ".policyRef", "reason": "FieldValueRequired"},
+        {"rule": "has(self.image)", "message": "the template needs image", "fieldPath": ".image", "reason": "FieldValueRequired"},
         {"rule": "!has(self.poolRef) && !has(self.pool)", "message": "a template cannot name a pool"},
-        {"rule": "!has(self.paused) || !self.paused", "message": "a template cannot be paused"}
+        {"rule": "!has(self.paused) || !self.paused", "message": "a template cannot be paused"},
+        {"rule": "!has(self.expiresAt) && !has(self.ttlSecondsAfterFinished)", "message": "a template has no expiresAt or ttlSecondsAfterFinished (each sandbox of the pool may set its own)"}
     ]))]
     pub template: AgentSandboxSpec,
 

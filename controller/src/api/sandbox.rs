@@ -46,7 +46,8 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "has(self.poolRef) || (has(self.policyRef) && has(self.image))", "message": "policyRef and image are required unless poolRef names a pool (whose template gives them)"},
+    {"rule": "has(self.poolRef) || has(self.policyRef)", "message": "policyRef is required unless poolRef names a pool (whose template gives it)", "fieldPath": ".policyRef", "reason": "FieldValueRequired"},
+    {"rule": "has(self.poolRef) || has(self.image)", "message": "image is required unless poolRef names a pool (whose template gives it)", "fieldPath": ".image", "reason": "FieldValueRequired"},
     {"rule": "!has(self.pool) || has(self.poolRef)", "message": "pool applies only with poolRef"},
     {"rule": "has(self.poolRef) == has(oldSelf.poolRef)", "message": "poolRef cannot be added or removed"}
 ]))]

@@ -18,9 +18,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -40,6 +40,8 @@ use super::{Ctx, Error};
 /// Annotation on a taken warm sandbox: when it was taken (for the pool to clean up a warm
 /// sandbox whose taker went away before moving its children).
 pub const CLAIMED_AT_ANNOTATION: &str = "palisade.dev/claimed-at";
+/// Warm sandboxes one pass tries to take at most.
+const MAX_TRIES: usize = 5;
 /// How long `whenEmpty: Wait` waits by default.
 pub const DEFAULT_WAIT_SECONDS: i32 = 60;
 
@@ -56,6 +58,9 @@ pub enum Prepared {
 /// are moving to the one that took it) until its pool deletes it.
 pub fn taken(sandbox: &AgentSandbox) -> bool {
     sandbox.annotations().contains_key(CLAIMED_BY_ANNOTATION)
+        && sandbox.labels().contains_key(POOL_LABEL)
+        && super::ownership::controller_of(sandbox.meta())
+            .is_some_and(|o| o.kind == "AgentSandboxPool")
 }
 
 /// Readies a sandbox of a pool for its pass (see the module's documentation).
@@ -73,6 +78,9 @@ pub async fn prepare(
     if let Some(recorded) = &previous.pool {
         if recorded.start == PoolStart::Warm {
             take_children(ctx, &sandbox, recorded).await?;
+            if moving(ctx, &ns, recorded) {
+                return Ok(Prepared::Done(Action::requeue(SETTLE)));
+            }
         }
         return Ok(Prepared::Run(with_template(sandbox)?));
     }
@@ -110,11 +118,53 @@ pub async fn prepare(
         return record(ctx, &sandbox, recorded).await;
     }
 
+    // A sandbox that controls a pod already started once (its status.pool was lost): it does
+    // not take another one; a person must look.
+    if ctx
+        .caches
+        .pods
+        .state()
+        .iter()
+        .any(|p| p.namespace().as_deref() == Some(ns.as_str()) && controlled_by(p.meta(), &uid))
+    {
+        let outcome = Outcome::blocked(
+            "PoolStateLost",
+            "the sandbox controls a pod but its status.pool is gone: it takes no other warm sandbox; delete and recreate the sandbox",
+        );
+        write(ctx, &sandbox, &outcome, now).await?;
+        return Ok(Prepared::Done(Action::await_change()));
+    }
+    let claim = sandbox.spec.pool.clone().unwrap_or_default();
+    let wait = claim.wait_seconds.unwrap_or(DEFAULT_WAIT_SECONDS);
+    let waits = claim.when_empty == Some(WhenEmpty::Wait);
+    let created = sandbox
+        .meta()
+        .creation_timestamp
+        .as_ref()
+        .map_or(now, |t| t.0);
+    let deadline = created
+        .checked_add(jiff::SignedDuration::from_secs(wait as i64))
+        .unwrap_or(created);
+    let exhausted = || {
+        Outcome::new(
+            SandboxPhase::Failed,
+            "PoolExhausted",
+            format!(
+                "no warm sandbox of pool {} was ready within {wait} s (whenEmpty: Wait)",
+                pool_ref.name
+            ),
+        )
+    };
+
     let Some(pool) = ctx
         .caches
         .pools
         .get(&ObjectRef::new(&pool_ref.name).within(&ns))
     else {
+        if waits && now >= deadline {
+            write(ctx, &sandbox, &exhausted(), now).await?;
+            return Ok(Prepared::Done(Action::await_change()));
+        }
         let outcome = Outcome::blocked(
             "PoolNotFound",
             format!(
@@ -123,7 +173,15 @@ pub async fn prepare(
             ),
         );
         write(ctx, &sandbox, &outcome, now).await?;
-        return Ok(Prepared::Done(Action::requeue(Duration::from_secs(60))));
+        let left = (deadline.as_millisecond() - now.as_millisecond()).max(0) as u64;
+        let again = if waits {
+            Duration::from_millis(left).min(Duration::from_secs(60))
+        } else {
+            Duration::from_secs(60)
+        };
+        return Ok(Prepared::Done(Action::requeue(
+            again.max(Duration::from_millis(200)),
+        )));
     };
     let template = pool.spec.template.clone();
     let hash = template_hash(&template);
@@ -164,7 +222,8 @@ pub async fn prepare(
         candidates.rotate_left(start);
     }
     let api: Api<AgentSandbox> = Api::namespaced(ctx.client.clone(), &ns);
-    for candidate in candidates {
+    // A few tries: under contention the next pass sees a fresher cache.
+    for candidate in candidates.into_iter().take(MAX_TRIES) {
         if let Some(taken) = take(&api, candidate, &uid, now, |s| {
             fit(s, &pool_uid, &hash, current_policy.as_ref())
         })
@@ -177,27 +236,9 @@ pub async fn prepare(
         }
     }
 
-    let claim = sandbox.spec.pool.clone().unwrap_or_default();
-    if claim.when_empty == Some(WhenEmpty::Wait) {
-        let wait = claim.wait_seconds.unwrap_or(DEFAULT_WAIT_SECONDS);
-        let created = sandbox
-            .meta()
-            .creation_timestamp
-            .as_ref()
-            .map_or(now, |t| t.0);
-        let deadline = created
-            .checked_add(jiff::SignedDuration::from_secs(wait as i64))
-            .unwrap_or(created);
+    if waits {
         if now >= deadline {
-            let outcome = Outcome::new(
-                SandboxPhase::Failed,
-                "PoolExhausted",
-                format!(
-                    "no warm sandbox of pool {} was ready within {wait} s (whenEmpty: Wait)",
-                    pool_ref.name
-                ),
-            );
-            write(ctx, &sandbox, &outcome, now).await?;
+            write(ctx, &sandbox, &exhausted(), now).await?;
             return Ok(Prepared::Done(Action::await_change()));
         }
         let outcome = Outcome::new(
@@ -298,8 +339,42 @@ async fn record(
         && let Some(recorded) = written.status.as_ref().and_then(|s| s.pool.as_ref())
     {
         take_children(ctx, &written, recorded).await?;
+        let ns = written.namespace().unwrap_or_default();
+        if moving(ctx, &ns, recorded) {
+            return Ok(Prepared::Done(Action::requeue(SETTLE)));
+        }
     }
     Ok(Prepared::Run(with_template(written)?))
+}
+
+/// How soon to look again while the caches catch up with a move.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// Whether the caches still show the pod or its NetworkPolicy under the warm sandbox taken:
+/// a pass on them would take the pod for another's (NameConflict).
+fn moving(ctx: &Ctx, ns: &str, recorded: &SandboxPoolStatus) -> bool {
+    let (Some(instance), Some(from)) = (&recorded.instance, &recorded.instance_uid) else {
+        return false;
+    };
+    let c = &ctx.caches;
+    // A warm sandbox still there and not taken by a pool's sandbox: nothing moves (see
+    // take_children), so nothing to wait for.
+    let refused = c
+        .sandboxes
+        .get(&ObjectRef::new(instance).within(ns))
+        .is_some_and(|w| w.uid().as_deref() == Some(from.as_str()) && !taken(&w));
+    if refused {
+        return false;
+    }
+    let pod = c
+        .pods
+        .get(&ObjectRef::new(instance).within(ns))
+        .is_some_and(|p| controlled_by(p.meta(), from));
+    let np = c
+        .network_policies
+        .get(&ObjectRef::new(&isolation_name(instance)).within(ns))
+        .is_some_and(|p| controlled_by(p.meta(), from));
+    pod || np
 }
 
 /// The sandbox with the recorded template's spec and its own fields on top.
@@ -375,7 +450,9 @@ async fn apply_status(
 }
 
 /// Moves the children of the warm sandbox taken to `sandbox` (those still controlled by the
-/// warm sandbox), then deletes the warm sandbox.
+/// warm sandbox), then deletes the warm sandbox. Runs while the warm sandbox is in the cache;
+/// reads it and every child directly, and acts only on a warm sandbox of this sandbox's pool
+/// that this very sandbox took (its annotation, which only the operator may write).
 async fn take_children(
     ctx: &Ctx,
     sandbox: &AgentSandbox,
@@ -385,65 +462,54 @@ async fn take_children(
         return Ok(());
     };
     let ns = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
-    let to = owner_reference(sandbox).ok_or(Error::Missing("uid"))?;
-    let c = &ctx.caches;
-    let client = &ctx.client;
-    move_typed::<ServiceAccount>(
-        client,
-        &c.service_accounts,
-        &ns,
-        &service_account_name(instance),
-        from,
-        &to,
-    )
-    .await?;
-    move_typed::<Service>(client, &c.services, &ns, instance, from, &to).await?;
-    move_typed::<PersistentVolumeClaim>(
-        client,
-        &c.claims,
-        &ns,
-        &workspace_claim_name(instance),
-        from,
-        &to,
-    )
-    .await?;
-    move_typed::<NetworkPolicy>(
-        client,
-        &c.network_policies,
-        &ns,
-        &isolation_name(instance),
-        from,
-        &to,
-    )
-    .await?;
-    if let Some(store) = c.cilium_policies.get() {
-        let ar = super::act::cilium_resource();
-        move_dynamic(
-            client,
-            &store,
-            &ar,
-            &ns,
-            |n| n == fqdn_policy_name(instance),
-            from,
-            &to,
-        )
-        .await?;
-    }
-    if let Some(store) = c.seccomp_profiles.get() {
-        let ar = super::act::seccomp_resource();
-        move_dynamic(client, &store, &ar, &ns, |_| true, from, &to).await?;
-    }
-    move_typed::<Pod>(client, &c.pods, &ns, instance, from, &to).await?;
-    // Emptied: the warm sandbox goes (nothing it still owns is ours).
-    if let Some(warm) = c
+    let in_cache = ctx
+        .caches
         .sandboxes
         .get(&ObjectRef::new(instance).within(&ns))
-        .filter(|w| w.uid().as_deref() == Some(from.as_str()))
-    {
-        let api: Api<AgentSandbox> = Api::namespaced(client.clone(), &ns);
-        delete_precisely(&api, &warm.name_any(), from).await?;
+        .is_some_and(|w| w.uid().as_deref() == Some(from.as_str()));
+    if !in_cache {
+        return Ok(());
     }
-    Ok(())
+    let uid = sandbox.uid().ok_or(Error::Missing("uid"))?;
+    let client = &ctx.client;
+    let sandboxes: Api<AgentSandbox> = Api::namespaced(client.clone(), &ns);
+    let Some(warm) = sandboxes
+        .get_opt(instance)
+        .await?
+        .filter(|w| w.uid().as_deref() == Some(from.as_str()))
+    else {
+        return Ok(());
+    };
+    let pool = sandbox.spec.pool_ref.as_ref().map(|r| r.name.as_str());
+    let of_pool = super::ownership::controller_of(warm.meta())
+        .is_some_and(|o| o.kind == "AgentSandboxPool" && Some(o.name.as_str()) == pool)
+        && warm.labels().get(POOL_LABEL).map(String::as_str) == pool;
+    if !of_pool || warm.annotations().get(CLAIMED_BY_ANNOTATION) != Some(&uid) {
+        tracing::warn!(sandbox = %sandbox.name_any(), warm = %instance, "status.pool names a warm sandbox this sandbox did not take: nothing is moved");
+        return Ok(());
+    }
+    let to = owner_reference(sandbox).ok_or(Error::Missing("uid"))?;
+    move_typed::<Pod>(client, &ns, instance, from, &to).await?;
+    move_typed::<NetworkPolicy>(client, &ns, &isolation_name(instance), from, &to).await?;
+    move_typed::<ServiceAccount>(client, &ns, &service_account_name(instance), from, &to).await?;
+    move_typed::<Service>(client, &ns, instance, from, &to).await?;
+    move_typed::<PersistentVolumeClaim>(client, &ns, &workspace_claim_name(instance), from, &to)
+        .await?;
+    let facts = ctx.facts();
+    if facts.cilium {
+        let ar = super::act::cilium_resource();
+        move_dynamic(client, &ar, &ns, &fqdn_policy_name(instance), from, &to).await?;
+    }
+    if facts.seccomp_profile_crd {
+        let ar = super::act::seccomp_resource();
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+        let selector = format!("{}={instance}", crate::api::SANDBOX_LABEL);
+        for p in api.list(&ListParams::default().labels(&selector)).await? {
+            move_dynamic(client, &ar, &ns, &p.name_any(), from, &to).await?;
+        }
+    }
+    // Emptied: the warm sandbox goes.
+    delete_precisely(&sandboxes, instance, from).await
 }
 
 fn owner_patch(version: Option<String>, to: &OwnerReference) -> serde_json::Value {
@@ -452,7 +518,6 @@ fn owner_patch(version: Option<String>, to: &OwnerReference) -> serde_json::Valu
 
 async fn move_typed<K>(
     client: &kube::Client,
-    store: &Store<K>,
     ns: &str,
     name: &str,
     from: &str,
@@ -465,13 +530,13 @@ where
         + serde::Serialize
         + std::fmt::Debug,
 {
-    let Some(obj) = store.get(&ObjectRef::new(name).within(ns)) else {
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let Some(obj) = api.get_opt(name).await? else {
         return Ok(());
     };
     if !controlled_by(obj.meta(), from) {
         return Ok(());
     }
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
     api.patch(
         name,
         &PatchParams::default(),
@@ -483,27 +548,24 @@ where
 
 async fn move_dynamic(
     client: &kube::Client,
-    store: &Store<DynamicObject>,
     ar: &ApiResource,
     ns: &str,
-    named: impl Fn(&str) -> bool,
+    name: &str,
     from: &str,
     to: &OwnerReference,
 ) -> Result<(), Error> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
-    for obj in store.state() {
-        if obj.namespace().as_deref() != Some(ns)
-            || !named(&obj.name_any())
-            || !controlled_by(obj.meta(), from)
-        {
-            continue;
-        }
-        api.patch(
-            &obj.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&owner_patch(obj.resource_version(), to)),
-        )
-        .await?;
+    let Some(obj) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    if !controlled_by(obj.meta(), from) {
+        return Ok(());
     }
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&owner_patch(obj.resource_version(), to)),
+    )
+    .await?;
     Ok(())
 }

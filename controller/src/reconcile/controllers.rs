@@ -19,7 +19,6 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::pool::POOL_LABEL;
 use crate::api::{
     AgentPolicy, AgentSandbox, AgentSandboxPool, MANAGED_BY_LABEL, MANAGER, SandboxPhase,
 };
@@ -321,7 +320,8 @@ pub async fn run(
     let wc = watcher::Config::default();
     let ours = wc.clone().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
     let (policies, policy_writer) = reflector::store();
-    let (sandboxes, sandbox_writer) = reflector::store();
+    let (sandboxes, sandbox_writer) = reflector::store_shared::<AgentSandbox>(1024);
+    let sandbox_events = sandbox_writer.subscribe();
     let (pools, pool_writer) = reflector::store_shared::<AgentSandboxPool>(256);
     let pool_events = pool_writer.subscribe();
     let (runtime_classes, rc_writer) = reflector::store::<RuntimeClass>();
@@ -389,6 +389,7 @@ pub async fn run(
         metrics: metrics.clone(),
         backoff: Default::default(),
         written: Default::default(),
+        pool_expectations: Default::default(),
         stop: stop.clone(),
     });
 
@@ -600,14 +601,12 @@ pub async fn run(
         .run(sandbox::reconcile, sandbox::error_policy, ctx.clone())
         .for_each(|_| async {});
 
-    // Pools: driven by their own changes and their warm sandboxes' (a watch of those only).
+    // Pools: driven by their own changes and their warm sandboxes', as the sandbox cache
+    // sees them (a pass reads that cache, so it never runs on an older view than its trigger).
     // Sandboxes waiting for a pool that did not exist are re-queued when it appears.
-    let pool_controller = match pool_events {
-        Some(events) => {
-            let warm =
-                lenient::watch::<AgentSandbox>(client.clone(), ns, wc.clone().labels(POOL_LABEL))
-                    .touched_objects()
-                    .filter_map(|s| async move { s.ok().and_then(|s| pool::pool_of(&s)) });
+    let pool_controller = match (pool_events, sandbox_events) {
+        (Some(events), Some(sandbox_events)) => {
+            let warm = sandbox_events.filter_map(|s| async move { pool::pool_of(&s) });
             Controller::for_shared_stream(events, pools.clone())
                 .reconcile_on(warm)
                 .with_config(
@@ -618,8 +617,8 @@ pub async fn run(
                 .for_each(|_| async {})
                 .boxed()
         }
-        None => {
-            tracing::error!("the pool store cannot be shared; pools are off");
+        _ => {
+            tracing::error!("the pool or sandbox store cannot be shared; pools are off");
             futures::future::ready(()).boxed()
         }
     };

@@ -31,18 +31,20 @@ use super::{Ctx, Error};
 pub fn isolated_pod(np: &NetworkPolicy, pod: Option<&Pod>) -> Option<(String, String)> {
     let owner = controlling_sandbox(&np.metadata)?;
     let pod_name = isolated_pod_name(np)?;
-    // A sandbox's children carry its name, or, for one that took a warm sandbox of a pool, the
-    // warm sandbox's: then only a pod bound to this very NetworkPolicy counts.
-    let own_name = pod_name == owner.name;
     let pod = pod?;
-    if pod.name_any() != pod_name || !controlled_by(&pod.metadata, &owner.uid) {
+    if pod.name_any() != pod_name {
         return None;
     }
     let bound = pod.annotations().get(NETWORK_POLICY_UID_ANNOTATION);
-    match bound {
-        Some(b) if Some(b) != np.uid().as_ref() => return None,
-        None if !own_name => return None,
-        _ => {}
+    let held = match bound {
+        // Created behind this very NetworkPolicy: held whoever controls it now (a sandbox
+        // that took a warm sandbox moves the two one after the other).
+        Some(b) => Some(b) == np.uid().as_ref(),
+        // From before the binding annotation: the pod of the same sandbox, of its own name.
+        None => pod_name == owner.name && controlled_by(&pod.metadata, &owner.uid),
+    };
+    if !held {
+        return None;
     }
     Some((pod.name_any(), pod.uid()?))
 }
@@ -164,15 +166,24 @@ mod tests {
             isolated_pod(&np("a-isolation", "np-9", "a", "sb-a"), Some(&victim)),
             None
         );
-        // Owner UID of another sandbox of the same name.
+        // Owner UID of another sandbox of the same name, and not the NetworkPolicy it was bound
+        // to (a NetworkPolicy's UID is the server's: a forged one never has the real one's).
         assert_eq!(
-            isolated_pod(&np("a-isolation", "np-1", "a", "sb-other"), Some(&victim)),
+            isolated_pod(&np("a-isolation", "np-8", "a", "sb-other"), Some(&victim)),
+            None
+        );
+        // An unbound pod of the same name under another owner.
+        assert_eq!(
+            isolated_pod(
+                &np("a-isolation", "np-8", "a", "sb-other"),
+                Some(&pod("a", "sb-a", None))
+            ),
             None
         );
     }
 
     #[test]
-    fn a_sandbox_that_took_a_warm_sandbox_holds_the_pod_of_that_name_only_when_bound() {
+    fn a_sandbox_that_took_a_warm_sandbox_holds_the_pod_bound_to_its_network_policy() {
         // Sandbox "task" (sb-t) took warm sandbox "pool-x1": its children keep that name.
         let moved = np("pool-x1-isolation", "np-1", "task", "sb-t");
         let p = pod("pool-x1", "sb-t", Some("np-1"));
@@ -180,17 +191,15 @@ mod tests {
             isolated_pod(&moved, Some(&p)),
             Some(("pool-x1".into(), "pod-uid".into()))
         );
-        // Unbound, or bound to another NetworkPolicy, or another owner: not held.
+        // Halfway through the move (the pod still the warm sandbox's): held all the same.
+        assert!(isolated_pod(&moved, Some(&pod("pool-x1", "sb-w", Some("np-1")))).is_some());
+        // Unbound under another name than the owner's, or bound to another NetworkPolicy: not held.
         assert_eq!(
             isolated_pod(&moved, Some(&pod("pool-x1", "sb-t", None))),
             None
         );
         assert_eq!(
             isolated_pod(&moved, Some(&pod("pool-x1", "sb-t", Some("np-0")))),
-            None
-        );
-        assert_eq!(
-            isolated_pod(&moved, Some(&pod("pool-x1", "sb-w", Some("np-1")))),
             None
         );
         // A pod of another name than the NetworkPolicy's.

@@ -148,6 +148,8 @@ pub struct Context {
     pub backoff: backoff::Backoff,
     /// Status writes the sandbox cache has not shown yet.
     pub written: written::Written,
+    /// Warm sandboxes created and not yet in the cache, per pool.
+    pub pool_expectations: pool::Expectations,
     /// Cancelled when this term of the controllers ends: a reconcile still waiting for the
     /// caches gives up.
     pub stop: tokio_util::sync::CancellationToken,

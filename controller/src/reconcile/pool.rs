@@ -22,12 +22,14 @@ use crate::api::{
 };
 use crate::render::template::template_hash;
 
-use super::children::delete_precisely;
 use super::claim::{CLAIMED_AT_ANNOTATION, fit};
 use super::conditions::{Want, merge};
 use super::ownership::controlled_by;
-use super::{Ctx, Error, RESYNC};
+use super::{Ctx, Error};
 
+/// A full pool looks again this often (a warm sandbox deleted by someone is not an event it
+/// gets).
+const RESYNC_POOL: Duration = Duration::from_secs(30);
 /// Warm sandboxes created in one pass at most (the next pass creates more).
 const CREATE_PER_PASS: usize = 100;
 /// A taken warm sandbox whose taker is gone is deleted this long after it was taken.
@@ -38,6 +40,9 @@ const ORPHAN_AFTER: Duration = Duration::from_secs(120);
 pub struct Warm {
     pub name: String,
     pub uid: String,
+    /// Its resourceVersion: deleted only as seen (a sandbox taking it meanwhile wins).
+    pub version: Option<String>,
+    pub created: Option<Timestamp>,
     pub current: bool,
     pub ready: bool,
     pub deleting: bool,
@@ -45,6 +50,8 @@ pub struct Warm {
     pub finished: bool,
     /// Taken by a sandbox (its UID), and when.
     pub taken: Option<(String, Option<Timestamp>)>,
+    /// Created by an earlier pass and not in the cache yet (counted, never deleted).
+    pub expected: bool,
     /// Blocked: why (the pool is Stalled).
     pub blocked: Option<String>,
 }
@@ -53,8 +60,8 @@ pub struct Warm {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PoolPlan {
     pub create: usize,
-    /// (name, UID) of warm sandboxes to delete.
-    pub delete: Vec<(String, String)>,
+    /// (name, UID, resourceVersion) of warm sandboxes to delete.
+    pub delete: Vec<(String, String, Option<String>)>,
     pub status: Counts,
 }
 
@@ -66,48 +73,95 @@ pub struct Counts {
     pub stalled: Option<String>,
 }
 
-/// The pass, from the warm sandboxes and which takers exist.
+/// What the pool knows of a taker: whether it exists, and the UID of the warm sandbox its
+/// `status.pool` records.
+pub enum Taker {
+    Gone,
+    Recorded(Option<String>),
+}
+
+/// The pass, from the warm sandboxes and what their takers recorded.
 pub fn plan(
     desired: i32,
     warm: &[Warm],
-    taker_exists: impl Fn(&str) -> bool,
+    taker: impl Fn(&str) -> Taker,
     now: Timestamp,
 ) -> PoolPlan {
     let mut p = PoolPlan::default();
     let mut current = Vec::new();
+    let gone = |w: &Warm| (w.name.clone(), w.uid.clone(), w.version.clone());
     for w in warm.iter().filter(|w| !w.deleting) {
         match &w.taken {
-            Some((taker, at)) => {
+            Some((by, at)) => {
                 let old = at.is_none_or(|at| {
                     now.as_millisecond() - at.as_millisecond() > ORPHAN_AFTER.as_millis() as i64
                 });
-                if !taker_exists(taker) && old {
-                    p.delete.push((w.name.clone(), w.uid.clone()));
+                // Its taker moves its children and deletes it; one that went away, or that
+                // recorded another warm sandbox, never will.
+                let kept = matches!(taker(by), Taker::Recorded(Some(ref uid)) if *uid == w.uid);
+                if old && !kept {
+                    p.delete.push(gone(w));
                 }
             }
-            None if !w.current || w.finished => p.delete.push((w.name.clone(), w.uid.clone())),
+            None if w.expected => current.push(w),
+            None if !w.current || w.finished => p.delete.push(gone(w)),
             None => current.push(w),
         }
     }
     let desired = desired.max(0) as usize;
     if current.len() > desired {
-        // Keep the ready ones: remove the not ready first, then the newest (listed last).
-        let mut extra: Vec<&&Warm> = current.iter().collect();
-        extra.sort_by_key(|w| w.ready);
+        // Remove the not ready first, then the newest; never one just created.
+        let mut extra: Vec<&&Warm> = current.iter().filter(|w| !w.expected).collect();
+        extra.sort_by_key(|w| (w.ready, std::cmp::Reverse(w.created)));
         for w in extra.into_iter().take(current.len() - desired) {
-            p.delete.push((w.name.clone(), w.uid.clone()));
+            p.delete.push(gone(w));
         }
     } else {
         p.create = (desired - current.len()).min(CREATE_PER_PASS);
     }
-    let untaken = warm.iter().filter(|w| !w.deleting && w.taken.is_none());
+    let untaken = warm
+        .iter()
+        .filter(|w| !w.deleting && w.taken.is_none() && !w.expected);
     p.status = Counts {
         replicas: untaken.clone().count() as i32,
         ready: current.iter().filter(|w| w.ready).count() as i32,
-        updated: current.len() as i32,
+        updated: current.iter().filter(|w| !w.expected).count() as i32,
         stalled: current.iter().find_map(|w| w.blocked.clone()),
     };
     p
+}
+
+/// Warm sandboxes created but not yet in the cache, per pool: counted so that a pass right
+/// after a create does not create again.
+#[derive(Default)]
+pub struct Expectations(
+    std::sync::Mutex<std::collections::HashMap<String, Vec<(String, std::time::Instant)>>>,
+);
+
+/// How long a created warm sandbox is expected before the cache is taken at its word.
+const EXPECT_FOR: Duration = Duration::from_secs(30);
+
+impl Expectations {
+    fn created(&self, pool: &str, name: String) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(pool.to_string())
+            .or_default()
+            .push((name, std::time::Instant::now()));
+    }
+
+    /// Names still expected (not in `seen`, created less than 30 s ago).
+    fn pending(&self, pool: &str, seen: &dyn Fn(&str) -> bool) -> Vec<String> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(list) = m.get_mut(pool) else {
+            return Vec::new();
+        };
+        list.retain(|(n, at)| !seen(n) && at.elapsed() < EXPECT_FOR);
+        let out = list.iter().map(|(n, _)| n.clone()).collect();
+        if list.is_empty() {
+            m.remove(pool);
+        }
+        out
+    }
 }
 
 pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, Error> {
@@ -138,6 +192,9 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
             Warm {
                 name: s.name_any(),
                 uid: s.uid().unwrap_or_default(),
+                version: s.resource_version(),
+                created: s.meta().creation_timestamp.as_ref().map(|t| t.0),
+                expected: false,
                 current: s.labels().get(TEMPLATE_HASH_LABEL) == Some(&hash),
                 ready: fit(s, &uid, &hash, policy.as_ref()),
                 deleting: s.meta().deletion_timestamp.is_some(),
@@ -158,17 +215,54 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
             }
         })
         .collect();
-    let takers: std::collections::HashSet<String> =
-        sandboxes.iter().filter_map(|s| s.uid()).collect();
-    let p = plan(pool.spec.replicas, &warm, |t| takers.contains(t), now);
+    let mut warm = warm;
+    let names: std::collections::HashSet<String> = warm.iter().map(|w| w.name.clone()).collect();
+    for name in ctx.pool_expectations.pending(&uid, &|n| names.contains(n)) {
+        warm.push(Warm {
+            name,
+            uid: String::new(),
+            version: None,
+            created: None,
+            current: true,
+            ready: false,
+            deleting: false,
+            finished: false,
+            taken: None,
+            blocked: None,
+            expected: true,
+        });
+    }
+    let takers: std::collections::HashMap<String, Option<String>> = sandboxes
+        .iter()
+        .filter(|s| s.namespace().as_deref() == Some(ns.as_str()))
+        .filter_map(|s| {
+            let recorded = s
+                .status
+                .as_ref()
+                .and_then(|st| st.pool.as_ref())
+                .and_then(|p| p.instance_uid.clone());
+            Some((s.uid()?, recorded))
+        })
+        .collect();
+    let p = plan(
+        pool.spec.replicas,
+        &warm,
+        |t| match takers.get(t) {
+            Some(recorded) => Taker::Recorded(recorded.clone()),
+            None => Taker::Gone,
+        },
+        now,
+    );
 
     let api: Api<AgentSandbox> = Api::namespaced(ctx.client.clone(), &ns);
-    for (warm_name, warm_uid) in &p.delete {
-        delete_precisely(&api, warm_name, warm_uid).await?;
+    for (warm_name, warm_uid, version) in &p.delete {
+        delete_as_seen(&api, warm_name, warm_uid, version.clone()).await?;
     }
     for _ in 0..p.create {
-        api.create(&PostParams::default(), &warm_sandbox(&pool, &hash)?)
+        let created = api
+            .create(&PostParams::default(), &warm_sandbox(&pool, &hash)?)
             .await?;
+        ctx.pool_expectations.created(&uid, created.name_any());
     }
 
     let previous = pool.status.clone().unwrap_or_default();
@@ -236,11 +330,37 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
             )
             .await?;
     }
-    Ok(if p.create > 0 || !p.delete.is_empty() {
-        Action::requeue(Duration::from_secs(1))
-    } else {
-        Action::requeue(RESYNC)
-    })
+    // Passes are triggered by the sandbox cache's updates, not by deletions: a pool not yet
+    // full looks again soon, a full one every 30 s (nothing is written while nothing changes).
+    Ok(
+        if p.create > 0 || !p.delete.is_empty() || p.status.ready < desired {
+            Action::requeue(Duration::from_secs(1))
+        } else {
+            Action::requeue(RESYNC_POOL)
+        },
+    )
+}
+
+/// Deletes a warm sandbox only as it was seen (UID and resourceVersion preconditions): one a
+/// sandbox took meanwhile is not deleted. Gone or changed already is fine.
+async fn delete_as_seen(
+    api: &Api<AgentSandbox>,
+    name: &str,
+    uid: &str,
+    version: Option<String>,
+) -> Result<(), Error> {
+    let params = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: version,
+        }),
+        ..Default::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A warm sandbox of the pool: the template, controlled by the pool, labelled with its name and
@@ -294,6 +414,9 @@ mod tests {
         Warm {
             name: name.into(),
             uid: format!("{name}-uid"),
+            version: Some("1".into()),
+            created: None,
+            expected: false,
             current,
             ready,
             deleting: false,
@@ -309,11 +432,11 @@ mod tests {
 
     #[test]
     fn an_empty_pool_is_filled_and_a_full_one_left_alone() {
-        let p = plan(3, &[], |_| true, now());
+        let p = plan(3, &[], |_| Taker::Gone, now());
         assert_eq!(p.create, 3);
         assert!(p.delete.is_empty());
         let full = [w("a", true, true), w("b", true, true), w("c", true, true)];
-        let p = plan(3, &full, |_| true, now());
+        let p = plan(3, &full, |_| Taker::Gone, now());
         assert_eq!((p.create, p.delete.len()), (0, 0));
         assert_eq!(
             p.status,
@@ -333,7 +456,7 @@ mod tests {
             w("old2", false, true),
             w("new", true, true),
         ];
-        let p = plan(2, &warm, |_| true, now());
+        let p = plan(2, &warm, |_| Taker::Gone, now());
         assert_eq!(
             p.delete.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(),
             vec!["old1", "old2"]
@@ -347,35 +470,73 @@ mod tests {
     fn taken_ones_are_not_counted_and_removed_only_when_their_taker_is_long_gone() {
         let mut taken = w("t", true, true);
         taken.taken = Some(("taker".into(), Some(now())));
-        let p = plan(1, std::slice::from_ref(&taken), |_| false, now());
+        let one = std::slice::from_ref(&taken);
+        let p = plan(1, one, |_| Taker::Gone, now());
         assert_eq!(p.create, 1, "a taken warm sandbox is no longer the pool's");
         assert!(p.delete.is_empty(), "its taker may not be in the cache yet");
         let later = Timestamp::from_second(10_000 + 121).unwrap();
-        let p = plan(1, std::slice::from_ref(&taken), |_| false, later);
-        assert_eq!(p.delete, vec![("t".into(), "t-uid".into())]);
-        let p = plan(1, std::slice::from_ref(&taken), |_| true, later);
+        let p = plan(1, one, |_| Taker::Gone, later);
+        assert_eq!(
+            p.delete,
+            vec![("t".into(), "t-uid".into(), Some("1".into()))]
+        );
+        let p = plan(1, one, |_| Taker::Recorded(Some("t-uid".into())), later);
         assert!(
             p.delete.is_empty(),
             "its taker moves its children and deletes it"
         );
+        // A taker that recorded another warm sandbox, or none, long after: removed.
+        let p = plan(1, one, |_| Taker::Recorded(Some("other".into())), later);
+        assert_eq!(p.delete.len(), 1);
+        let p = plan(1, one, |_| Taker::Recorded(None), later);
+        assert_eq!(p.delete.len(), 1);
     }
 
     #[test]
     fn scaling_down_removes_not_ready_ones_first() {
         let warm = [w("a", true, true), w("b", true, false), w("c", true, true)];
-        let p = plan(1, &warm, |_| true, now());
+        let p = plan(1, &warm, |_| Taker::Gone, now());
         assert_eq!(p.delete.len(), 2);
         assert_eq!(p.delete[0].0, "b");
-        let p = plan(0, &warm, |_| true, now());
+        let p = plan(0, &warm, |_| Taker::Gone, now());
         assert_eq!(p.delete.len(), 3);
+    }
+
+    #[test]
+    fn sandboxes_created_but_not_yet_cached_are_counted_and_never_deleted() {
+        let mut pending = w("new", true, false);
+        pending.expected = true;
+        let p = plan(
+            2,
+            &[w("a", true, true), pending.clone()],
+            |_| Taker::Gone,
+            now(),
+        );
+        assert_eq!((p.create, p.delete.len()), (0, 0));
+        let p = plan(0, &[pending], |_| Taker::Gone, now());
+        assert!(p.delete.is_empty());
+    }
+
+    #[test]
+    fn scaling_down_keeps_the_oldest_ready_ones() {
+        let mut old = w("old", true, true);
+        old.created = Some(Timestamp::from_second(1).unwrap());
+        let mut new = w("new", true, true);
+        new.created = Some(Timestamp::from_second(2).unwrap());
+        let p = plan(1, &[new, old], |_| Taker::Gone, now());
+        assert_eq!(p.delete.len(), 1);
+        assert_eq!(p.delete[0].0, "new");
     }
 
     #[test]
     fn a_finished_or_expired_warm_sandbox_is_replaced() {
         let mut done = w("a", true, false);
         done.finished = true;
-        let p = plan(1, &[done], |_| true, now());
-        assert_eq!(p.delete, vec![("a".into(), "a-uid".into())]);
+        let p = plan(1, &[done], |_| Taker::Gone, now());
+        assert_eq!(
+            p.delete,
+            vec![("a".into(), "a-uid".into(), Some("1".into()))]
+        );
         assert_eq!(p.create, 1);
     }
 
@@ -383,7 +544,7 @@ mod tests {
     fn a_blocked_warm_sandbox_stalls_the_pool() {
         let mut b = w("a", true, false);
         b.blocked = Some("RuntimeClass gvisor not found".into());
-        let p = plan(1, &[b], |_| true, now());
+        let p = plan(1, &[b], |_| Taker::Gone, now());
         assert_eq!(
             p.status.stalled.as_deref(),
             Some("RuntimeClass gvisor not found")

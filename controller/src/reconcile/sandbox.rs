@@ -584,6 +584,7 @@ pub fn retry_delay(backoff: &Backoff, key: &str) -> Duration {
 pub fn affected_by_network_policy(ctx: &Ctx, np: &NetworkPolicy) -> Vec<ObjectRef<AgentSandbox>> {
     let ns = np.namespace();
     let mut out = Vec::new();
+    let mut own_base = None;
     // Its owner (a sandbox's isolation policy), and every sandbox it selects: an owner
     // reference or Palisade's labels on it prove nothing about what else it selects.
     if let Some(owner) = controlling_sandbox(&np.metadata) {
@@ -594,6 +595,7 @@ pub fn affected_by_network_policy(ctx: &Ctx, np: &NetworkPolicy) -> Vec<ObjectRe
             .filter(|s| s.uid().as_deref() == Some(owner.uid.as_str()));
         if let Some(s) = owned {
             out.push(ObjectRef::from_obj(&*s));
+            own_base = Some(base_name(&s));
         }
     }
     let selector = np
@@ -611,7 +613,7 @@ pub fn affected_by_network_policy(ctx: &Ctx, np: &NetworkPolicy) -> Vec<ObjectRe
         && selector
             .match_labels
             .as_ref()
-            .is_some_and(|m| m.len() == 1 && m.get(crate::api::SANDBOX_LABEL) == Some(&out[0].name))
+            .is_some_and(|m| m.len() == 1 && m.get(crate::api::SANDBOX_LABEL) == own_base.as_ref())
     {
         return out;
     }
@@ -622,8 +624,15 @@ pub fn affected_by_network_policy(ctx: &Ctx, np: &NetworkPolicy) -> Vec<ObjectRe
         .iter()
         .filter(|s| s.namespace() == ns)
     {
-        let name = s.name_any();
-        let mut labels = s.spec.pod_labels.clone();
+        // Children carry the sandbox's name, or the warm sandbox's it took; the pod's labels
+        // are the template's with the sandbox's own on top.
+        let name = base_name(s);
+        let mut labels = s
+            .pool_template()
+            .filter(|_| s.spec.pool_ref.is_some())
+            .map(|t| t.pod_labels)
+            .unwrap_or_default();
+        labels.extend(s.spec.pod_labels.clone());
         labels.extend(crate::render::children::child_labels(&name));
         if let Some(pod) = ctx
             .caches

@@ -53,8 +53,10 @@ fn sandbox_name(sandbox: &AgentSandbox) -> String {
 /// (objects cannot be renamed; their owner reference moved to this sandbox).
 pub fn base_name(sandbox: &AgentSandbox) -> String {
     sandbox
-        .status
+        .spec
+        .pool_ref
         .as_ref()
+        .and(sandbox.status.as_ref())
         .and_then(|s| s.pool.as_ref())
         .and_then(|p| p.instance.clone())
         .unwrap_or_else(|| sandbox.metadata.name.clone().unwrap_or_default())
@@ -65,8 +67,10 @@ pub fn base_name(sandbox: &AgentSandbox) -> String {
 /// pod's environment cannot change).
 pub fn credential_id(sandbox: &AgentSandbox) -> Option<&str> {
     sandbox
-        .status
+        .spec
+        .pool_ref
         .as_ref()
+        .and(sandbox.status.as_ref())
         .and_then(|s| s.pool.as_ref())
         .and_then(|p| p.instance_uid.as_deref())
         .or(sandbox.metadata.uid.as_deref())

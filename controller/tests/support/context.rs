@@ -83,6 +83,7 @@ pub fn context(client: kube::Client, c: Cached, crds: OptionalCrds) -> Arc<Conte
         metrics: Metrics::new(),
         backoff: Default::default(),
         written: Default::default(),
+        pool_expectations: Default::default(),
         stop: Default::default(),
     })
 }
