@@ -30,8 +30,11 @@ e2e:
 ## bench-e2e: throughput, created->Ready latency and peak RSS of the release operator against
 ## the cluster in KUBECONFIG (COUNT=500 on simulated nodes, then 20 under gVisor and 20 under runc
 ## when the e2e real node is there), e.g. after make cluster-up: KUBECONFIG=target/e2e/kubeconfig
+## Then claim mode: a pool of 300 warm sandboxes, a 300-claim burst and 45 claims/s for 60 s,
+## each timed from its create to its own watch (CLAIMS=0 skips it).
 bench-e2e: build
 	PALISADE_BIN=$(CURDIR)/target/release/palisade $(CARGO) run -q -p palisade-e2e --bin bench-e2e -- --count $(or $(COUNT),500)
+	if [ "$(CLAIMS)" != 0 ]; then PALISADE_BIN=$(CURDIR)/target/release/palisade $(CARGO) run -q -p palisade-e2e --bin bench-e2e -- --claims; fi
 
 ## demo: the operator end to end (local control plane unless KUBECONFIG is set)
 demo:

@@ -10,10 +10,16 @@
 //! figures for each: image pull (from the node's registry), sandbox start, NetworkPolicy and
 //! readiness included.
 //!
+//! Claim mode (`--claims`, see `claims.rs`): sandboxes of a pool, a burst and a sustained rate,
+//! timed to the millisecond from each create to its own watch.
+//!
 //! ```text
 //! bench-e2e [--count N] [--node-count N] [--concurrency C] [--creators K] [--namespace NS]
 //!           [--timeout SECS] [--keep]
+//!           [--claims] [--pool-size N] [--burst N] [--claim-rate R] [--claim-seconds S]
 //! ```
+
+mod claims;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -36,13 +42,20 @@ struct Args {
     namespace: String,
     timeout: Duration,
     keep: bool,
+    /// Claim mode only (sandboxes of a pool) instead of the cold runs.
+    claims: bool,
+    pool_size: i32,
+    burst: usize,
+    claim_rate: f64,
+    claim_seconds: u64,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: bench-e2e [--count N (500)] [--node-count N (20; 0: no real-node runs)] \
          [--concurrency C (operator default)] [--creators K (16)] \
-         [--namespace NS (palisade-bench)] [--timeout SECS (600)] [--keep]"
+         [--namespace NS (palisade-bench)] [--timeout SECS (600)] [--keep] \
+         [--claims [--pool-size N (300)] [--burst N (300)] [--claim-rate R (45)] [--claim-seconds S (60)]]"
     );
     std::process::exit(2)
 }
@@ -56,6 +69,11 @@ fn parse_args() -> Args {
         namespace: "palisade-bench".into(),
         timeout: Duration::from_secs(600),
         keep: false,
+        claims: false,
+        pool_size: 300,
+        burst: 300,
+        claim_rate: 45.0,
+        claim_seconds: 60,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -70,10 +88,20 @@ fn parse_args() -> Args {
                 args.timeout = Duration::from_secs(value().parse().unwrap_or_else(|_| usage()))
             }
             "--keep" => args.keep = true,
+            "--claims" => args.claims = true,
+            "--pool-size" => args.pool_size = value().parse().unwrap_or_else(|_| usage()),
+            "--burst" => args.burst = value().parse().unwrap_or_else(|_| usage()),
+            "--claim-rate" => args.claim_rate = value().parse().unwrap_or_else(|_| usage()),
+            "--claim-seconds" => args.claim_seconds = value().parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
-    if args.count == 0 || args.creators == 0 {
+    if args.count == 0
+        || args.creators == 0
+        || args.claim_rate.is_nan()
+        || args.claim_rate <= 0.0
+        || args.pool_size < 0
+    {
         usage();
     }
     args
@@ -113,6 +141,8 @@ enum Target {
     Gvisor,
     /// The real node, under runc (no RuntimeClass).
     Runc,
+    /// Sandboxes of a pool on kwok's fake nodes (claim mode).
+    Claims,
 }
 
 impl Target {
@@ -121,6 +151,7 @@ impl Target {
             Target::Simulated => "simulated nodes (kwok)",
             Target::Gvisor => "real node, gVisor",
             Target::Runc => "real node, runc",
+            Target::Claims => "claims from a pool, simulated nodes (kwok)",
         }
     }
 }
@@ -130,6 +161,13 @@ async fn main() {
     let args = parse_args();
     let client = client().await;
     install_crds(&client).await;
+    if args.claims {
+        let ns = format!("{}-claims", args.namespace);
+        if !run(&client, &args, Target::Claims, 0, &ns).await {
+            std::process::exit(1);
+        }
+        return;
+    }
     let mut ok = run(
         &client,
         &args,
@@ -168,7 +206,7 @@ async fn run(client: &Client, args: &Args, target: Target, count: usize, ns: &st
     operator::gvisor_runtime_class(&client).await;
     operator::delete_namespace_and_wait(&client, &ns, Duration::from_secs(300)).await;
     let runtime = match target {
-        Target::Simulated => {
+        Target::Simulated | Target::Claims => {
             restricted_namespace(&client, &ns).await;
             "gvisor"
         }
@@ -219,6 +257,27 @@ async fn run(client: &Client, args: &Args, target: Target, count: usize, ns: &st
         args.creators
     );
 
+    if target == Target::Claims {
+        let ok = claims::run(
+            &client,
+            &ns,
+            &claims::ClaimArgs {
+                pool_size: args.pool_size,
+                burst: args.burst,
+                rate: args.claim_rate,
+                seconds: args.claim_seconds,
+                timeout: args.timeout,
+            },
+        )
+        .await;
+        if let Some(kib) = op.peak_rss_kib() {
+            println!(
+                "operator peak RSS (VmHWM)      {:.1} MiB",
+                kib as f64 / 1024.0
+            );
+        }
+        return finish(&client, args, &ns, op, ok).await;
+    }
     let sandboxes: Api<AgentSandbox> = Api::namespaced(client.clone(), &ns);
     let t0 = Instant::now();
     let mut creators = Vec::new();
@@ -230,7 +289,7 @@ async fn run(client: &Client, args: &Args, target: Target, count: usize, ns: &st
             for i in (k..count).step_by(step) {
                 let name = format!("b{i:05}");
                 let sandbox = match target {
-                    Target::Simulated => operator::small_sandbox(&name, "p"),
+                    Target::Simulated | Target::Claims => operator::small_sandbox(&name, "p"),
                     // The probe waiting for its stop signal, with small requests (the node has
                     // two CPUs).
                     Target::Gvisor | Target::Runc => {
@@ -346,11 +405,33 @@ async fn run(client: &Client, args: &Args, target: Target, count: usize, ns: &st
         None => println!("operator peak RSS (VmHWM)      unavailable (no /proc/<pid>/status)"),
     }
 
+    let ok = done == count;
+    finish(&client, args, &ns, op, ok).await
+}
+
+/// Polls `check` every 100 ms until it holds (true) or `timeout` passes (false).
+pub async fn wait_for_operator<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Deletes the namespace (unless `--keep`) while the operator runs, then stops it.
+async fn finish(client: &Client, args: &Args, ns: &str, mut op: Operator, ok: bool) -> bool {
     // The namespace goes while the operator runs: it removes each pod before releasing the
     // finalizer of the NetworkPolicy that isolates it.
     if !args.keep {
         let deleting = Instant::now();
-        operator::delete_namespace_and_wait(&client, &ns, args.timeout).await;
+        operator::delete_namespace_and_wait(client, ns, args.timeout).await;
         println!(
             "deleted namespace {ns} in {:.1} s",
             deleting.elapsed().as_secs_f64()
@@ -365,5 +446,5 @@ async fn run(client: &Client, args: &Args, target: Target, count: usize, ns: &st
             op.log_path().display()
         );
     }
-    !(panicked || done < count || !status.success())
+    !panicked && ok && status.success()
 }

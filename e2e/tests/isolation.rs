@@ -1175,3 +1175,116 @@ async fn the_harness_sees_a_route_out_and_the_node_has_none() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// A warm sandbox of a pool under gVisor on the real node is taken without starting anything:
+/// the same pod, the same container (ID, start time, no restart), Running at once.
+#[tokio::test]
+async fn a_warm_gvisor_sandbox_is_taken_without_starting_a_container() {
+    use palisade::api::AgentSandboxPool;
+    use palisade::api::sandbox::PoolStart;
+    let ns = unique("iso-pool");
+    let client = node::namespace(&ns, false).await;
+    palisade_e2e::sandboxes::apply_policy(
+        &client,
+        &ns,
+        "p",
+        json!({"network": {"egress": {"default": "deny"}, "dns": "none"},
+               "isolation": {"runtime": "gvisor"}}),
+    )
+    .await;
+    let r = json!({"cpu": "20m", "memory": "48Mi", "ephemeral-storage": "64Mi"});
+    palisade_e2e::apply_palisade::<AgentSandboxPool>(
+        &client,
+        &ns,
+        "warm",
+        json!({"replicas": 1, "template": {"policyRef": {"name": "p"}, "image": node::PROBE_IMAGE,
+               "command": ["probe"], "args": ["pause"],
+               "resources": {"requests": r, "limits": r}}}),
+    )
+    .await;
+    let pools: Api<AgentSandboxPool> = Api::namespaced(client.clone(), &ns);
+    wait_for(
+        "a ready warm sandbox on the real node",
+        Duration::from_secs(180),
+        || async {
+            let st = pools.get("warm").await.ok()?.status?;
+            (st.ready_replicas == 1).then_some(())
+        },
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let warm_pod = pods
+        .list(&Default::default())
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .next()
+        .expect("the warm pod");
+    let container = |p: &Pod| {
+        let s = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.iter().find(|c| c.name == "agent").cloned())
+            .expect("agent container status");
+        let started = s
+            .state
+            .as_ref()
+            .and_then(|st| st.running.as_ref())
+            .and_then(|r| r.started_at.clone());
+        (s.container_id, started, s.restart_count)
+    };
+    let before = container(&warm_pod);
+    assert!(
+        before.1.is_some(),
+        "the warm agent is not running: {before:?}"
+    );
+    assert_eq!(
+        warm_pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.runtime_class_name.as_deref()),
+        Some("gvisor")
+    );
+
+    let t0 = Instant::now();
+    palisade_e2e::sandboxes::apply_sandbox(
+        &client,
+        &ns,
+        "task",
+        json!({"poolRef": {"name": "warm"}}),
+    )
+    .await;
+    let s = palisade_e2e::sandboxes::wait_phase(
+        &client,
+        &ns,
+        "task",
+        palisade::api::SandboxPhase::Running,
+    )
+    .await;
+    println!(
+        "a warm gVisor sandbox taken and Running after {:?}",
+        t0.elapsed()
+    );
+    let recorded = s.status.and_then(|st| st.pool).expect("status.pool");
+    assert_eq!(recorded.start, PoolStart::Warm);
+    assert_eq!(
+        recorded.instance.as_deref(),
+        warm_pod.metadata.name.as_deref()
+    );
+    let pod = pods
+        .get(warm_pod.metadata.name.as_deref().expect("name"))
+        .await
+        .expect("the pod");
+    assert_eq!(
+        pod.metadata.uid, warm_pod.metadata.uid,
+        "the pod was recreated"
+    );
+    assert_eq!(
+        container(&pod),
+        before,
+        "a container was started or restarted"
+    );
+    node::cleanup(&client, &ns).await;
+}

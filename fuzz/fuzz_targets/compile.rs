@@ -81,6 +81,7 @@ fn load(file: &Path, text: &str) -> Option<Vec<Document>> {
                 let ok = match &doc {
                     Document::Policy(_, p) => check_policy(&p.spec).is_ok(),
                     Document::Sandbox(_, s) => validate_sandbox(&s.spec).is_ok(),
+                    Document::Pool(_, p) => validate_sandbox(&p.spec.template).is_ok(),
                 };
                 if ok {
                     documents.push(doc);
@@ -101,7 +102,7 @@ fn pairs(documents: &[Document]) -> Vec<(&AgentPolicy, &AgentSandbox)> {
         .iter()
         .filter_map(|d| match d {
             Document::Sandbox(_, s) => Some(s),
-            Document::Policy(..) => None,
+            Document::Policy(..) | Document::Pool(..) => None,
         })
         .filter_map(|s| {
             let ns = s.metadata.namespace.as_deref();

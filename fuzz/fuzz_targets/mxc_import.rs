@@ -78,6 +78,7 @@ fn import(file: &Path, text: &str, options: mxc::ImportOptions) {
             }
         }
         Ok(Ok(Document::Sandbox(..))) => panic!("the printed manifest reads as an AgentSandbox"),
+        Ok(Ok(Document::Pool(..))) => panic!("the printed manifest reads as an AgentSandboxPool"),
         Ok(Err(s)) => panic!("the printed manifest is skipped as {}", s.api_version),
         Err(e) => panic!("the printed manifest is refused: {e}\n{yaml}"),
     }
