@@ -348,7 +348,7 @@ async fn record(
 }
 
 /// How soon to look again while the caches catch up with a move.
-const SETTLE: Duration = Duration::from_millis(100);
+const SETTLE: Duration = Duration::from_millis(15);
 
 /// Whether the caches still show the pod or its NetworkPolicy under the warm sandbox taken:
 /// a pass on them would take the pod for another's (NameConflict).
