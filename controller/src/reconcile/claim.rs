@@ -489,12 +489,25 @@ async fn take_children(
         return Ok(());
     }
     let to = owner_reference(sandbox).ok_or(Error::Missing("uid"))?;
-    move_typed::<Pod>(client, &ns, instance, from, &to).await?;
-    move_typed::<NetworkPolicy>(client, &ns, &isolation_name(instance), from, &to).await?;
-    move_typed::<ServiceAccount>(client, &ns, &service_account_name(instance), from, &to).await?;
-    move_typed::<Service>(client, &ns, instance, from, &to).await?;
-    move_typed::<PersistentVolumeClaim>(client, &ns, &workspace_claim_name(instance), from, &to)
-        .await?;
+    let children = [
+        (ApiResource::erase::<Pod>(&()), instance.clone()),
+        (
+            ApiResource::erase::<NetworkPolicy>(&()),
+            isolation_name(instance),
+        ),
+        (
+            ApiResource::erase::<ServiceAccount>(&()),
+            service_account_name(instance),
+        ),
+        (ApiResource::erase::<Service>(&()), instance.clone()),
+        (
+            ApiResource::erase::<PersistentVolumeClaim>(&()),
+            workspace_claim_name(instance),
+        ),
+    ];
+    for (ar, name) in &children {
+        move_dynamic(client, ar, &ns, name, from, &to).await?;
+    }
     let facts = ctx.facts();
     if facts.cilium {
         let ar = super::act::cilium_resource();
@@ -516,36 +529,8 @@ fn owner_patch(version: Option<String>, to: &OwnerReference) -> serde_json::Valu
     json!({"metadata": {"resourceVersion": version, "ownerReferences": [to]}})
 }
 
-async fn move_typed<K>(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    from: &str,
-    to: &OwnerReference,
-) -> Result<(), Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let Some(obj) = api.get_opt(name).await? else {
-        return Ok(());
-    };
-    if !controlled_by(obj.meta(), from) {
-        return Ok(());
-    }
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(&owner_patch(obj.meta().resource_version.clone(), to)),
-    )
-    .await?;
-    Ok(())
-}
-
+/// Gives `name` (of kind `ar`) the controller `to` if `from` controls it, under its
+/// resourceVersion as a precondition.
 async fn move_dynamic(
     client: &kube::Client,
     ar: &ApiResource,

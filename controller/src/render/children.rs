@@ -52,12 +52,7 @@ fn sandbox_name(sandbox: &AgentSandbox) -> String {
 /// sandbox's own, or, for a sandbox that took a warm sandbox of a pool, the warm sandbox's
 /// (objects cannot be renamed; their owner reference moved to this sandbox).
 pub fn base_name(sandbox: &AgentSandbox) -> String {
-    sandbox
-        .spec
-        .pool_ref
-        .as_ref()
-        .and(sandbox.status.as_ref())
-        .and_then(|s| s.pool.as_ref())
+    taken_from(sandbox)
         .and_then(|p| p.instance.clone())
         .unwrap_or_else(|| sandbox.metadata.name.clone().unwrap_or_default())
 }
@@ -66,14 +61,15 @@ pub fn base_name(sandbox: &AgentSandbox) -> String {
 /// sandbox, the warm sandbox's UID (the pod's environment was written for it, and a running
 /// pod's environment cannot change).
 pub fn credential_id(sandbox: &AgentSandbox) -> Option<&str> {
-    sandbox
-        .spec
-        .pool_ref
-        .as_ref()
-        .and(sandbox.status.as_ref())
-        .and_then(|s| s.pool.as_ref())
+    taken_from(sandbox)
         .and_then(|p| p.instance_uid.as_deref())
         .or(sandbox.metadata.uid.as_deref())
+}
+
+/// `status.pool` of a sandbox of a pool (read only with `spec.poolRef`).
+fn taken_from(sandbox: &AgentSandbox) -> Option<&crate::api::sandbox::SandboxPoolStatus> {
+    sandbox.spec.pool_ref.as_ref()?;
+    sandbox.status.as_ref()?.pool.as_ref()
 }
 
 /// The sandbox's own ServiceAccount: `palisade-<sandbox>`.
