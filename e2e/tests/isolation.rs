@@ -1192,14 +1192,18 @@ async fn a_warm_gvisor_sandbox_is_taken_without_starting_a_container() {
                "isolation": {"runtime": "gvisor"}}),
     )
     .await;
-    let r = json!({"cpu": "20m", "memory": "48Mi", "ephemeral-storage": "64Mi"});
+    // Small requests, but limits as in the other tests here: gVisor's sentry runs inside the
+    // pod's cgroup, and under a 20m CPU limit it could not boot the isolation check in time on
+    // a loaded node.
+    let r = json!({"requests": {"cpu": "20m", "memory": "32Mi"},
+                   "limits": {"cpu": "500m", "memory": "256Mi"}});
     palisade_e2e::apply_palisade::<AgentSandboxPool>(
         &client,
         &ns,
         "warm",
         json!({"replicas": 1, "template": {"policyRef": {"name": "p"}, "image": node::PROBE_IMAGE,
                "command": ["probe"], "args": ["pause"],
-               "resources": {"requests": r, "limits": r}}}),
+               "resources": r}}),
     )
     .await;
     let pools: Api<AgentSandboxPool> = Api::namespaced(client.clone(), &ns);
