@@ -62,6 +62,7 @@ fn table() -> Vec<(&'static str, String, Vec<&'static str>)> {
         ("block without a profile", policy("  syscalls:\n    block: [ptrace]\n"), vec!["block needs profile Localhost or Generated"]),
         ("Unconfined seccomp", policy("  syscalls:\n    profile: Unconfined\n"), vec!["unknown variant `Unconfined`"]),
         ("bad quantity", policy("  resources:\n    memory: 4GB\n"), vec!["resources.memory", "not a resource quantity"]),
+        ("bad default request", policy("  resources:\n    defaultRequests:\n      cpu: lots\n"), vec!["resources.defaultRequests.cpu", "not a resource quantity"]),
         ("token expiry too short", policy("  identity:\n    tokenExpirySeconds: 60\n"), vec!["identity.tokenExpirySeconds"]),
         ("sandbox over its caps", format!("{}\n---\napiVersion: palisade.dev/v1alpha1\nkind: AgentSandbox\nmetadata:\n  name: s\nspec:\n  policyRef:\n    name: p\n  image: ghcr.io/acme/agent:1\n  resources:\n    limits:\n      memory: 64Gi\n", policy("  resources:\n    memory: 1Gi\n")), vec!["blocked", "OverCaps", "above the policy's cap of 1Gi"]),
         ("palisade.dev label", sandbox_with("  policyRef:\n    name: p\n  image: a:1\n  podLabels:\n    palisade.dev/sandbox: other\n"), vec!["podLabels[palisade.dev/sandbox]", "refused"]),

@@ -187,7 +187,7 @@ fn sandbox_over_its_caps_is_refused_and_one_asking_nothing_gets_the_caps() {
         resources: Some(ResourceCaps {
             cpu: Some(q("1")),
             memory: Some(q("1Gi")),
-            ephemeral_storage: None,
+            ..Default::default()
         }),
         ..Default::default()
     };
@@ -202,14 +202,17 @@ fn sandbox_over_its_caps_is_refused_and_one_asking_nothing_gets_the_caps() {
     );
     let plan =
         compile(&policy(caps), &sandbox("p"), &ClusterFacts::default(), 0).expect("compiles");
-    let limits = plan.pod.spec.unwrap().containers[0]
+    let resources = plan.pod.spec.unwrap().containers[0]
         .resources
         .clone()
-        .unwrap()
-        .limits
         .unwrap();
+    let limits = resources.limits.unwrap();
     assert_eq!(limits["cpu"].0, "1");
     assert_eq!(limits["memory"].0, "1Gi");
+    // The caps are limits, not requests: an idle sandbox reserves only the small defaults.
+    let requests = resources.requests.unwrap();
+    assert_eq!(requests["cpu"].0, "100m");
+    assert_eq!(requests["memory"].0, "256Mi");
 }
 
 fn q(s: &str) -> k8s_openapi::apimachinery::pkg::api::resource::Quantity {

@@ -658,6 +658,30 @@ pub struct ResourceCaps {
     /// `emptyDir` volumes add up to at most this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ephemeral_storage: Option<Quantity>,
+
+    /// What a sandbox that names no requests of its own requests (the scheduler reserves it
+    /// on a node): small by default (`cpu` 100m, `memory` 256Mi, `ephemeralStorage` 1Gi), so
+    /// that many mostly idle sandboxes fit on a node. The caps above stay the limits. A
+    /// default above a cap (or above the sandbox's own limit) is lowered to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_requests: Option<DefaultRequests>,
+}
+
+/// Requests of a sandbox that names none of its own.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DefaultRequests {
+    /// CPU request, e.g. `100m` (default 100m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+
+    /// Memory request, e.g. `256Mi` (default 256Mi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+
+    /// Ephemeral storage request, e.g. `1Gi` (default 1Gi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_storage: Option<Quantity>,
 }
 
 /// The main writable volume.

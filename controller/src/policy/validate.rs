@@ -482,6 +482,17 @@ pub fn validate_policy(spec: &AgentPolicySpec) -> Result<(), Invalid> {
                 check_quantity(&mut e, &format!("resources.{name}"), q);
             }
         }
+        for (name, q) in r.default_requests.iter().flat_map(|d| {
+            [
+                ("cpu", &d.cpu),
+                ("memory", &d.memory),
+                ("ephemeralStorage", &d.ephemeral_storage),
+            ]
+        }) {
+            if let Some(q) = q {
+                check_quantity(&mut e, &format!("resources.defaultRequests.{name}"), q);
+            }
+        }
     }
     if let Some(w) = &spec.workspace {
         if let Some(p) = &w.path {
