@@ -451,7 +451,25 @@ pub async fn run(
             .touched_objects()
         };
     }
-    let pod_stream = owned!(Pod, pod_writer, g_pods);
+    // A pod deleted wakes the isolating NetworkPolicy that waits for it (if any).
+    let (pod_gone_tx, pod_gone_rx) = futures::channel::mpsc::unbounded();
+    let pod_stream = synced(
+        reflector::reflector(
+            pod_writer,
+            watcher::watcher(api::<Pod>(&client, ns), ours.clone())
+                .default_backoff()
+                .modify(slim),
+        )
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Delete(pod)) = event
+                && let Some(np) = isolation::pod_gone(pod)
+            {
+                let _ = pod_gone_tx.unbounded_send(np);
+            }
+        }),
+        g_pods,
+    )
+    .touched_objects();
     let sa_stream = owned!(ServiceAccount, sa_writer, g_sas);
     let service_stream = owned!(Service, service_writer, g_services);
     let claim_stream = owned!(PersistentVolumeClaim, claim_writer, g_claims);
@@ -645,6 +663,7 @@ pub async fn run(
     // found in the one NetworkPolicy watch (every NetworkPolicy: a label can be removed).
     let isolation_controller = match isolation_events {
         Some(events) => Controller::for_shared_stream(events, network_policies)
+            .reconcile_on(pod_gone_rx)
             .graceful_shutdown_on(stop.clone().cancelled_owned())
             .run(isolation::reconcile, isolation::error_policy, ctx.clone())
             .for_each(|_| async {})

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -65,9 +66,24 @@ pub async fn reconcile(np: Arc<NetworkPolicy>, ctx: Ctx) -> Result<Action, Error
     }
     let ns = np.namespace().ok_or(Error::Missing("namespace"))?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pod = match (controlling_sandbox(&np.metadata), isolated_pod_name(&np)) {
-        (Some(_), Some(name)) => pods.get_opt(&name).await?,
+    let pod_name = match (controlling_sandbox(&np.metadata), isolated_pod_name(&np)) {
+        (Some(_), Some(name)) => Some(name),
         _ => None,
+    };
+    // The pod cache first: while it holds the pod, no request is needed to know it is there,
+    // and its watch wakes this controller when the pod is gone (`pod_gone`). Only the live
+    // object may release the finalizer: the cache can lag behind a newer pod, and a pod whose
+    // labels were changed is not in it.
+    let cached = pod_name.as_ref().and_then(|name| {
+        ctx.caches
+            .pods
+            .get(&ObjectRef::new(name).within(&ns))
+            .map(|p| (*p).clone())
+    });
+    let (pod, live) = match (cached, &pod_name) {
+        (Some(p), _) => (Some(p), false),
+        (None, Some(name)) => (pods.get_opt(name).await?, true),
+        (None, None) => (None, true),
     };
     if let Some((name, uid)) = isolated_pod(&np, pod.as_ref()) {
         if pod
@@ -77,9 +93,30 @@ pub async fn reconcile(np: Arc<NetworkPolicy>, ctx: Ctx) -> Result<Action, Error
             tracing::info!(namespace = %ns, pod = %name, "isolating NetworkPolicy is being deleted: removing its pod first");
             delete_precisely(&pods, &name, &uid).await?;
         }
-        return Ok(Action::requeue(Duration::from_secs(1)));
+        return Ok(Action::requeue(if live {
+            POLL_UNCACHED
+        } else {
+            POLL_CACHED
+        }));
+    }
+    if !live && let Some(name) = &pod_name {
+        // The cache shows no pod this NetworkPolicy holds: confirmed on the live object.
+        let pod = pods.get_opt(name).await?;
+        if isolated_pod(&np, pod.as_ref()).is_some() {
+            return Ok(Action::requeue(POLL_UNCACHED));
+        }
     }
     release(&ctx, &np, &ns).await
+}
+
+/// How often a held pod is looked at again while it terminates: one the pod cache holds wakes
+/// the controller when it is gone (this is a fallback); one outside the cache is polled.
+const POLL_CACHED: Duration = Duration::from_secs(30);
+const POLL_UNCACHED: Duration = Duration::from_secs(1);
+
+/// The isolating NetworkPolicy that may be waiting for a deleted pod: the one of its name.
+pub fn pod_gone(pod: &Pod) -> Option<ObjectRef<NetworkPolicy>> {
+    Some(ObjectRef::new(&isolation_name(&pod.name_any())).within(&pod.namespace()?))
 }
 
 async fn release(ctx: &Ctx, np: &NetworkPolicy, ns: &str) -> Result<Action, Error> {
