@@ -37,6 +37,7 @@ const NP_UID: &str = "np-uid-1";
 const POD_UID: &str = "pod-uid-1";
 
 const SA_PATH: &str = "/api/v1/namespaces/ns/serviceaccounts/palisade-agent";
+const SAS_PATH: &str = "/api/v1/namespaces/ns/serviceaccounts";
 const NP_PATH: &str = "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/agent-isolation";
 const NPS_PATH: &str = "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies";
 const POD_PATH: &str = "/api/v1/namespaces/ns/pods/agent";
@@ -205,6 +206,11 @@ fn event_post(reason: &'static str) -> Step {
         .reply_with(|s| (201, s.body.clone()))
 }
 
+/// A create (POST to the collection) under the `palisade` field manager.
+fn create(path: &'static str) -> Step {
+    Step::post(path).query("fieldManager", "palisade")
+}
+
 /// A DELETE that must carry a UID precondition.
 fn delete_precisely(path: &'static str, uid: &'static str) -> Step {
     Step::delete(path)
@@ -335,23 +341,22 @@ async fn a_new_sandbox_gets_its_network_policy_then_a_gated_pod_let_through_afte
     let np_reply = serde_json::to_value(live_np(&plan, NP_UID)).unwrap();
     let np_read = np_reply.clone();
     let steps = vec![
-        Step::get(SA_PATH).not_found(),
-        Step::apply(SA_PATH)
+        // Not cached: created in one request each (no read first).
+        create(SAS_PATH)
             .check(|s| {
                 assert_eq!(s.body["kind"], "ServiceAccount");
                 assert_eq!(s.body["metadata"]["ownerReferences"][0]["uid"], UID);
                 assert_eq!(s.body["metadata"]["ownerReferences"][0]["controller"], true);
             })
-            .echo(),
-        Step::get(NP_PATH).not_found(),
-        Step::apply(NP_PATH)
+            .reply_with(|s| (201, s.body.clone())),
+        create(NPS_PATH)
             .check(|s| {
                 assert_eq!(s.body["kind"], "NetworkPolicy");
                 assert_eq!(s.body["metadata"]["ownerReferences"][0]["uid"], UID);
                 let types = s.body["spec"]["policyTypes"].as_array().expect("types");
                 assert!(types.contains(&json!("Ingress")) && types.contains(&json!("Egress")));
             })
-            .respond(200, np_reply),
+            .respond(201, np_reply),
         Step::post(PODS_PATH)
             .check(move |s| {
                 assert_eq!(s.body["kind"], "Pod");
@@ -395,7 +400,7 @@ async fn a_new_sandbox_gets_its_network_policy_then_a_gated_pod_let_through_afte
     ];
     let (result, seen, _) = run_with(s, base_cache(), OptionalCrds::default(), steps).await;
     result.expect("reconcile succeeds");
-    let np_apply = position(&seen, |s| s.path == NP_PATH && s.method == Method::PATCH).unwrap();
+    let np_apply = position(&seen, |s| s.path == NPS_PATH && s.method == Method::POST).unwrap();
     assert!(np_apply < position(&seen, is_pod_write).unwrap());
 }
 
@@ -689,10 +694,8 @@ async fn a_network_policy_replaced_before_the_gate_opens_sends_the_pod_back() {
     let np = serde_json::to_value(live_np(&plan, NP_UID)).unwrap();
     let other = serde_json::to_value(live_np(&plan, "np-uid-2")).unwrap();
     let steps = vec![
-        Step::get(SA_PATH).not_found(),
-        Step::apply(SA_PATH).echo(),
-        Step::get(NP_PATH).not_found(),
-        Step::apply(NP_PATH).respond(200, np),
+        create(SAS_PATH).reply_with(|s| (201, s.body.clone())),
+        create(NPS_PATH).respond(201, np),
         Step::post(PODS_PATH).reply_with(|s| {
             let mut pod = s.body.clone();
             pod["metadata"]["uid"] = json!(POD_UID);
@@ -1014,17 +1017,22 @@ async fn a_network_policy_owned_by_someone_else_is_not_adopted_and_blocks() {
 
 #[tokio::test]
 async fn failed_network_policy_apply_writes_no_pod() {
-    for (code, reason) in [(500, "InternalError"), (409, "Conflict")] {
-        let steps = vec![
-            Step::get(SA_PATH).not_found(),
-            Step::apply(SA_PATH).echo(),
+    // The create fails; or it finds one (409), which is gone when read, and the apply fails.
+    let creates: Vec<Vec<Step>> = vec![
+        vec![create(NPS_PATH).fail(500, "InternalError")],
+        vec![
+            create(NPS_PATH).fail(409, "AlreadyExists"),
             Step::get(NP_PATH).not_found(),
-            Step::apply(NP_PATH).fail(code, reason),
-            status_apply().check(|s| {
-                let st = &s.body["status"];
-                assert_eq!(condition(st, "Reconciling")["status"], "True", "{st}");
-            }),
-        ];
+            Step::apply(NP_PATH).fail(409, "Conflict"),
+        ],
+    ];
+    for np_steps in creates {
+        let mut steps = vec![create(SAS_PATH).reply_with(|s| (201, s.body.clone()))];
+        steps.extend(np_steps);
+        steps.extend([status_apply().check(|s| {
+            let st = &s.body["status"];
+            assert_eq!(condition(st, "Reconciling")["status"], "True", "{st}");
+        })]);
         let (result, seen, _) =
             run_with(sandbox(), base_cache(), OptionalCrds::default(), steps).await;
         result.expect_err("a failed NetworkPolicy apply fails the reconcile");
@@ -1066,7 +1074,7 @@ async fn harness_rejects_unexpected_requests() {
         sandbox(),
         base_cache(),
         OptionalCrds::default(),
-        vec![Step::get(SA_PATH).not_found()],
+        vec![create(SAS_PATH).fail(500, "InternalError")],
     )
     .await;
 }
@@ -1074,7 +1082,7 @@ async fn harness_rejects_unexpected_requests() {
 /// The harness itself: a request out of order fails the test.
 #[tokio::test]
 #[should_panic(
-    expected = "step 1/1: unexpected request GET /api/v1/namespaces/ns/serviceaccounts/palisade-agent"
+    expected = "step 1/1: unexpected request POST /api/v1/namespaces/ns/serviceaccounts"
 )]
 async fn harness_rejects_requests_out_of_order() {
     let _ = run_with(
@@ -1210,15 +1218,14 @@ async fn a_pod_that_lost_its_network_policy_goes_at_once_and_the_policy_comes_ba
     );
     let restored = serde_json::to_value(live_np(&plan, "np-uid-2")).unwrap();
     steps.extend([
-        Step::get(NP_PATH).not_found(),
-        Step::apply(NP_PATH).respond(200, restored),
+        create(NPS_PATH).respond(201, restored),
         delete_at_once(POD_PATH, POD_UID),
         event_post("Replacing"),
         status_apply(),
     ]);
     let (result, seen, _) = run_with(sandbox(), cache, OptionalCrds::default(), steps).await;
     result.expect("ok");
-    let restored_at = position(&seen, |s| s.path == NP_PATH && s.method == Method::PATCH).unwrap();
+    let restored_at = position(&seen, |s| s.path == NPS_PATH && s.method == Method::POST).unwrap();
     assert!(restored_at < position(&seen, |s| s.method == Method::DELETE).unwrap());
 }
 
@@ -1395,6 +1402,7 @@ async fn a_service_account_of_the_reserved_name_that_is_not_ours_is_not_adopted(
     foreign["metadata"]["ownerReferences"] = json!([]);
     foreign["metadata"]["uid"] = json!("sa-foreign");
     let steps = vec![
+        create(SAS_PATH).fail(409, "AlreadyExists"),
         Step::get(SA_PATH).respond(200, foreign),
         event_post("NameConflict"),
         status_apply().check(|s| {

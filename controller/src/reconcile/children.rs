@@ -192,6 +192,11 @@ pub fn may_widen(live: Option<&Value>, desired: &Value) -> bool {
     }
 }
 
+/// Kinds created with a plain create when the cache does not have them: their drift is put
+/// back by replacing the whole object (`judged`), so fields the create set are never left
+/// behind by a later apply.
+const CREATED_FIRST: &[&str] = &["ServiceAccount", "NetworkPolicy"];
+
 /// Applies one child (not the pod) unless `cached` (the object as the cache holds it) already
 /// is what the plan says. Drift outside the applied fields is removed by replacing the object
 /// with the planned one.
@@ -222,8 +227,23 @@ pub async fn apply(
             return Ok(Applied::Ok(meta.uid.unwrap_or_default()));
         }
     }
-    // Not cached, or cached but different: the live object decides.
     let api = api_for(client, &namespace, &desired);
+    if cached.is_none() && CREATED_FIRST.contains(&kind.as_str()) {
+        // Not cached: most likely absent (a new sandbox). Created in one request; one that
+        // exists after all (someone else's, or ours not cached yet) is refused by the API
+        // server and judged on the live object below, as if it had been cached.
+        let object: DynamicObject = serde_json::from_value(desired.clone())?;
+        let params = PostParams {
+            field_manager: Some(MANAGER.into()),
+            ..Default::default()
+        };
+        match api.create(&params, &object).await {
+            Ok(created) => return Ok(Applied::Ok(created.uid().unwrap_or_default())),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Cached but different, or there after all: the live object decides.
     if let Some(existing) = api.get_opt(&name).await? {
         if !controlled_by(&existing.metadata, &uid) {
             return Ok(Applied::NameConflict(what));
