@@ -408,7 +408,9 @@ pub async fn run(
         ),
         g_sandboxes,
     )
-    .touched_objects();
+    .touched_objects()
+    // A status write (this operator's own, the gateway's) decides nothing by itself.
+    .predicate_filter(sandbox::decision_inputs, Default::default());
     let pool_stream = synced(
         reflector::reflector(
             pool_writer,

@@ -673,12 +673,63 @@ pub fn waiting_for_pool(
         .collect()
 }
 
+/// What of a sandbox starts a pass when it changes: everything but its status (a status write,
+/// the operator's own or the egress gateway's, decides nothing by itself; a pass that needs its
+/// own write in the cache waits for it, see `written`).
+pub fn decision_inputs(s: &AgentSandbox) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let m = s.meta();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    m.generation.hash(&mut h);
+    m.labels.hash(&mut h);
+    m.annotations.hash(&mut h);
+    m.finalizers.hash(&mut h);
+    m.deletion_timestamp.as_ref().map(|t| t.0).hash(&mut h);
+    for r in m.owner_references.iter().flatten() {
+        (&r.uid, r.controller).hash(&mut h);
+    }
+    Some(h.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::sandbox::PolicyVersion;
     use crate::reconcile::decide::Step;
     use crate::reconcile::status::Outcome;
+
+    #[test]
+    fn a_status_write_alone_starts_no_pass() {
+        let base: AgentSandbox = serde_json::from_value(serde_json::json!({
+            "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox",
+            "metadata": {"name": "a", "namespace": "ns", "uid": "u", "generation": 1,
+                "resourceVersion": "10"},
+            "spec": {"policyRef": {"name": "p"}, "image": "i"}
+        }))
+        .expect("sandbox");
+        let mut status_only = base.clone();
+        status_only.metadata.resource_version = Some("11".into());
+        status_only.status = Some(AgentSandboxStatus {
+            phase: Some(SandboxPhase::Running),
+            ..Default::default()
+        });
+        assert_eq!(decision_inputs(&base), decision_inputs(&status_only));
+        let changed = |f: &dyn Fn(&mut AgentSandbox)| {
+            let mut s = base.clone();
+            f(&mut s);
+            decision_inputs(&s) != decision_inputs(&base)
+        };
+        assert!(changed(&|s| s.metadata.generation = Some(2)));
+        assert!(changed(&|s| {
+            s.metadata.annotations = Some([("k".to_string(), "v".to_string())].into())
+        }));
+        assert!(changed(&|s| {
+            s.metadata.labels = Some([("k".to_string(), "v".to_string())].into())
+        }));
+        assert!(changed(&|s| {
+            s.metadata.deletion_timestamp = Some(Timestamp::now().into())
+        }));
+    }
 
     #[test]
     fn a_pass_that_stopped_early_keeps_the_version_enforced_before() {
