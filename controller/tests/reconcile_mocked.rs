@@ -310,6 +310,7 @@ async fn run_with(
         backoff: Default::default(),
         written: Default::default(),
         pool_expectations: Default::default(),
+        count_writes: Default::default(),
         stop: Default::default(),
     });
     for _ in 0..ctx.backoff.failures(UID) {

@@ -319,9 +319,11 @@ pub async fn run(
     let ns = settings.namespace.as_deref();
     let wc = watcher::Config::default();
     let ours = wc.clone().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
-    let (policies, policy_writer) = reflector::store();
+    let (policies, policy_writer) = reflector::store_shared::<AgentPolicy>(256);
+    let policy_events = policy_writer.subscribe();
     let (sandboxes, sandbox_writer) = reflector::store_shared::<AgentSandbox>(1024);
     let sandbox_events = sandbox_writer.subscribe();
+    let sandbox_policy_events = sandbox_writer.subscribe();
     let (pools, pool_writer) = reflector::store_shared::<AgentSandboxPool>(256);
     let pool_events = pool_writer.subscribe();
     let (runtime_classes, rc_writer) = reflector::store::<RuntimeClass>();
@@ -390,6 +392,7 @@ pub async fn run(
         backoff: Default::default(),
         written: Default::default(),
         pool_expectations: Default::default(),
+        count_writes: Default::default(),
         stop: stop.clone(),
     });
 
@@ -401,11 +404,22 @@ pub async fn run(
         g_policies,
     )
     .touched_objects();
+    // A sandbox deleted changes its policy's count.
+    let (sandbox_gone_tx, sandbox_gone_rx) = futures::channel::mpsc::unbounded();
     let sandbox_stream = synced(
         reflector::reflector(
             sandbox_writer,
             lenient::watch::<AgentSandbox>(client.clone(), ns, wc.clone()),
-        ),
+        )
+        .inspect(move |event| {
+            // The shared store tells its subscribers of changes, not of deletions.
+            if let Ok(watcher::Event::Delete(s)) = event
+                && let Some(ns) = s.namespace()
+            {
+                let _ = sandbox_gone_tx
+                    .unbounded_send(ObjectRef::<AgentPolicy>::new(&s.policy_name()).within(&ns));
+            }
+        }),
         g_sandboxes,
     )
     .touched_objects()
@@ -643,23 +657,27 @@ pub async fn run(
         }
     };
 
-    // The policy controller keeps its own store, and counts sandboxes as they come and go.
-    let (own_policies, own_policy_writer) = reflector::store::<AgentPolicy>();
-    let own_policy_stream = reflector::reflector(
-        own_policy_writer,
-        lenient::watch::<AgentPolicy>(client.clone(), ns, wc.clone()),
-    )
-    .touched_objects();
-    let sandbox_to_policy =
-        lenient::watch::<AgentSandbox>(client.clone(), ns, wc.clone()).touched_objects();
-    let policy_controller = Controller::for_stream(own_policy_stream, own_policies)
-        .watches_stream(sandbox_to_policy, |s: AgentSandbox| {
-            s.namespace()
-                .map(|ns| ObjectRef::<AgentPolicy>::new(&s.policy_name()).within(&ns))
-        })
-        .graceful_shutdown_on(stop.clone().cancelled_owned())
-        .run(policy::reconcile, policy::error_policy, ctx.clone())
-        .for_each(|_| async {});
+    // Policies: driven by the same watches (shared stores), and by their sandboxes as they
+    // come and go (counted from the sandbox cache).
+    let policy_controller = match (policy_events, sandbox_policy_events) {
+        (Some(events), Some(sandbox_events)) => {
+            let users = sandbox_events.filter_map(|s| async move {
+                let ns = s.namespace()?;
+                Some(ObjectRef::<AgentPolicy>::new(&s.policy_name()).within(&ns))
+            });
+            Controller::for_shared_stream(events, caches.policies.clone())
+                .reconcile_on(users)
+                .reconcile_on(sandbox_gone_rx)
+                .graceful_shutdown_on(stop.clone().cancelled_owned())
+                .run(policy::reconcile, policy::error_policy, ctx.clone())
+                .for_each(|_| async {})
+                .boxed()
+        }
+        _ => {
+            tracing::error!("the policy or sandbox store cannot be shared; policy status is off");
+            futures::future::ready(()).boxed()
+        }
+    };
 
     // Isolating NetworkPolicies being deleted are released once their pod is gone. They are
     // found in the one NetworkPolicy watch (every NetworkPolicy: a label can be removed).

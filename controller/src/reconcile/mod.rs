@@ -150,6 +150,8 @@ pub struct Context {
     pub written: written::Written,
     /// Warm sandboxes created and not yet in the cache, per pool.
     pub pool_expectations: pool::Expectations,
+    /// When each policy's sandbox count was last written.
+    pub count_writes: policy::CountWrites,
     /// Cancelled when this term of the controllers ends: a reconcile still waiting for the
     /// caches gives up.
     pub stop: tokio_util::sync::CancellationToken,

@@ -1,8 +1,9 @@
 //! The AgentPolicy controller: validates the policy, counts the sandboxes that use it (from the
 //! sandbox store, not a list call) and writes `Accepted`/`Ready`, the hash and the report.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -57,6 +58,14 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Ctx) -> Result<Action, Err
     let previous = policy.status.clone().unwrap_or_default();
     let count = sandboxes_of(&ctx, &ObjectRef::from_obj(&*policy)).len() as i32;
     let generation = policy.meta().generation;
+    // A count that changes while sandboxes come and go is written at most once a second.
+    let key = policy.uid().unwrap_or_else(|| format!("{ns}/{name}"));
+    if previous.observed_generation == generation
+        && previous.sandbox_count != Some(count)
+        && let Some(wait) = ctx.count_writes.too_soon(&key)
+    {
+        return Ok(Action::requeue(wait));
+    }
     let now = Time(Timestamp::now());
     let status = match explain_with(&policy.spec, &ctx.facts()) {
         Ok((_, report)) => AgentPolicyStatus {
@@ -102,8 +111,35 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Ctx) -> Result<Action, Err
             &Patch::Apply(&patch),
         )
         .await?;
+        ctx.count_writes.wrote(&key);
     }
     Ok(Action::requeue(RESYNC))
+}
+
+/// When each policy's status was last written, so that a changing sandbox count (a burst of
+/// creations or deletions) costs one write a second, not one per sandbox.
+#[derive(Debug, Default)]
+pub struct CountWrites {
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+/// The shortest time between two status writes of one policy for its count alone.
+pub const COUNT_INTERVAL: Duration = Duration::from_secs(1);
+
+impl CountWrites {
+    /// How long to wait before the count of policy `key` may be written again, if at all.
+    pub fn too_soon(&self, key: &str) -> Option<Duration> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let since = last.get(key)?.elapsed();
+        (since < COUNT_INTERVAL).then(|| COUNT_INTERVAL - since)
+    }
+
+    pub fn wrote(&self, key: &str) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        // Entries older than the interval say nothing: dropped, so deleted policies go too.
+        last.retain(|_, at| at.elapsed() < COUNT_INTERVAL);
+        last.insert(key.to_string(), Instant::now());
+    }
 }
 
 pub fn error_policy(_policy: Arc<AgentPolicy>, error: &Error, ctx: Ctx) -> Action {
@@ -121,6 +157,16 @@ mod tests {
         let now = Time(Timestamp::from_second(1000).unwrap());
         let conditions = merge(&[], policy_conditions(invalid), Some(3), &now);
         kstatus(Some(3), Some(3), &conditions).0
+    }
+
+    #[test]
+    fn a_count_is_written_at_most_once_an_interval() {
+        let w = CountWrites::default();
+        assert_eq!(w.too_soon("p"), None);
+        w.wrote("p");
+        let wait = w.too_soon("p").expect("too soon");
+        assert!(wait <= COUNT_INTERVAL && wait > Duration::ZERO);
+        assert_eq!(w.too_soon("q"), None, "another policy is not held up");
     }
 
     #[test]

@@ -84,6 +84,7 @@ pub fn context(client: kube::Client, c: Cached, crds: OptionalCrds) -> Arc<Conte
         backoff: Default::default(),
         written: Default::default(),
         pool_expectations: Default::default(),
+        count_writes: Default::default(),
         stop: Default::default(),
     })
 }
