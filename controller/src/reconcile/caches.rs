@@ -25,6 +25,8 @@ pub struct Caches {
     pub runtime_classes: Store<RuntimeClass>,
     /// Every NetworkPolicy (the operator's and others', which may widen a sandbox).
     pub network_policies: Store<NetworkPolicy>,
+    /// The same, without the sandboxes' isolating ones, by namespace (kept from the same watch).
+    pub other_network_policies: Arc<super::np_index::OtherNetworkPolicies>,
     /// The operator's children, by their `app.kubernetes.io/managed-by: palisade` label.
     pub pods: Store<Pod>,
     pub service_accounts: Store<ServiceAccount>,

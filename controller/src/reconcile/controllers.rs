@@ -307,6 +307,47 @@ fn changed(
     seen.insert(obj.name_any(), now.clone()).as_ref() != Some(&now)
 }
 
+/// What of an optional CRD the cluster facts depend on: which object it is, its spec, whether
+/// it is being deleted, and its conditions (Established). Status writes of anything else and
+/// relists of unchanged CRDs re-read nothing.
+fn crd_fingerprint(crd: &CustomResourceDefinition) -> String {
+    let conditions: Vec<(String, String)> = crd
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .map(|c| (c.type_.clone(), c.status.clone()))
+        .collect();
+    format!(
+        "{}/{}/{}/{conditions:?}",
+        crd.uid().unwrap_or_default(),
+        crd.metadata.generation.unwrap_or_default(),
+        crd.metadata.deletion_timestamp.is_some()
+    )
+}
+
+/// The optional CRD an event changed in a way the cluster facts depend on, if any
+/// (fingerprints remembered in `seen`; a deletion always counts).
+fn crd_changed(
+    seen: &mut std::collections::HashMap<String, String>,
+    event: watcher::Event<CustomResourceDefinition>,
+) -> Option<CustomResourceDefinition> {
+    let (crd, deleted) = match event {
+        watcher::Event::Apply(c) | watcher::Event::InitApply(c) => (c, false),
+        watcher::Event::Delete(c) => (c, true),
+        watcher::Event::Init | watcher::Event::InitDone => return None,
+    };
+    let name = crd.name_any();
+    if !OPTIONAL_CRDS.contains(&name.as_str()) {
+        return None;
+    }
+    if deleted {
+        seen.remove(&name);
+        return Some(crd);
+    }
+    let now = crd_fingerprint(&crd);
+    (seen.insert(name, now.clone()).as_ref() != Some(&now)).then_some(crd)
+}
+
 /// Runs the controllers until `stop` is cancelled, then lets in-flight reconciles finish.
 /// `ready` is called once every cache has listed.
 pub async fn run(
@@ -353,6 +394,7 @@ pub async fn run(
         pools: pools.clone(),
         runtime_classes,
         network_policies: network_policies.clone(),
+        other_network_policies: Default::default(),
         pods,
         service_accounts,
         services,
@@ -443,13 +485,19 @@ pub async fn run(
         g_rcs,
     )
     .touched_objects();
+    let other_nps = caches.other_network_policies.clone();
     let np_stream = synced(
         reflector::reflector(
             np_writer,
             watcher::watcher(api::<NetworkPolicy>(&client, ns), wc.clone())
                 .default_backoff()
                 .modify(slim),
-        ),
+        )
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                other_nps.apply_event(event);
+            }
+        }),
         g_nps,
     )
     .touched_objects();
@@ -514,10 +562,12 @@ pub async fn run(
             wc.clone(),
         )
         .default_backoff()
-        .touched_objects()
-        .filter_map(|crd| async move {
-            crd.ok()
-                .filter(|c| OPTIONAL_CRDS.contains(&c.name_any().as_str()))
+        .filter_map({
+            let mut seen = std::collections::HashMap::new();
+            move |event| {
+                let relevant = event.ok().and_then(|e| crd_changed(&mut seen, e));
+                async move { relevant }
+            }
         })
         .take_until(stop.cancelled_owned())
         .for_each(move |_| {
@@ -772,4 +822,39 @@ pub async fn run(
     // so that dashboards summing over replicas count each sandbox once.
     metrics.leader.set(0);
     metrics.set_phase_counts(&std::collections::BTreeMap::new());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crd(name: &str, generation: i64, established: &str) -> CustomResourceDefinition {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "uid": "u", "generation": generation},
+            "spec": {"group": "g", "names": {"kind": "K", "plural": "ks"}, "scope": "Namespaced",
+                "versions": []},
+            "status": {"conditions": [{"type": "Established", "status": established}]}
+        }))
+        .expect("crd")
+    }
+
+    #[test]
+    fn only_changes_the_facts_depend_on_re_read_them() {
+        let name = OPTIONAL_CRDS[0];
+        let mut seen = std::collections::HashMap::new();
+        let apply = |seen: &mut _, c| crd_changed(seen, watcher::Event::Apply(c)).is_some();
+        assert!(apply(&mut seen, crd(name, 1, "False")), "first seen");
+        assert!(!apply(&mut seen, crd(name, 1, "False")), "a status write");
+        assert!(
+            crd_changed(&mut seen, watcher::Event::InitApply(crd(name, 1, "False"))).is_none(),
+            "a relist"
+        );
+        assert!(apply(&mut seen, crd(name, 1, "True")), "established");
+        assert!(apply(&mut seen, crd(name, 2, "True")), "its spec");
+        assert!(crd_changed(&mut seen, watcher::Event::Delete(crd(name, 2, "True"))).is_some());
+        assert!(
+            !apply(&mut seen, crd("other.example.com", 1, "True")),
+            "not an optional CRD"
+        );
+    }
 }

@@ -18,6 +18,7 @@ pub mod isolation;
 pub mod lenient;
 pub mod lifetime;
 pub mod live;
+pub mod np_index;
 pub mod ownership;
 pub mod policy;
 pub mod pool;

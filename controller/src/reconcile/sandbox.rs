@@ -33,6 +33,7 @@ use super::children::{self, Grace, may_widen};
 use super::decide::{Confirm, Decision, Observed, PolicyState, Step, decide, selects};
 use super::facts::ReadOnly;
 use super::live::{LiveIsolation, LivePod};
+use super::np_index;
 use super::ownership::{controlled_by, controlling_sandbox};
 use super::record::PodRecord;
 use super::status::{Names, Outcome, Standing, status, warning};
@@ -116,12 +117,17 @@ fn observe(ctx: &Ctx, sandbox: &AgentSandbox, ns: &str, uid: &str) -> Reading {
         .policies
         .get(&ObjectRef::new(&sandbox.spec.policy_ref.name).within(ns))
         .map(|p| (*p).clone());
-    let network_policies: Vec<Arc<NetworkPolicy>> = c
+    // The namespace's NetworkPolicies that may select the pod: every one but the other
+    // sandboxes' isolating ones (which select only their own pods), and the one of our
+    // isolating name, whoever controls it.
+    let mut network_policies = c.other_network_policies.in_namespace(ns);
+    if let Some(own) = c
         .network_policies
-        .state()
-        .into_iter()
-        .filter(|np| np.namespace().as_deref() == Some(ns))
-        .collect();
+        .get(&ObjectRef::new(&isolation_name(&name)).within(ns))
+        && np_index::isolating_shape(&own)
+    {
+        network_policies.push(own);
+    }
     let crds = &ctx.optional_crds;
     let admin = AdminKind::ALL.map(|kind| read(crds.admin(kind), c.admin(kind), None));
     let cilium_policies = read(&crds.cilium_policies, &c.cilium_policies, Some(ns));

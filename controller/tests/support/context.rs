@@ -51,6 +51,9 @@ pub fn caches(c: Cached) -> Caches {
         sandboxes: ready_store(c.sandboxes),
         pools: ready_store(c.pools),
         runtime_classes: ready_store(c.runtime_classes),
+        other_network_policies: Arc::new(palisade::reconcile::np_index::OtherNetworkPolicies::of(
+            &c.network_policies,
+        )),
         network_policies: ready_store(c.network_policies),
         pods: ready_store(c.pods),
         service_accounts: ready_store(c.service_accounts),
