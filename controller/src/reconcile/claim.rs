@@ -17,7 +17,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -489,24 +489,49 @@ async fn take_children(
         return Ok(());
     }
     let to = owner_reference(sandbox).ok_or(Error::Missing("uid"))?;
+    // The children as the caches hold them: a warm sandbox is Ready, so its children were
+    // in the caches before it could be taken. One missing there (its labels removed) stays
+    // with the warm sandbox and goes with it; the sandbox creates its own, gated as ever.
+    let c = &ctx.caches;
     let children = [
-        (ApiResource::erase::<Pod>(&()), instance.clone()),
+        (
+            ApiResource::erase::<Pod>(&()),
+            instance.clone(),
+            c.pods
+                .get(&ObjectRef::new(instance).within(&ns))
+                .map(|o| o.metadata.clone()),
+        ),
         (
             ApiResource::erase::<NetworkPolicy>(&()),
             isolation_name(instance),
+            c.network_policies
+                .get(&ObjectRef::new(&isolation_name(instance)).within(&ns))
+                .map(|o| o.metadata.clone()),
         ),
         (
             ApiResource::erase::<ServiceAccount>(&()),
             service_account_name(instance),
+            c.service_accounts
+                .get(&ObjectRef::new(&service_account_name(instance)).within(&ns))
+                .map(|o| o.metadata.clone()),
         ),
-        (ApiResource::erase::<Service>(&()), instance.clone()),
+        (
+            ApiResource::erase::<Service>(&()),
+            instance.clone(),
+            c.services
+                .get(&ObjectRef::new(instance).within(&ns))
+                .map(|o| o.metadata.clone()),
+        ),
         (
             ApiResource::erase::<PersistentVolumeClaim>(&()),
             workspace_claim_name(instance),
+            c.claims
+                .get(&ObjectRef::new(&workspace_claim_name(instance)).within(&ns))
+                .map(|o| o.metadata.clone()),
         ),
     ];
-    for (ar, name) in &children {
-        move_dynamic(client, ar, &ns, name, from, &to).await?;
+    for (ar, name, cached) in children {
+        move_cached(client, &ar, &ns, &name, from, &to, cached).await?;
     }
     let facts = ctx.facts();
     if facts.cilium {
@@ -527,6 +552,42 @@ async fn take_children(
 
 fn owner_patch(version: Option<String>, to: &OwnerReference) -> serde_json::Value {
     json!({"metadata": {"resourceVersion": version, "ownerReferences": [to]}})
+}
+
+/// Gives `name` (of kind `ar`) the controller `to` if the cache shows `from` controlling it,
+/// under the cached resourceVersion as a precondition; a cache behind the object (409) is
+/// settled on the live object.
+async fn move_cached(
+    client: &kube::Client,
+    ar: &ApiResource,
+    ns: &str,
+    name: &str,
+    from: &str,
+    to: &OwnerReference,
+    cached: Option<ObjectMeta>,
+) -> Result<(), Error> {
+    let Some(meta) = cached else {
+        return Ok(());
+    };
+    if !controlled_by(&meta, from) {
+        return Ok(());
+    }
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
+    match api
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&owner_patch(meta.resource_version, to)),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            move_dynamic(client, ar, ns, name, from, to).await
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Gives `name` (of kind `ar`) the controller `to` if `from` controls it, under its
