@@ -311,6 +311,7 @@ async fn run_with(
         written: Default::default(),
         pool_expectations: Default::default(),
         count_writes: Default::default(),
+        checked_policies: Default::default(),
         stop: Default::default(),
     });
     for _ in 0..ctx.backoff.failures(UID) {

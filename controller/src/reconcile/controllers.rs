@@ -435,6 +435,7 @@ pub async fn run(
         written: Default::default(),
         pool_expectations: Default::default(),
         count_writes: Default::default(),
+        checked_policies: Default::default(),
         stop: stop.clone(),
     });
 
@@ -776,6 +777,14 @@ pub async fn run(
                         .filter_map(|s| s.uid())
                         .collect();
                     ctx.backoff.retain(|k| live.contains(k));
+                    let policies: std::collections::HashSet<String> = ctx
+                        .caches
+                        .policies
+                        .state()
+                        .iter()
+                        .filter_map(|p| p.uid())
+                        .collect();
+                    ctx.checked_policies.retain(&policies);
                     let mut counts = std::collections::BTreeMap::new();
                     for s in ctx.caches.sandboxes.state() {
                         let phase = s

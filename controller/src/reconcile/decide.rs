@@ -37,6 +37,8 @@ use crate::render::pod::ISOLATION_CHECK;
 #[derive(Clone, Copy, Debug)]
 pub enum PolicyState<'a> {
     Found(&'a AgentPolicy),
+    /// Found, and already checked (the operator keeps a policy's check for its generation).
+    Checked(&'a AgentPolicy, &'a Result<CheckedPolicy, String>),
     Missing,
     /// It exists but does not match this operator's schema (written for a newer one).
     Unreadable(&'a str),
@@ -177,8 +179,13 @@ pub fn decide(o: &Observed) -> Decision {
         return Decision::new(step, outcome, lifetime, record);
     }
 
-    let policy = match o.policy {
-        PolicyState::Found(p) => p,
+    let checked_now;
+    let (policy, checked) = match o.policy {
+        PolicyState::Found(p) => {
+            checked_now = check_policy(&p.spec).map_err(|e| e.to_string());
+            (p, checked_now.as_ref())
+        }
+        PolicyState::Checked(p, checked) => (p, checked.as_ref()),
         PolicyState::Missing => {
             let outcome = Outcome::blocked(
                 "PolicyNotFound",
@@ -194,7 +201,7 @@ pub fn decide(o: &Observed) -> Decision {
         }
         PolicyState::Unreadable(why) => return hold(o, &status, lifetime, record, why),
     };
-    let checked = match check_policy(&policy.spec) {
+    let checked = match checked {
         Ok(c) => c,
         Err(e) => {
             let outcome = Outcome::blocked(
@@ -222,7 +229,7 @@ pub fn decide(o: &Observed) -> Decision {
         );
     }
 
-    let plan = match compile_checked(&checked, sandbox, o.facts, lifetime.run_time_ms(o.now)) {
+    let plan = match compile_checked(checked, sandbox, o.facts, lifetime.run_time_ms(o.now)) {
         Ok(p) => p,
         Err(b) if b.reason == BlockReason::Expired => {
             return expire(&b.message, expires_at, lifetime, record, o.now);
@@ -375,7 +382,7 @@ pub fn decide(o: &Observed) -> Decision {
 
     PodDecision {
         o,
-        checked: &checked,
+        checked,
         plan,
         facts,
         expires_at,
@@ -411,7 +418,7 @@ impl PodDecision<'_> {
     /// NetworkPolicy applied first: the policy's version is enforced for the sandbox.
     fn current(&self, mut outcome: Outcome) -> Outcome {
         // The API server always sets both; without them no version can be named.
-        if let PolicyState::Found(p) = self.o.policy
+        if let PolicyState::Found(p) | PolicyState::Checked(p, _) = self.o.policy
             && let (Some(uid), Some(generation)) = (&p.metadata.uid, p.metadata.generation)
         {
             outcome.enforced_policy = Some(crate::api::sandbox::PolicyVersion {

@@ -153,6 +153,8 @@ pub struct Context {
     pub pool_expectations: pool::Expectations,
     /// When each policy's sandbox count was last written.
     pub count_writes: policy::CountWrites,
+    /// Each policy's check, for its current generation.
+    pub checked_policies: policy::CheckedPolicies,
     /// Cancelled when this term of the controllers ends: a reconcile still waiting for the
     /// caches gives up.
     pub stop: tokio_util::sync::CancellationToken,

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::api::{AgentPolicy, AgentPolicyStatus, AgentSandbox, MANAGER};
 use crate::render::explain::explain_with;
+use crate::render::{CheckedPolicy, check_policy};
 
 use super::conditions::{Want, merge};
 use super::{Ctx, Error, RESYNC};
@@ -116,6 +117,42 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Ctx) -> Result<Action, Err
     Ok(Action::requeue(RESYNC))
 }
 
+/// The check of each policy (validation and normalisation, the part of a compile that depends
+/// on the policy alone), kept for the policy's generation: a sandbox pass compiles only its own
+/// part. A spec change bumps the generation; an entry of an older generation is replaced.
+#[derive(Debug, Default)]
+pub struct CheckedPolicies {
+    by_uid: Mutex<HashMap<String, (i64, Checked)>>,
+}
+
+/// A policy's check: what compiles, or why it does not.
+pub type Checked = Arc<Result<CheckedPolicy, String>>;
+
+impl CheckedPolicies {
+    /// The check of `policy`, from the memo when its generation is known and unchanged.
+    pub fn of(&self, policy: &AgentPolicy) -> Checked {
+        let check = || Arc::new(check_policy(&policy.spec).map_err(|e| e.to_string()));
+        let (Some(uid), Some(generation)) = (policy.uid(), policy.meta().generation) else {
+            return check();
+        };
+        let mut memo = self.by_uid.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((g, c)) = memo.get(&uid)
+            && *g == generation
+        {
+            return c.clone();
+        }
+        let c = check();
+        memo.insert(uid, (generation, c.clone()));
+        c
+    }
+
+    /// Forgets the policies not among `live` (UIDs).
+    pub fn retain(&self, live: &std::collections::HashSet<String>) {
+        let mut memo = self.by_uid.lock().unwrap_or_else(|e| e.into_inner());
+        memo.retain(|uid, _| live.contains(uid));
+    }
+}
+
 /// When each policy's status was last written, so that a changing sandbox count (a burst of
 /// creations or deletions) costs one write a second, not one per sandbox.
 #[derive(Debug, Default)]
@@ -157,6 +194,31 @@ mod tests {
         let now = Time(Timestamp::from_second(1000).unwrap());
         let conditions = merge(&[], policy_conditions(invalid), Some(3), &now);
         kstatus(Some(3), Some(3), &conditions).0
+    }
+
+    #[test]
+    fn a_check_is_kept_for_its_generation() {
+        let policy = |generation: i64, timeout: Option<i64>| -> AgentPolicy {
+            let mut p = AgentPolicy::new("p", Default::default());
+            p.metadata.uid = Some("u".into());
+            p.metadata.generation = Some(generation);
+            p.spec.timeout_ms = timeout;
+            p
+        };
+        let memo = CheckedPolicies::default();
+        let first = memo.of(&policy(1, Some(60_000)));
+        assert!(Arc::ptr_eq(&first, &memo.of(&policy(1, Some(60_000)))));
+        let next = memo.of(&policy(2, Some(120_000)));
+        assert!(
+            !Arc::ptr_eq(&first, &next),
+            "a new generation is checked again"
+        );
+        assert_eq!(
+            next.as_ref().as_ref().map(|c| c.spec.timeout_ms),
+            Ok(Some(120_000))
+        );
+        memo.retain(&Default::default());
+        assert!(!Arc::ptr_eq(&next, &memo.of(&policy(2, Some(120_000)))));
     }
 
     #[test]

@@ -21,9 +21,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::{AgentPolicy, AgentSandbox, AgentSandboxStatus, MANAGER, SandboxPhase};
-use crate::render::ClusterFacts;
 use crate::render::children::base_name;
 use crate::render::network::isolation_name;
+use crate::render::{CheckedPolicy, ClusterFacts};
 
 use super::act::{Acted, Failed, act};
 use super::admin::{AdminKind, AdminPolicies, Read};
@@ -42,6 +42,8 @@ use super::{Ctx, Error, FAIL_CLOSED_AFTER, RESYNC};
 /// What was read for one pass, owned, so a decision can borrow from it.
 struct Reading {
     policy: Option<AgentPolicy>,
+    /// The cached policy's check (none for a policy read directly: checked in the pass).
+    checked: Option<Arc<Result<CheckedPolicy, String>>>,
     unreadable: Option<String>,
     runtime_classes: Option<BTreeMap<String, String>>,
     network_policies: Vec<Arc<NetworkPolicy>>,
@@ -63,7 +65,10 @@ impl Reading {
         Observed {
             sandbox,
             policy: match (&self.policy, &self.unreadable) {
-                (Some(p), _) => PolicyState::Found(p),
+                (Some(p), _) => match &self.checked {
+                    Some(checked) => PolicyState::Checked(p, checked),
+                    None => PolicyState::Found(p),
+                },
                 (None, Some(why)) => PolicyState::Unreadable(why),
                 (None, None) => PolicyState::Missing,
             },
@@ -143,8 +148,10 @@ fn observe(ctx: &Ctx, sandbox: &AgentSandbox, ns: &str, uid: &str) -> Reading {
         .pods
         .get(&ObjectRef::new(&name).within(ns))
         .map(|p| LivePod::read(&p, uid));
+    let checked = policy.as_ref().map(|p| ctx.checked_policies.of(p));
     Reading {
         policy,
+        checked,
         unreadable: None,
         runtime_classes: None,
         network_policies,
@@ -171,6 +178,7 @@ async fn confirm(
         Confirm::Policy => {
             let ar = ApiResource::erase::<AgentPolicy>(&());
             let policies: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+            reading.checked = None;
             (reading.policy, reading.unreadable) =
                 match policies.get_opt(&sandbox.spec.policy_ref.name).await? {
                     None => (None, None),

@@ -88,6 +88,7 @@ pub fn context(client: kube::Client, c: Cached, crds: OptionalCrds) -> Arc<Conte
         written: Default::default(),
         pool_expectations: Default::default(),
         count_writes: Default::default(),
+        checked_policies: Default::default(),
         stop: Default::default(),
     })
 }
