@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
@@ -184,6 +184,24 @@ async fn concurrent_sandboxes_never_take_the_same_warm_sandbox() {
     apply_palisade::<AgentSandboxPool>(&client, ns, "warm", pool_spec(20, basic_sandbox("p")))
         .await;
     let warm = wait_ready(&client, ns, "warm", 20).await;
+    // No pod beyond the 20 warm ones while the sandboxes choose: refills cannot become ready
+    // during the burst, so exactly 20 can start warm.
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "hold"},
+        "spec": {"hard": {"pods": "20"}}
+    }))
+    .expect("quota");
+    quotas
+        .create(&Default::default(), &quota)
+        .await
+        .expect("create the quota");
+    wait_for("the quota to count the warm pods", WAIT, || async {
+        let q = quotas.get("hold").await.ok()?;
+        let used = q.status?.used?;
+        (used.get("pods")?.0 == "20").then_some(())
+    })
+    .await;
     let names: Vec<String> = (0..50).map(|i| format!("task-{i}")).collect();
     futures::future::join_all(
         names
@@ -191,6 +209,18 @@ async fn concurrent_sandboxes_never_take_the_same_warm_sandbox() {
             .map(|n| apply_sandbox(&client, ns, n, claim("warm"))),
     )
     .await;
+    let sandboxes_api: Api<AgentSandbox> = Api::namespaced(client.clone(), ns);
+    for n in &names {
+        wait_for(&format!("{n} to record how it starts"), WAIT, || async {
+            let s = sandboxes_api.get(n).await.ok()?;
+            s.status?.pool.map(|_| ())
+        })
+        .await;
+    }
+    quotas
+        .delete("hold", &DeleteParams::default())
+        .await
+        .expect("lift the quota");
     let mut instances = BTreeMap::new();
     let (mut warm_starts, mut cold_starts) = (0, 0);
     for n in &names {
@@ -212,13 +242,11 @@ async fn concurrent_sandboxes_never_take_the_same_warm_sandbox() {
         }
     }
     println!("50 sandboxes against 20 warm: {warm_starts} warm, {cold_starts} cold");
-    assert_eq!(warm_starts + cold_starts, 50);
-    // Every warm sandbox that was ready was taken, by exactly one sandbox; more warm starts
-    // can only be warm sandboxes refilled during the burst.
+    assert_eq!((warm_starts, cold_starts), (20, 30));
+    // Every warm sandbox that was ready was taken, by exactly one sandbox.
     for name in warm.keys() {
         assert!(instances.contains_key(name), "{name} was never taken");
     }
-    assert!(warm_starts >= 20 && cold_starts <= 30);
     // No pod is controlled by two sandboxes, and each sandbox has exactly one pod.
     let sandboxes: BTreeMap<String, String> = Api::<AgentSandbox>::namespaced(client.clone(), ns)
         .list(&Default::default())
