@@ -325,27 +325,50 @@ fn crd_fingerprint(crd: &CustomResourceDefinition) -> String {
     )
 }
 
-/// The optional CRD an event changed in a way the cluster facts depend on, if any
-/// (fingerprints remembered in `seen`; a deletion always counts).
-fn crd_changed(
-    seen: &mut std::collections::HashMap<String, String>,
-    event: watcher::Event<CustomResourceDefinition>,
-) -> Option<CustomResourceDefinition> {
+/// What the CRD watch has seen of the optional CRDs: their fingerprints, and the names a relist
+/// in progress has shown.
+#[derive(Default)]
+struct SeenCrds {
+    fingerprints: std::collections::HashMap<String, String>,
+    relisted: Option<std::collections::HashSet<String>>,
+}
+
+/// Whether an event changed an optional CRD in a way the cluster facts depend on: one appears,
+/// changes its fingerprint or goes, including one that a relist no longer shows (deleted while
+/// the watch was down, so no deletion event came).
+fn crd_changed(seen: &mut SeenCrds, event: watcher::Event<CustomResourceDefinition>) -> bool {
     let (crd, deleted) = match event {
-        watcher::Event::Apply(c) | watcher::Event::InitApply(c) => (c, false),
+        watcher::Event::Apply(c) => (c, false),
+        watcher::Event::InitApply(c) => {
+            if let Some(names) = seen.relisted.as_mut() {
+                names.insert(c.name_any());
+            }
+            (c, false)
+        }
         watcher::Event::Delete(c) => (c, true),
-        watcher::Event::Init | watcher::Event::InitDone => return None,
+        watcher::Event::Init => {
+            seen.relisted = Some(Default::default());
+            return false;
+        }
+        watcher::Event::InitDone => {
+            let Some(names) = seen.relisted.take() else {
+                return false;
+            };
+            let before = seen.fingerprints.len();
+            seen.fingerprints.retain(|name, _| names.contains(name));
+            return seen.fingerprints.len() != before;
+        }
     };
     let name = crd.name_any();
     if !OPTIONAL_CRDS.contains(&name.as_str()) {
-        return None;
+        return false;
     }
     if deleted {
-        seen.remove(&name);
-        return Some(crd);
+        seen.fingerprints.remove(&name);
+        return true;
     }
     let now = crd_fingerprint(&crd);
-    (seen.insert(name, now.clone()).as_ref() != Some(&now)).then_some(crd)
+    seen.fingerprints.insert(name, now.clone()).as_ref() != Some(&now)
 }
 
 /// Runs the controllers until `stop` is cancelled, then lets in-flight reconciles finish.
@@ -465,9 +488,16 @@ pub async fn run(
         }),
         g_sandboxes,
     )
-    .touched_objects()
-    // A status write (this operator's own, the gateway's) decides nothing by itself.
-    .predicate_filter(sandbox::decision_inputs, Default::default());
+    // The operator's own status writes start no pass.
+    .filter({
+        let ctx = ctx.clone();
+        let mut seen = std::collections::HashMap::new();
+        move |event| {
+            let starts = sandbox::starts_pass(&mut seen, &ctx.written, event);
+            async move { starts }
+        }
+    })
+    .touched_objects();
     let pool_stream = synced(
         reflector::reflector(
             pool_writer,
@@ -564,10 +594,10 @@ pub async fn run(
         )
         .default_backoff()
         .filter_map({
-            let mut seen = std::collections::HashMap::new();
+            let mut seen = SeenCrds::default();
             move |event| {
-                let relevant = event.ok().and_then(|e| crd_changed(&mut seen, e));
-                async move { relevant }
+                let relevant = event.is_ok_and(|e| crd_changed(&mut seen, e));
+                async move { relevant.then_some(()) }
             }
         })
         .take_until(stop.cancelled_owned())
@@ -850,17 +880,27 @@ mod tests {
     #[test]
     fn only_changes_the_facts_depend_on_re_read_them() {
         let name = OPTIONAL_CRDS[0];
-        let mut seen = std::collections::HashMap::new();
-        let apply = |seen: &mut _, c| crd_changed(seen, watcher::Event::Apply(c)).is_some();
+        let mut seen = SeenCrds::default();
+        let apply = |seen: &mut _, c| crd_changed(seen, watcher::Event::Apply(c));
         assert!(apply(&mut seen, crd(name, 1, "False")), "first seen");
         assert!(!apply(&mut seen, crd(name, 1, "False")), "a status write");
-        assert!(
-            crd_changed(&mut seen, watcher::Event::InitApply(crd(name, 1, "False"))).is_none(),
-            "a relist"
-        );
         assert!(apply(&mut seen, crd(name, 1, "True")), "established");
         assert!(apply(&mut seen, crd(name, 2, "True")), "its spec");
-        assert!(crd_changed(&mut seen, watcher::Event::Delete(crd(name, 2, "True"))).is_some());
+        // A relist that shows it unchanged: nothing to re-read.
+        assert!(!crd_changed(&mut seen, watcher::Event::Init));
+        assert!(!crd_changed(
+            &mut seen,
+            watcher::Event::InitApply(crd(name, 2, "True"))
+        ));
+        assert!(!crd_changed(&mut seen, watcher::Event::InitDone));
+        // A relist without it: it was deleted while the watch was down.
+        assert!(!crd_changed(&mut seen, watcher::Event::Init));
+        assert!(crd_changed(&mut seen, watcher::Event::InitDone));
+        assert!(apply(&mut seen, crd(name, 2, "True")), "back again");
+        assert!(crd_changed(
+            &mut seen,
+            watcher::Event::Delete(crd(name, 2, "True"))
+        ));
         assert!(
             !apply(&mut seen, crd("other.example.com", 1, "True")),
             "not an optional CRD"

@@ -597,7 +597,9 @@ impl PodDecision<'_> {
             // Its NetworkPolicy selects it by these labels: it may be running unisolated.
             return self.replace("its labels were changed", true, lifetime, record);
         }
-        if pod.hash.as_deref() != Some(self.plan.pod_hash.as_str()) {
+        let current = pod.hash.as_deref() == Some(self.plan.pod_hash.as_str())
+            || (pod.hash.is_some() && pod.hash == self.plan.pod_hash_before_default_requests);
+        if !current {
             return self.replace(
                 "its policy hash changed (a policy or sandbox edit that only a new pod can carry)",
                 false,
@@ -1293,6 +1295,24 @@ mod tests {
             d.step
         );
         assert_eq!(d.outcome.enforced_policy, None);
+        // A pod an operator before default requests created (its requests were its limits):
+        // kept, so an upgrade recreates no pod for requests alone.
+        let earlier = plan
+            .pod_hash_before_default_requests
+            .clone()
+            .expect("the sandbox names no requests");
+        assert_ne!(earlier, plan.pod_hash);
+        let d = decide_with(
+            &s,
+            PolicyState::Found(&p),
+            Some(&np),
+            Some(&live(Some(&earlier))),
+        );
+        assert!(
+            matches!(d.step, Step::Run(_, PodStep::Keep)),
+            "{:?}",
+            d.step
+        );
         // The NetworkPolicy going: the pod goes first, nothing enforced.
         let going = LiveIsolation {
             deleting: true,

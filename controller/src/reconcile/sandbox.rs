@@ -2,7 +2,7 @@
 //! destructive decision taken on cached evidence by reading directly, act in the safe order
 //! (`act.rs`), and write what it found to the status (`status.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use kube::core::ApiResource;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -37,6 +38,7 @@ use super::np_index;
 use super::ownership::{controlled_by, controlling_sandbox};
 use super::record::PodRecord;
 use super::status::{Names, Outcome, Standing, status, warning};
+use super::written::Written;
 use super::{Ctx, Error, FAIL_CLOSED_AFTER, RESYNC};
 
 /// What was read for one pass, owned, so a decision can borrow from it.
@@ -687,10 +689,39 @@ pub fn waiting_for_pool(
         .collect()
 }
 
-/// What of a sandbox starts a pass when it changes: everything but its status (a status write,
-/// the operator's own or the egress gateway's, decides nothing by itself; a pass that needs its
-/// own write in the cache waits for it, see `written`).
-pub fn decision_inputs(s: &AgentSandbox) -> Option<u64> {
+/// Whether a sandbox watch event starts a pass. The operator's own status writes do not (a pass
+/// that needs its write in the cache waits for it, see `written`), nor does a relist of an
+/// unchanged sandbox; any change of what `decision_inputs` covers does, and so does a status
+/// written by anyone else (the operator puts back a status it did not write). `seen` holds
+/// each sandbox's inputs and version.
+pub fn starts_pass(
+    seen: &mut HashMap<String, (u64, Option<String>)>,
+    written: &Written,
+    event: &Result<watcher::Event<AgentSandbox>, watcher::Error>,
+) -> bool {
+    let s = match event {
+        Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => s,
+        Ok(watcher::Event::Delete(s)) => {
+            if let Some(uid) = s.uid() {
+                seen.remove(&uid);
+            }
+            return true;
+        }
+        _ => return true,
+    };
+    let Some(uid) = s.uid() else { return true };
+    let inputs = decision_inputs(s);
+    let version = s.resource_version();
+    match seen.insert(uid.clone(), (inputs, version.clone())) {
+        Some((before, _)) if before != inputs => true,
+        Some((_, seen_version)) if seen_version == version => false,
+        Some(_) => !written.is_own(&uid, version.as_deref()),
+        None => true,
+    }
+}
+
+/// What of a sandbox, besides its status, starts a pass when it changes.
+pub fn decision_inputs(s: &AgentSandbox) -> u64 {
     use std::hash::{Hash, Hasher};
     let m = s.meta();
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -702,7 +733,7 @@ pub fn decision_inputs(s: &AgentSandbox) -> Option<u64> {
     for r in m.owner_references.iter().flatten() {
         (&r.uid, r.controller).hash(&mut h);
     }
-    Some(h.finish())
+    h.finish()
 }
 
 #[cfg(test)]
@@ -728,6 +759,32 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(decision_inputs(&base), decision_inputs(&status_only));
+        // As events: the operator's own status write starts no pass, anyone else's does, and
+        // so does a relist of a sandbox whose version moved on unseen; a relist of the same
+        // version does not.
+        let written = Written::default();
+        let mut seen = HashMap::new();
+        let apply = |s: &AgentSandbox| Ok(watcher::Event::Apply(s.clone()));
+        assert!(
+            starts_pass(&mut seen, &written, &apply(&base)),
+            "first seen"
+        );
+        written.wrote("u", Some("10"), Some("11"));
+        assert!(
+            !starts_pass(&mut seen, &written, &apply(&status_only)),
+            "own write"
+        );
+        assert!(!starts_pass(
+            &mut seen,
+            &written,
+            &Ok(watcher::Event::InitApply(status_only.clone()))
+        ));
+        let mut forged = status_only.clone();
+        forged.metadata.resource_version = Some("12".into());
+        assert!(
+            starts_pass(&mut seen, &written, &apply(&forged)),
+            "someone else's write"
+        );
         let changed = |f: &dyn Fn(&mut AgentSandbox)| {
             let mut s = base.clone();
             f(&mut s);

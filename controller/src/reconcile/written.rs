@@ -17,12 +17,19 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 pub struct Written {
     /// Sandbox UID → the resource version the write was based on, and when it was written.
     by_uid: Mutex<HashMap<String, (String, Instant)>>,
+    /// Sandbox UID → the resource version its last status write produced: the watch event of
+    /// that version is the operator's own, and starts no pass.
+    own: Mutex<HashMap<String, String>>,
 }
 
 impl Written {
     /// Notes a status write of sandbox `uid` based on the cached version `based_on` that the
     /// API server answered with version `now_at`.
     pub fn wrote(&self, uid: &str, based_on: Option<&str>, now_at: Option<&str>) {
+        if let Some(version) = now_at {
+            let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+            own.insert(uid.to_string(), version.to_string());
+        }
         let mut map = self.by_uid.lock().unwrap_or_else(|e| e.into_inner());
         match based_on {
             // A write that changed nothing leaves the version as it was: nothing to wait for.
@@ -51,10 +58,19 @@ impl Written {
         }
     }
 
+    /// Whether version `version` of sandbox `uid` is the one this operator's last status write
+    /// produced.
+    pub fn is_own(&self, uid: &str, version: Option<&str>) -> bool {
+        let own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        version.is_some() && own.get(uid).map(String::as_str) == version
+    }
+
     /// Forgets a sandbox (deleted).
     pub fn forget(&self, uid: &str) {
         let mut map = self.by_uid.lock().unwrap_or_else(|e| e.into_inner());
         map.remove(uid);
+        let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        own.remove(uid);
     }
 }
 
@@ -82,5 +98,17 @@ mod tests {
         assert!(!w.behind("v", Some("13")));
         w.forget("u");
         assert!(!w.behind("u", Some("13")));
+    }
+
+    #[test]
+    fn the_version_of_its_own_last_write_is_known() {
+        let w = Written::default();
+        assert!(!w.is_own("u", Some("11")));
+        w.wrote("u", Some("10"), Some("11"));
+        assert!(w.is_own("u", Some("11")));
+        assert!(!w.is_own("u", Some("12")), "someone else's write");
+        assert!(!w.is_own("u", None));
+        w.forget("u");
+        assert!(!w.is_own("u", Some("11")));
     }
 }

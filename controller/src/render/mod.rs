@@ -108,6 +108,10 @@ pub struct Plan {
     pub pod: Pod,
     /// Hash of the pod part; the pod is recreated when it changes.
     pub pod_hash: String,
+    /// The hash of the same pod as planned before `resources.defaultRequests` (requests equal
+    /// to the limits): a running pod of that hash is kept, so upgrading the operator recreates
+    /// no pod for requests alone.
+    pub pod_hash_before_default_requests: Option<String>,
     pub runtime_class_name: Option<String>,
     pub report: EnforcementReport,
 }
@@ -295,7 +299,7 @@ pub fn compile_checked(
             "the isolation check is off (--no-isolation-check): the agent may start before the network plugin enforces the NetworkPolicy, and be unfiltered for that moment",
         );
     }
-    let (pod, pod_hash) = pod::build_pod(&pod_input)?;
+    let (pod, pod_hash, pod_hash_before_default_requests) = pod::build_pod(&pod_input)?;
     Ok(Plan {
         service_account: children::service_account(spec, sandbox),
         network_policy: net.network_policy,
@@ -305,6 +309,7 @@ pub fn compile_checked(
         service: children::service(sandbox),
         pod,
         pod_hash,
+        pod_hash_before_default_requests,
         runtime_class_name,
         report,
     })

@@ -267,7 +267,9 @@ fn env(input: &PodInput) -> Vec<EnvVar> {
 }
 
 /// Builds the pod and the hash of everything in it that only a new pod can change.
-pub fn build_pod(input: &PodInput) -> Result<(Pod, String), Blocked> {
+/// The pod, its hash, and the hash the same pod had as planned before default requests (a
+/// pod of that hash is not recreated for them), when they apply.
+pub fn build_pod(input: &PodInput) -> Result<(Pod, String, Option<String>), Blocked> {
     let sandbox = input.sandbox;
     let name = crate::render::children::base_name(sandbox);
     let privileges = input.spec.privileges.clone().unwrap_or_default();
@@ -376,6 +378,24 @@ pub fn build_pod(input: &PodInput) -> Result<(Pod, String), Blocked> {
     // is removed once the pod's NetworkPolicy is confirmed: both stay out of the hash. (A
     // generated seccomp profile's content is in its name, and so in the spec.)
     let pod_hash = short_hash(&(&labels, &annotations, &spec));
+    let hash_before_default_requests =
+        (!input.resources.defaulted_requests.is_empty()).then(|| {
+            let mut earlier = spec.clone();
+            if let Some(r) = earlier
+                .containers
+                .first_mut()
+                .and_then(|c| c.resources.as_mut())
+            {
+                let limits = r.limits.clone().unwrap_or_default();
+                let requests = r.requests.get_or_insert_with(Default::default);
+                for name in &input.resources.defaulted_requests {
+                    if let Some(limit) = limits.get(name) {
+                        requests.insert(name.clone(), limit.clone());
+                    }
+                }
+            }
+            short_hash(&(&labels, &annotations, &earlier))
+        });
 
     let mut meta = object_meta(sandbox, name);
     let mut annotations = annotations;
@@ -406,5 +426,6 @@ pub fn build_pod(input: &PodInput) -> Result<(Pod, String), Blocked> {
             status: None,
         },
         pod_hash,
+        hash_before_default_requests,
     ))
 }

@@ -28,6 +28,9 @@ pub struct CompiledResources {
     pub requirements: ResourceRequirements,
     /// The ephemeral-storage limit in bytes: the emptyDir size limits add up to at most this.
     pub ephemeral_bytes: i128,
+    /// The resources whose request is a default (the sandbox named none): before default
+    /// requests, the request was the limit.
+    pub defaulted_requests: Vec<String>,
 }
 
 fn cap(q: &Option<Quantity>, default: &str) -> (Quantity, Nanos) {
@@ -66,6 +69,7 @@ pub fn compile_resources(
     let mut limits = BTreeMap::new();
     let mut requests = BTreeMap::new();
     let mut ephemeral = 0;
+    let mut defaulted_requests = Vec::new();
     for (name, (cap_q, cap_n), (default_q, default_n)) in caps {
         for (kind, map) in [("limits", &asked.limits), ("requests", &asked.requests)] {
             if let Some(q) = map.get(name) {
@@ -84,6 +88,9 @@ pub fn compile_resources(
         let limit = asked.limits.get(name).cloned().unwrap_or(cap_q);
         let limit_n = quantity::nanos(&limit).unwrap_or(0);
         // No request of its own: the policy's default request, at most the limit.
+        if !asked.requests.contains_key(name) {
+            defaulted_requests.push(name.to_string());
+        }
         let request = asked.requests.get(name).cloned().unwrap_or_else(|| {
             if default_n <= limit_n {
                 default_q
@@ -113,6 +120,7 @@ pub fn compile_resources(
             ..Default::default()
         },
         ephemeral_bytes: ephemeral,
+        defaulted_requests,
     })
 }
 
