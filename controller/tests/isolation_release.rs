@@ -134,6 +134,19 @@ async fn a_cache_showing_another_pod_is_confirmed_before_release() {
     .await;
     result.expect("ok");
     assert!(!released(&seen), "{seen:?}");
+    // The live one still running: it is removed first.
+    let (result, seen) = run(
+        vec![pod("an-older-np", false)],
+        vec![
+            Step::get(POD_PATH).respond(200, pod_json(NP_UID, false)),
+            Step::delete(POD_PATH)
+                .check(|s| assert_eq!(s.body["preconditions"]["uid"], POD_UID, "{}", s.body))
+                .respond(200, json!({"kind": "Status", "status": "Success"})),
+        ],
+    )
+    .await;
+    result.expect("ok");
+    assert!(!released(&seen), "{seen:?}");
 }
 
 #[tokio::test]

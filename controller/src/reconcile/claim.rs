@@ -451,8 +451,10 @@ async fn apply_status(
 
 /// Moves the children of the warm sandbox taken to `sandbox` (those still controlled by the
 /// warm sandbox), then deletes the warm sandbox. Runs while the warm sandbox is in the cache;
-/// reads it and every child directly, and acts only on a warm sandbox of this sandbox's pool
-/// that this very sandbox took (its annotation, which only the operator may write).
+/// reads it directly, and acts only on a warm sandbox of this sandbox's pool that this very
+/// sandbox took (its annotation, which only the operator may write). The children are moved as
+/// the caches show them, each under its cached resourceVersion (a 409 is settled on the live
+/// object); the Cilium policy and seccomp profiles are read directly.
 async fn take_children(
     ctx: &Ctx,
     sandbox: &AgentSandbox,

@@ -102,7 +102,14 @@ pub async fn reconcile(np: Arc<NetworkPolicy>, ctx: Ctx) -> Result<Action, Error
     if !live && let Some(name) = &pod_name {
         // The cache shows no pod this NetworkPolicy holds: confirmed on the live object.
         let pod = pods.get_opt(name).await?;
-        if isolated_pod(&np, pod.as_ref()).is_some() {
+        if let Some((name, uid)) = isolated_pod(&np, pod.as_ref()) {
+            if pod
+                .as_ref()
+                .is_some_and(|p| p.metadata.deletion_timestamp.is_none())
+            {
+                tracing::info!(namespace = %ns, pod = %name, "isolating NetworkPolicy is being deleted: removing its pod first");
+                delete_precisely(&pods, &name, &uid).await?;
+            }
             return Ok(Action::requeue(POLL_UNCACHED));
         }
     }
