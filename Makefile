@@ -3,12 +3,13 @@ CARGO ?= cargo
 
 KUBERNETES_VALIDATE_VERSION := 1.34.1
 
-.PHONY: test unit lint fmt validate chart scan build image e2e bench-e2e bench-gateway demo demo-down cluster-build cluster-up cluster-down generate crds manifests golden render bench fuzz
+.PHONY: test unit lint fmt validate chart scan build image e2e bench-e2e bench-compare bench-compare-build bench-gateway demo demo-down cluster-build cluster-up cluster-down generate crds manifests golden render bench fuzz
 
 ## test: formatting, lints, unit/property/golden/CLI tests, CRD validation, the chart and its
 ## generated manifests, security scans, and the e2e suite against a local control plane (built
-## from the Go module proxy on first use) with the operator installed by the Helm chart
-test: lint unit validate chart scan e2e
+## from the Go module proxy on first use) with the operator installed by the Helm chart; and that
+## bench-compare (with the agent-sandbox controller it compares against) builds
+test: lint unit validate chart scan e2e bench-compare-build
 
 ## build: the release binary, as the container image builds it (Dockerfile)
 build:
@@ -35,6 +36,29 @@ e2e:
 bench-e2e: build
 	PALISADE_BIN=$(CURDIR)/target/release/palisade $(CARGO) run -q -p palisade-e2e --bin bench-e2e -- --count $(or $(COUNT),500)
 	if [ "$(CLAIMS)" != 0 ]; then PALISADE_BIN=$(CURDIR)/target/release/palisade $(CARGO) run -q -p palisade-e2e --bin bench-e2e -- --claims; fi
+
+## bench-compare-build: what bench-compare runs, without running it: agent-sandbox v0.5.6's
+## controller and CRDs (e2e/compare/build.sh: Go module proxy, cached under ~/.cache/palisade)
+## and the bench-compare binary
+bench-compare-build:
+	e2e/compare/build.sh
+	$(CARGO) build -q -p palisade-e2e --bin bench-compare
+
+## bench-compare: Palisade beside kubernetes-sigs/agent-sandbox v0.5.6 on the local control plane
+## (simulated nodes; brought up with PALISADE_E2E_NODE=0 when neither KUBECONFIG nor a running
+## cluster is there, and left up: make cluster-down). Cold sandboxes (COUNTS=100,500,2000) as a
+## burst and at RATE/s (45), warm claims, bare-client ceilings, REPEATS (3) alternated runs;
+## target/bench/compare.{md,json,png}. More flags: BENCH_COMPARE_ARGS (docs/performance.md).
+BENCH_VENV := $(HOME)/.cache/palisade/venv-bench
+COUNTS ?= 100,500,2000
+bench-compare: build bench-compare-build
+	if [ -z "$$KUBECONFIG" ] && [ ! -s target/e2e/kubeconfig ]; then PALISADE_E2E_NODE=0 e2e/cluster/up.sh; fi
+	KUBECONFIG=$${KUBECONFIG:-$(CURDIR)/target/e2e/kubeconfig} PALISADE_BIN=$(CURDIR)/target/release/palisade \
+	  $(CARGO) run -q --release -p palisade-e2e --bin bench-compare -- --counts $(COUNTS) \
+	  --rate $(or $(RATE),45) --repeats $(or $(REPEATS),3) $(BENCH_COMPARE_ARGS)
+	$(BENCH_VENV)/bin/python -c 'import matplotlib' 2>/dev/null \
+	  || (python3 -m venv $(BENCH_VENV) && $(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check 'matplotlib==3.10.*')
+	$(BENCH_VENV)/bin/python e2e/compare/plot.py target/bench/compare.json target/bench/compare.png
 
 ## demo: the operator end to end (local control plane unless KUBECONFIG is set)
 demo:
