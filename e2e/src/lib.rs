@@ -8,10 +8,10 @@ pub mod sandboxes;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiResource, Discovery, Scope};
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 /// `prefix` with a suffix unique to this run, so a suite can run again on the same cluster.
@@ -143,9 +143,14 @@ pub fn yaml_documents(path: &std::path::Path) -> Vec<Value> {
 
 /// Installs the CRDs of `crds/` and waits until both are Established.
 pub async fn install_crds(client: &Client) {
+    install_crd_file(client, &root().join("crds/palisade.dev_crds.yaml")).await;
+}
+
+/// Server-side applies every CRD of the YAML file `path` and waits until each is Established.
+pub async fn install_crd_file(client: &Client, path: &std::path::Path) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for doc in yaml_documents(&root().join("crds/palisade.dev_crds.yaml")) {
+    for doc in yaml_documents(path) {
         let name = doc["metadata"]["name"]
             .as_str()
             .expect("crd name")
@@ -156,7 +161,7 @@ pub async fn install_crds(client: &Client) {
             &Patch::Apply(doc),
         )
         .await
-        .expect("apply CRD");
+        .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
         wait_for(
             &format!("CRD {name} Established"),
             Duration::from_secs(30),
@@ -175,7 +180,6 @@ pub async fn install_crds(client: &Client) {
             },
         )
         .await;
-        let _ = ResourceExt::name_any(&api.get(&name).await.expect("crd"));
     }
 }
 

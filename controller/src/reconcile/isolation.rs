@@ -85,14 +85,7 @@ pub async fn reconcile(np: Arc<NetworkPolicy>, ctx: Ctx) -> Result<Action, Error
         (None, Some(name)) => (pods.get_opt(name).await?, true),
         (None, None) => (None, true),
     };
-    if let Some((name, uid)) = isolated_pod(&np, pod.as_ref()) {
-        if pod
-            .as_ref()
-            .is_some_and(|p| p.metadata.deletion_timestamp.is_none())
-        {
-            tracing::info!(namespace = %ns, pod = %name, "isolating NetworkPolicy is being deleted: removing its pod first");
-            delete_precisely(&pods, &name, &uid).await?;
-        }
+    if remove_held(&np, pod.as_ref(), &pods).await? {
         return Ok(Action::requeue(if live {
             POLL_UNCACHED
         } else {
@@ -102,18 +95,28 @@ pub async fn reconcile(np: Arc<NetworkPolicy>, ctx: Ctx) -> Result<Action, Error
     if !live && let Some(name) = &pod_name {
         // The cache shows no pod this NetworkPolicy holds: confirmed on the live object.
         let pod = pods.get_opt(name).await?;
-        if let Some((name, uid)) = isolated_pod(&np, pod.as_ref()) {
-            if pod
-                .as_ref()
-                .is_some_and(|p| p.metadata.deletion_timestamp.is_none())
-            {
-                tracing::info!(namespace = %ns, pod = %name, "isolating NetworkPolicy is being deleted: removing its pod first");
-                delete_precisely(&pods, &name, &uid).await?;
-            }
+        if remove_held(&np, pod.as_ref(), &pods).await? {
             return Ok(Action::requeue(POLL_UNCACHED));
         }
     }
     release(&ctx, &np, &ns).await
+}
+
+/// Whether `pod` is the one `np` holds back; if so and it is still running, it is deleted
+/// (UID precondition).
+async fn remove_held(
+    np: &NetworkPolicy,
+    pod: Option<&Pod>,
+    pods: &Api<Pod>,
+) -> Result<bool, Error> {
+    let Some((name, uid)) = isolated_pod(np, pod) else {
+        return Ok(false);
+    };
+    if pod.is_some_and(|p| p.metadata.deletion_timestamp.is_none()) {
+        tracing::info!(namespace = ?np.namespace(), pod = %name, "isolating NetworkPolicy is being deleted: removing its pod first");
+        delete_precisely(pods, &name, &uid).await?;
+    }
+    Ok(true)
 }
 
 /// How often a held pod is looked at again while it terminates: one the pod cache holds wakes

@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
+use palisade_e2e::MANAGER;
 use palisade_e2e::operator::{self, Operator, Options};
-use palisade_e2e::{MANAGER, wait_for, yaml_documents};
 use serde_json::{Value, json};
 
 use crate::measure;
@@ -296,7 +295,6 @@ pub fn agent_sandbox_dir() -> PathBuf {
 /// Installs agent-sandbox's four CRDs (conversion None, from build.sh) and waits until they are
 /// Established.
 pub async fn install_agent_sandbox_crds(client: &Client, dir: &Path) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e} (run e2e/compare/build.sh)", dir.display()))
         .filter_map(|e| Some(e.ok()?.path()))
@@ -304,35 +302,8 @@ pub async fn install_agent_sandbox_crds(client: &Client, dir: &Path) {
         .collect();
     files.sort();
     assert_eq!(files.len(), 4, "expected 4 CRDs in {}", dir.display());
-    for doc in files.iter().flat_map(|f| yaml_documents(f)) {
-        let name = doc["metadata"]["name"]
-            .as_str()
-            .expect("crd name")
-            .to_string();
-        api.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(doc),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
-        wait_for(
-            &format!("CRD {name} Established"),
-            Duration::from_secs(30),
-            || {
-                let api = api.clone();
-                let name = name.clone();
-                async move {
-                    let crd = api.get(&name).await.ok()?;
-                    crd.status?
-                        .conditions?
-                        .iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                        .then_some(())
-                }
-            },
-        )
-        .await;
+    for f in &files {
+        palisade_e2e::install_crd_file(client, f).await;
     }
 }
 
