@@ -77,6 +77,13 @@ async fn run(pods: Vec<Pod>, steps: Vec<Step>) -> (Result<Action, Error>, Vec<Se
     (result, join(verifier).await)
 }
 
+/// The pod's DELETE, which must carry its UID as a precondition.
+fn delete_pod() -> Step {
+    Step::delete(POD_PATH)
+        .check(|s| assert_eq!(s.body["preconditions"]["uid"], POD_UID, "{}", s.body))
+        .respond(200, json!({"kind": "Status", "status": "Success"}))
+}
+
 fn released(seen: &[Seen]) -> bool {
     seen.iter()
         .any(|s| s.method == Method::PATCH && s.path == NP_PATH)
@@ -84,15 +91,7 @@ fn released(seen: &[Seen]) -> bool {
 
 #[tokio::test]
 async fn a_cached_running_pod_is_deleted_precisely_and_the_finalizer_kept() {
-    let (result, seen) = run(
-        vec![pod(NP_UID, false)],
-        vec![
-            Step::delete(POD_PATH)
-                .check(|s| assert_eq!(s.body["preconditions"]["uid"], POD_UID, "{}", s.body))
-                .respond(200, json!({"kind": "Status", "status": "Success"})),
-        ],
-    )
-    .await;
+    let (result, seen) = run(vec![pod(NP_UID, false)], vec![delete_pod()]).await;
     result.expect("ok");
     assert_eq!(seen.len(), 1, "only the pod's DELETE: {seen:?}");
 }
@@ -113,9 +112,7 @@ async fn a_pod_missing_from_the_cache_but_live_keeps_the_finalizer() {
         vec![],
         vec![
             Step::get(POD_PATH).respond(200, pod_json(NP_UID, false)),
-            Step::delete(POD_PATH)
-                .check(|s| assert_eq!(s.body["preconditions"]["uid"], POD_UID, "{}", s.body))
-                .respond(200, json!({"kind": "Status", "status": "Success"})),
+            delete_pod(),
         ],
     )
     .await;
@@ -139,9 +136,7 @@ async fn a_cache_showing_another_pod_is_confirmed_before_release() {
         vec![pod("an-older-np", false)],
         vec![
             Step::get(POD_PATH).respond(200, pod_json(NP_UID, false)),
-            Step::delete(POD_PATH)
-                .check(|s| assert_eq!(s.body["preconditions"]["uid"], POD_UID, "{}", s.body))
-                .respond(200, json!({"kind": "Status", "status": "Success"})),
+            delete_pod(),
         ],
     )
     .await;

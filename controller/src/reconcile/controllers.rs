@@ -807,6 +807,7 @@ pub async fn run(
                         .filter_map(|s| s.uid())
                         .collect();
                     ctx.backoff.retain(|k| live.contains(k));
+                    ctx.written.retain(&live);
                     let policies: std::collections::HashSet<String> = ctx
                         .caches
                         .policies

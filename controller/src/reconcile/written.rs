@@ -65,6 +65,14 @@ impl Written {
         version.is_some() && own.get(uid).map(String::as_str) == version
     }
 
+    /// Forgets every sandbox whose UID is not among `live` (deleted without a pass seeing it).
+    pub fn retain(&self, live: &std::collections::HashSet<String>) {
+        let mut map = self.by_uid.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|uid, _| live.contains(uid));
+        let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        own.retain(|uid, _| live.contains(uid));
+    }
+
     /// Forgets a sandbox (deleted).
     pub fn forget(&self, uid: &str) {
         let mut map = self.by_uid.lock().unwrap_or_else(|e| e.into_inner());
@@ -110,5 +118,10 @@ mod tests {
         assert!(!w.is_own("u", None));
         w.forget("u");
         assert!(!w.is_own("u", Some("11")));
+        // Sandboxes gone without a pass noticing are forgotten by the census.
+        w.wrote("v", Some("1"), Some("2"));
+        w.retain(&["w".to_string()].into());
+        assert!(!w.is_own("v", Some("2")));
+        assert!(!w.behind("v", Some("1")));
     }
 }
