@@ -310,6 +310,7 @@ async fn run_with(
         backoff: Default::default(),
         written: Default::default(),
         pool_expectations: Default::default(),
+        moved: Default::default(),
         count_writes: Default::default(),
         checked_policies: Default::default(),
         stop: Default::default(),
@@ -404,6 +405,25 @@ async fn a_new_sandbox_gets_its_network_policy_then_a_gated_pod_let_through_afte
     result.expect("reconcile succeeds");
     let np_apply = position(&seen, |s| s.path == NPS_PATH && s.method == Method::POST).unwrap();
     assert!(np_apply < position(&seen, is_pod_write).unwrap());
+
+    // The next pass finds that pod in the cache, through its gate and not yet running: the
+    // status already says so, so it writes nothing (one status write fewer per sandbox).
+    let written: AgentSandboxStatus =
+        serde_json::from_value(seen.last().expect("a status write").body["status"].clone())
+            .expect("status");
+    let mut pending = running_pod(&plan, &plan.pod_hash, "Pending", false);
+    pending["status"] = json!({"phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "True"}]});
+    let cache = Cached {
+        network_policies: vec![live_np(&plan, NP_UID)],
+        service_accounts: vec![live_sa(&plan)],
+        pods: vec![pod_of(pending)],
+        ..base_cache()
+    };
+    let s = sandbox_with(|_| {}, Some(written));
+    let (result, seen, _) = run_with(s, cache, OptionalCrds::default(), vec![]).await;
+    result.expect("ok");
+    assert!(seen.is_empty(), "{seen:?}");
 }
 
 #[tokio::test]

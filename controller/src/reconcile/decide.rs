@@ -33,6 +33,11 @@ use super::record::PodRecord;
 use super::status::{Outcome, PlanFacts, REPORT_CHARS, REPORT_ENTRIES, Standing};
 use crate::render::pod::ISOLATION_CHECK;
 
+/// What the status says of a pod that is created, let through its gate and not yet ready.
+/// The pass that creates the pod says it too, so the next pass (the pod now in the cache)
+/// writes no status of its own.
+pub const AWAITING_READY: &str = "waiting for the pod to become ready";
+
 /// The sandbox's policy as found.
 #[derive(Clone, Copy, Debug)]
 pub enum PolicyState<'a> {
@@ -676,7 +681,7 @@ impl PodDecision<'_> {
             (Some(failure), false) if !pod.ever_ran => format!(
                 "the isolation check failed and is retried before the agent starts: {failure}"
             ),
-            _ => "waiting for the pod to become ready".to_string(),
+            _ => AWAITING_READY.to_string(),
         };
         let mut outcome = self.current(self.starting("Starting", &waiting));
         outcome.pod_ip = pod.ip.clone();

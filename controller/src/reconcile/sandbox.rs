@@ -250,6 +250,7 @@ pub async fn reconcile(sandbox: Arc<AgentSandbox>, ctx: Ctx) -> Result<Action, E
     let uid = sandbox.uid().ok_or(Error::Missing("uid"))?;
     if sandbox.meta().deletion_timestamp.is_some() {
         ctx.written.forget(&uid);
+        ctx.moved.forget(&uid);
         return Ok(Action::await_change());
     }
     // A warm sandbox another sandbox took: its children are moving to that one.
@@ -470,6 +471,9 @@ fn after(
         outcome.message = why;
         outcome.requeue = Some(Duration::from_secs(1));
         outcome.enforced_policy = before;
+    } else if acted.created.is_some() {
+        // Created and let through: say now what the next pass will find, and write once.
+        outcome.message = super::decide::AWAITING_READY.into();
     }
     outcome.retained_claim = acted.retained_claim;
     outcome
