@@ -77,10 +77,14 @@ pub async fn prepare(
     let previous = sandbox.status.clone().unwrap_or_default();
     if let Some(recorded) = &previous.pool {
         if recorded.start == PoolStart::Warm {
-            take_children(ctx, &sandbox, recorded).await?;
-            if moving(ctx, &ns, recorded) {
+            // Moved by an earlier pass of this process: only the caches are behind.
+            if !ctx.moved.done(&uid, recorded) {
+                take_children(ctx, &sandbox, recorded, None).await?;
+            }
+            if moving(ctx, &ns, &uid, recorded) {
                 return Ok(Prepared::Done(Action::requeue(SETTLE)));
             }
+            ctx.moved.forget(&uid);
         }
         return Ok(Prepared::Run(with_template(sandbox)?));
     }
@@ -115,7 +119,7 @@ pub async fn prepare(
                 .unwrap_or_default(),
             template: serde_json::to_value(&template)?,
         };
-        return record(ctx, &sandbox, recorded).await;
+        return record(ctx, &sandbox, recorded, None).await;
     }
 
     // A sandbox that controls a pod already started once (its status.pool was lost): it does
@@ -200,7 +204,7 @@ pub async fn prepare(
             "the sandbox sets {} beyond the pool's template: a warm sandbox does not fit",
             merged.custom.join(", ")
         ));
-        return record(ctx, &sandbox, recorded).await;
+        return record(ctx, &sandbox, recorded, None).await;
     }
 
     let current_policy = ctx
@@ -232,7 +236,7 @@ pub async fn prepare(
             recorded.start = PoolStart::Warm;
             recorded.instance = Some(taken.name_any());
             recorded.instance_uid = taken.uid();
-            return record(ctx, &sandbox, recorded).await;
+            return record(ctx, &sandbox, recorded, Some(&taken)).await;
         }
     }
 
@@ -259,7 +263,7 @@ pub async fn prepare(
         "no warm sandbox of pool {} was ready",
         pool_ref.name
     ));
-    record(ctx, &sandbox, recorded).await
+    record(ctx, &sandbox, recorded, None).await
 }
 
 /// Whether a warm sandbox can be handed out: the pool's own, of the current template, not
@@ -325,10 +329,12 @@ async fn take(
 }
 
 /// Records how the sandbox starts, and goes on with the pass (with the recorded template).
+/// `taken` is the warm sandbox as this pass's take returned it.
 async fn record(
     ctx: &Ctx,
     sandbox: &AgentSandbox,
     recorded: SandboxPoolStatus,
+    taken: Option<&AgentSandbox>,
 ) -> Result<Prepared, Error> {
     let start = recorded.start;
     let mut st = sandbox.status.clone().unwrap_or_default();
@@ -338,9 +344,10 @@ async fn record(
     if start == PoolStart::Warm
         && let Some(recorded) = written.status.as_ref().and_then(|s| s.pool.as_ref())
     {
-        take_children(ctx, &written, recorded).await?;
+        take_children(ctx, &written, recorded, taken).await?;
         let ns = written.namespace().unwrap_or_default();
-        if moving(ctx, &ns, recorded) {
+        let uid = written.uid().unwrap_or_default();
+        if moving(ctx, &ns, &uid, recorded) {
             return Ok(Prepared::Done(Action::requeue(SETTLE)));
         }
     }
@@ -352,17 +359,18 @@ const SETTLE: Duration = Duration::from_millis(15);
 
 /// Whether the caches still show the pod or its NetworkPolicy under the warm sandbox taken:
 /// a pass on them would take the pod for another's (NameConflict).
-fn moving(ctx: &Ctx, ns: &str, recorded: &SandboxPoolStatus) -> bool {
+fn moving(ctx: &Ctx, ns: &str, taker: &str, recorded: &SandboxPoolStatus) -> bool {
     let (Some(instance), Some(from)) = (&recorded.instance, &recorded.instance_uid) else {
         return false;
     };
     let c = &ctx.caches;
     // A warm sandbox still there and not taken by a pool's sandbox: nothing moves (see
-    // take_children), so nothing to wait for.
-    let refused = c
-        .sandboxes
-        .get(&ObjectRef::new(instance).within(ns))
-        .is_some_and(|w| w.uid().as_deref() == Some(from.as_str()) && !taken(&w));
+    // take_children), so nothing to wait for; unless this process moved its children (the
+    // cache has not seen the take yet).
+    let refused = !ctx.moved.done(taker, recorded)
+        && c.sandboxes
+            .get(&ObjectRef::new(instance).within(ns))
+            .is_some_and(|w| w.uid().as_deref() == Some(from.as_str()) && !taken(&w));
     if refused {
         return false;
     }
@@ -450,37 +458,50 @@ async fn apply_status(
 }
 
 /// Moves the children of the warm sandbox taken to `sandbox` (those still controlled by the
-/// warm sandbox), then deletes the warm sandbox. Runs while the warm sandbox is in the cache;
-/// reads it directly, and acts only on a warm sandbox of this sandbox's pool that this very
-/// sandbox took (its annotation, which only the operator may write). The children are moved as
-/// the caches show them, each under its cached resourceVersion (a 409 is settled on the live
-/// object); the Cilium policy and seccomp profiles are read directly.
+/// warm sandbox), then deletes the warm sandbox. Runs while the warm sandbox is in the cache,
+/// and acts only on a warm sandbox of this sandbox's pool that this very sandbox took (its
+/// annotation, which only the operator may write, written under a resourceVersion
+/// precondition and never rewritten): as `taken` (this pass took it) or the cache shows it
+/// with that annotation, else as read directly. The children are moved as the caches show
+/// them, each under its cached resourceVersion (a 409 is settled on the live object); the
+/// Cilium policy and seccomp profiles are read directly. Once done, later passes of this
+/// process only wait for the caches (`Moved`).
 async fn take_children(
     ctx: &Ctx,
     sandbox: &AgentSandbox,
     recorded: &SandboxPoolStatus,
+    taken: Option<&AgentSandbox>,
 ) -> Result<(), Error> {
     let (Some(instance), Some(from)) = (&recorded.instance, &recorded.instance_uid) else {
         return Ok(());
     };
     let ns = sandbox.namespace().ok_or(Error::Missing("namespace"))?;
-    let in_cache = ctx
+    let Some(cached) = ctx
         .caches
         .sandboxes
         .get(&ObjectRef::new(instance).within(&ns))
-        .is_some_and(|w| w.uid().as_deref() == Some(from.as_str()));
-    if !in_cache {
-        return Ok(());
-    }
-    let uid = sandbox.uid().ok_or(Error::Missing("uid"))?;
-    let client = &ctx.client;
-    let sandboxes: Api<AgentSandbox> = Api::namespaced(client.clone(), &ns);
-    let Some(warm) = sandboxes
-        .get_opt(instance)
-        .await?
         .filter(|w| w.uid().as_deref() == Some(from.as_str()))
     else {
         return Ok(());
+    };
+    let uid = sandbox.uid().ok_or(Error::Missing("uid"))?;
+    let client = &ctx.client;
+    let sandboxes: Api<AgentSandbox> = Api::namespaced(client.clone(), &ns);
+    let ours = |w: &AgentSandbox| {
+        w.uid().as_deref() == Some(from.as_str())
+            && w.annotations().get(CLAIMED_BY_ANNOTATION) == Some(&uid)
+    };
+    let warm = match taken.filter(|w| ours(w)) {
+        Some(w) => w.clone(),
+        None if ours(&cached) => (*cached).clone(),
+        None => match sandboxes
+            .get_opt(instance)
+            .await?
+            .filter(|w| w.uid().as_deref() == Some(from.as_str()))
+        {
+            Some(w) => w,
+            None => return Ok(()),
+        },
     };
     let pool = sandbox.spec.pool_ref.as_ref().map(|r| r.name.as_str());
     let of_pool = super::ownership::controller_of(warm.meta())
@@ -549,7 +570,44 @@ async fn take_children(
         }
     }
     // Emptied: the warm sandbox goes.
-    delete_precisely(&sandboxes, instance, from).await
+    delete_precisely(&sandboxes, instance, from).await?;
+    ctx.moved.moved(&uid, recorded);
+    Ok(())
+}
+
+/// Takes whose children this process has moved and whose warm sandbox it deleted, by the
+/// taker's UID (with the warm sandbox's UID): the taker's next passes make no request until
+/// the caches show the move. Forgotten once they do, or when the taker goes; a restarted
+/// operator starts empty and moves again (every move is conditional, so a second one changes
+/// nothing).
+#[derive(Debug, Default)]
+pub struct Moved(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+impl Moved {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn moved(&self, taker: &str, recorded: &SandboxPoolStatus) {
+        if let Some(warm) = &recorded.instance_uid {
+            self.map().insert(taker.to_string(), warm.clone());
+        }
+    }
+
+    /// Whether this process moved the children of the warm sandbox `recorded` names.
+    pub fn done(&self, taker: &str, recorded: &SandboxPoolStatus) -> bool {
+        recorded.instance_uid.is_some() && self.map().get(taker) == recorded.instance_uid.as_ref()
+    }
+
+    /// Forgets `taker`'s take (settled, or the taker is gone).
+    pub fn forget(&self, taker: &str) {
+        self.map().remove(taker);
+    }
+
+    /// Forgets every taker whose UID is not among `live` (deleted without a pass seeing it).
+    pub fn retain(&self, live: &std::collections::HashSet<String>) {
+        self.map().retain(|taker, _| live.contains(taker));
+    }
 }
 
 fn owner_patch(version: Option<String>, to: &OwnerReference) -> serde_json::Value {

@@ -457,6 +457,7 @@ pub async fn run(
         backoff: Default::default(),
         written: Default::default(),
         pool_expectations: Default::default(),
+        moved: Default::default(),
         count_writes: Default::default(),
         checked_policies: Default::default(),
         stop: stop.clone(),
@@ -808,6 +809,7 @@ pub async fn run(
                         .collect();
                     ctx.backoff.retain(|k| live.contains(k));
                     ctx.written.retain(&live);
+                    ctx.moved.retain(&live);
                     let policies: std::collections::HashSet<String> = ctx
                         .caches
                         .policies

@@ -151,6 +151,8 @@ pub struct Context {
     pub written: written::Written,
     /// Warm sandboxes created and not yet in the cache, per pool.
     pub pool_expectations: pool::Expectations,
+    /// Takes of warm sandboxes whose children this process moved.
+    pub moved: claim::Moved,
     /// When each policy's sandbox count was last written.
     pub count_writes: policy::CountWrites,
     /// Each policy's check, for its current generation.

@@ -87,6 +87,7 @@ pub fn context(client: kube::Client, c: Cached, crds: OptionalCrds) -> Arc<Conte
         backoff: Default::default(),
         written: Default::default(),
         pool_expectations: Default::default(),
+        moved: Default::default(),
         count_writes: Default::default(),
         checked_policies: Default::default(),
         stop: Default::default(),
