@@ -3,7 +3,7 @@ CARGO ?= cargo
 
 KUBERNETES_VALIDATE_VERSION := 1.34.1
 
-.PHONY: test unit lint fmt validate chart scan build image e2e bench-e2e bench-compare bench-compare-build bench-gateway demo demo-down cluster-build cluster-up cluster-down generate crds manifests golden render bench fuzz
+.PHONY: test unit lint fmt validate chart scan build image e2e bench-e2e bench-compare bench-compare-build bench-scale bench-gateway demo demo-down cluster-build cluster-up cluster-down generate crds manifests golden render bench fuzz
 
 ## test: formatting, lints, unit/property/golden/CLI tests, CRD validation, the chart and its
 ## generated manifests, security scans, and the e2e suite against a local control plane (built
@@ -59,6 +59,16 @@ bench-compare: build bench-compare-build
 	$(BENCH_VENV)/bin/python -c 'import matplotlib' 2>/dev/null \
 	  || (python3 -m venv $(BENCH_VENV) && $(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check 'matplotlib==3.10.*')
 	$(BENCH_VENV)/bin/python e2e/compare/plot.py target/bench/compare.json target/bench/compare.png
+
+## bench-scale: the scale figures (docs/performance.md): 1,000 and 10,000 cold sandboxes in a
+## burst for each system and its bare client, CPU per sandbox (linear when flat), API requests at
+## rest over 60 s, namespace deletion time, peak RSS. About an hour; SCALE_COUNTS to change N.
+SCALE_COUNTS ?= 1000,10000
+bench-scale: build bench-compare-build
+	if [ -z "$$KUBECONFIG" ] && [ ! -s target/e2e/kubeconfig ]; then PALISADE_E2E_NODE=0 e2e/cluster/up.sh; fi
+	KUBECONFIG=$${KUBECONFIG:-$(CURDIR)/target/e2e/kubeconfig} PALISADE_BIN=$(CURDIR)/target/release/palisade \
+	  $(CARGO) run -q --release -p palisade-e2e --bin bench-compare -- --counts $(SCALE_COUNTS) \
+	  --no-rate --no-claims --repeats 1 --rest-seconds 60 --timeout 3600 --out target/bench/scale $(BENCH_COMPARE_ARGS)
 
 ## demo: the operator end to end (local control plane unless KUBECONFIG is set)
 demo:

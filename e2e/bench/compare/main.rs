@@ -16,8 +16,18 @@
 //! ```text
 //! bench-compare [--counts 100,500,2000] [--rate 45] [--creators 16] [--repeats 3]
 //!               [--pool-size 300] [--claim-burst 300] [--claim-count 300] [--no-claims]
-//!               [--no-cold] [--no-bare] [--systems palisade,agent-sandbox] [--timeout SECS (600)]
-//!               [--out DIR (target/bench)]
+//!               [--no-cold] [--no-bare] [--no-rate] [--rest-seconds S (0)]
+//!               [--systems palisade,agent-sandbox] [--timeout SECS (600)] [--out DIR (target/bench)]
+//! ```
+//!
+//! Scale (`--rest-seconds S`): after the largest cold burst is Ready, every run (controller or
+//! bare) waits S seconds and counts the API server's requests meanwhile (at rest: the
+//! controller's minus what the cluster does anyway, the bare run's); every run records how long
+//! deleting its namespace takes (Palisade's NetworkPolicy finalizer against the bare run's
+//! same objects without one); the report gives CPU per sandbox for each N (linear when flat).
+//!
+//! ```text
+//! make bench-scale    # --counts 1000,10000 --no-rate --no-claims --repeats 1 --rest-seconds 60
 //! ```
 
 mod measure;
@@ -48,7 +58,9 @@ struct Args {
     claim_count: usize,
     claims: bool,
     cold: bool,
+    rate_cases: bool,
     bare: bool,
+    rest_seconds: u64,
     systems: Vec<System>,
     timeout: Duration,
     out: std::path::PathBuf,
@@ -58,7 +70,8 @@ fn usage() -> ! {
     eprintln!(
         "usage: bench-compare [--counts 100,500,2000] [--rate 45] [--creators 16] [--repeats 3] \
          [--pool-size 300] [--claim-burst 300] [--claim-count 300] [--no-claims] [--no-cold] [--no-bare] \
-         [--systems palisade,agent-sandbox] [--timeout SECS (600)] [--out DIR (target/bench)]"
+         [--no-rate] [--rest-seconds S (0)] [--systems palisade,agent-sandbox] [--timeout SECS (600)] \
+         [--out DIR (target/bench)]"
     );
     std::process::exit(2)
 }
@@ -74,7 +87,9 @@ fn parse_args() -> Args {
         claim_count: 300,
         claims: true,
         cold: true,
+        rate_cases: true,
         bare: true,
+        rest_seconds: 0,
         systems: vec![System::Palisade, System::AgentSandbox],
         timeout: Duration::from_secs(600),
         out: palisade_e2e::root().join("target/bench"),
@@ -96,6 +111,8 @@ fn parse_args() -> Args {
             "--no-claims" => a.claims = false,
             "--no-cold" => a.cold = false,
             "--no-bare" => a.bare = false,
+            "--no-rate" => a.rate_cases = false,
+            "--rest-seconds" => a.rest_seconds = num(value()),
             "--systems" => {
                 a.systems = value()
                     .split(',')
@@ -178,7 +195,9 @@ async fn main() {
     let mut cases = Vec::new();
     for &n in args.counts.iter().filter(|_| args.cold) {
         cases.push(Case::ColdBurst(n));
-        cases.push(Case::ColdRate(n));
+        if args.rate_cases {
+            cases.push(Case::ColdRate(n));
+        }
     }
     if args.claims {
         cases.push(Case::ClaimBurst(args.claim_burst));
@@ -279,6 +298,9 @@ async fn run(
     operator::delete_namespace_and_wait(client, &ns, args.timeout).await;
     restricted_namespace(client, &ns).await;
     let pool = case.claims().then_some(args.pool_size);
+    let largest = args.counts.iter().max().copied();
+    let rest = (case == Case::ColdBurst(largest.unwrap_or(0)) && args.rest_seconds > 0)
+        .then(|| Duration::from_secs(args.rest_seconds));
     system.setup(client, &ns, pool).await;
 
     let mut result = json!({"case": case.label(args.rate), "tag": case.tag(), "n": n,
@@ -496,17 +518,38 @@ async fn run(
     if let Some(r) = rss {
         result["peak_rss_mib"] = json!(r);
     }
-    if let (Some(a), Some(b)) = (api0, api1) {
+    if let (Some(a), Some(b)) = (&api0, &api1) {
         // Minus the harness's creates (the rest: the controller's, or in bare mode the
         // harness's stand-in writes, plus kube-scheduler's and kwok's for each pod).
-        result["api_requests_per_sandbox"] = json!((b - a - sent.len() as f64) / n as f64);
+        result["api_requests_per_sandbox"] =
+            json!((b.total() - a.total() - sent.len() as f64) / n as f64);
+        // The API server's time, all clients, per sandbox; and the breakdown by verb and
+        // resource (count and server milliseconds per sandbox), the evidence of where it went.
+        result["api_server_ms_per_sandbox"] = json!((b.seconds() - a.seconds()) * 1e3 / n as f64);
+        let by: Vec<Value> = b
+            .since(a)
+            .into_iter()
+            .map(|(k, count, secs)| {
+                json!({"request": k, "per_sandbox": count / n as f64,
+                    "server_ms_per_sandbox": secs * 1e3 / n as f64})
+            })
+            .collect();
+        for e in by.iter().take(8) {
+            println!(
+                "  {:<40} {:>6.2}/sandbox {:>7.2} ms/sandbox",
+                e["request"].as_str().unwrap_or(""),
+                e["per_sandbox"].as_f64().unwrap_or(0.0),
+                e["server_ms_per_sandbox"].as_f64().unwrap_or(0.0)
+            );
+        }
+        result["api_requests"] = json!(by);
     }
     if bare_errors > 0 {
         result["bare_errors"] = json!(bare_errors);
     }
     result["latencies_ms"] = json!(lat);
     println!(
-        "{ready}/{n} Ready; throughput {:.1}/s; p50 {:.0} ms p90 {:.0} ms p99 {:.0} ms; cpu {} s; peak RSS {} MiB; API requests/sandbox {}",
+        "{ready}/{n} Ready; throughput {:.1}/s; p50 {:.0} ms p90 {:.0} ms p99 {:.0} ms; cpu {} s; peak RSS {} MiB; API requests/sandbox {} ({} server ms)",
         ready as f64 / wall,
         percentile(&lat, 50.0),
         percentile(&lat, 90.0),
@@ -520,9 +563,30 @@ async fn run(
         result["api_requests_per_sandbox"]
             .as_f64()
             .map_or("-".into(), |v| format!("{v:.1}")),
+        result["api_server_ms_per_sandbox"]
+            .as_f64()
+            .map_or("-".into(), |v| format!("{v:.0}")),
     );
     if !alive {
         result["error"] = json!("controller exited");
+    }
+    if let (Some(window), true) = (rest, alive) {
+        // At rest: every sandbox Ready; a settling second, then the window.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = measure::apiserver_requests(client).await;
+        tokio::time::sleep(window).await;
+        let after = measure::apiserver_requests(client).await;
+        if let (Some(a), Some(b)) = (before, after) {
+            let per_s = (b.total() - a.total()) / window.as_secs_f64();
+            println!(
+                "at rest: {per_s:.2} API requests/s over {} s (all clients)",
+                window.as_secs()
+            );
+            for (k, count, _) in b.since(&a).into_iter().take(6) {
+                println!("  {k:<40} {:.2}/s", count / window.as_secs_f64());
+            }
+            result["rest_requests_per_s"] = json!(per_s);
+        }
     }
     finish(client, args, &ns, controller, result).await
 }
@@ -534,14 +598,13 @@ async fn finish(
     args: &Args,
     ns: &str,
     controller: Option<Controller>,
-    result: Value,
+    mut result: Value,
 ) -> Value {
     let t0 = Instant::now();
     operator::delete_namespace_and_wait(client, ns, args.timeout).await;
-    println!(
-        "deleted namespace {ns} in {:.1} s",
-        t0.elapsed().as_secs_f64()
-    );
+    let s = t0.elapsed().as_secs_f64();
+    println!("deleted namespace {ns} in {s:.1} s");
+    result["delete_s"] = json!(s);
     if let Some(c) = controller {
         c.stop().await;
     }
@@ -653,6 +716,7 @@ fn report(args: &Args, cases: &[Case], runs: &[Value]) -> String {
             rss(System::AgentSandbox)
         ));
     }
+    md.push_str(&scale(args, &pick));
     md.push_str(
         "\nLatency: each sandbox (claim) from its own create call to the watch event showing it \
          Ready (Palisade phase Running; agent-sandbox condition Ready=True). Throughput: Ready \
@@ -661,6 +725,67 @@ fn report(args: &Args, cases: &[Case], runs: &[Value]) -> String {
          (includes kube-scheduler's and kwok's requests for each pod: compare with the bare \
          row). % of ceiling: throughput / the bare client's on the same case.\n",
     );
+    md
+}
+
+/// The scale figures: controller CPU per sandbox for each N of the cold bursts (flat when CPU
+/// grows linearly), requests per second at rest beyond the cluster's own, and how long deleting
+/// the namespace took against the same objects without a controller.
+fn scale<'a>(args: &Args, pick: &dyn Fn(Case, System, &str) -> Vec<&'a Value>) -> String {
+    let mut counts: Vec<usize> = args.counts.clone();
+    counts.sort_unstable();
+    if !args.cold || counts.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n### Scale (cold bursts)\n\n| system | N | CPU ms per sandbox | peak RSS MiB | at rest, API req/s beyond the cluster's own | namespace deletion s (bare: same objects, no controller) |\n|---|---|---|---|---|---|\n",
+    );
+    for &system in &args.systems {
+        for &n in &counts {
+            let case = Case::ColdBurst(n);
+            let c = pick(case, system, "controller");
+            let b = pick(case, system, "bare");
+            if c.is_empty() {
+                continue;
+            }
+            let per = |rs: &[&Value], k: &str| median(&field(rs, k));
+            let cpu_ms = per(&c, "cpu_s") * 1e3 / n as f64;
+            let rest = per(&c, "rest_requests_per_s") - per(&b, "rest_requests_per_s");
+            let rest = if rest.is_finite() {
+                format!("{rest:.2}")
+            } else if per(&c, "rest_requests_per_s").is_finite() {
+                format!("{:.2} (all clients)", per(&c, "rest_requests_per_s"))
+            } else {
+                "–".into()
+            };
+            let (del, bare_del) = (per(&c, "delete_s"), per(&b, "delete_s"));
+            let deletion = if bare_del.is_finite() {
+                format!("{del:.0} (bare {bare_del:.0}: {:.1}×)", del / bare_del)
+            } else {
+                format!("{del:.0}")
+            };
+            md.push_str(&format!(
+                "| {} | {n} | {cpu_ms:.2} | {:.1} | {rest} | {deletion} |\n",
+                system.name(),
+                per(&c, "peak_rss_mib"),
+            ));
+        }
+        if let (Some(&lo), Some(&hi)) = (counts.first(), counts.last())
+            && lo != hi
+        {
+            let cpu = |n: usize| {
+                median(&field(
+                    &pick(Case::ColdBurst(n), system, "controller"),
+                    "cpu_s",
+                )) / n as f64
+            };
+            md.push_str(&format!(
+                "| {} | {lo}→{hi} | CPU per sandbox ×{:.2} (linear: about 1) | | | |\n",
+                system.name(),
+                cpu(hi) / cpu(lo)
+            ));
+        }
+    }
     md
 }
 

@@ -49,18 +49,83 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// The sum of `apiserver_request_total` over every sample but `verb="WATCH"`, from the API
-/// server's /metrics. The metric has no user-agent label: a run's delta counts every client
-/// (the harness, the controller, kube-scheduler's bindings, kwok's pod status updates, ...).
-pub async fn apiserver_requests(client: &Client) -> Option<f64> {
+/// The API server's request counters by verb and resource (`POST pods`,
+/// `APPLY agentsandboxes/status`, ...): the count (`apiserver_request_total`) and the seconds
+/// the server spent (`apiserver_request_duration_seconds_sum`), watches excluded, from its
+/// /metrics. The metrics have no user-agent label: a run's delta counts every client (the
+/// harness, the controller, kube-scheduler's bindings, kwok's pod status updates, ...).
+pub async fn apiserver_requests(client: &Client) -> Option<Requests> {
     let req = http::Request::get("/metrics").body(Vec::new()).ok()?;
     let body = client.request_text(req).await.ok()?;
-    Some(
-        body.lines()
-            .filter(|l| l.starts_with("apiserver_request_total{") && !l.contains("verb=\"WATCH\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
+    let mut out = Requests::default();
+    for line in body.lines() {
+        let (counter, labels) = if let Some(l) = line.strip_prefix("apiserver_request_total{") {
+            (true, l)
+        } else if let Some(l) = line.strip_prefix("apiserver_request_duration_seconds_sum{") {
+            (false, l)
+        } else {
+            continue;
+        };
+        let Some((labels, value)) = labels.rsplit_once("} ") else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let label = |k: &str| {
+            let start = labels.find(&format!("{k}=\""))? + k.len() + 2;
+            let end = start + labels[start..].find('"')?;
+            Some(&labels[start..end])
+        };
+        let verb = label("verb").unwrap_or("");
+        if verb == "WATCH" {
+            continue;
+        }
+        let mut key = format!("{verb} {}", label("resource").unwrap_or(""));
+        if let Some(sub) = label("subresource").filter(|s| !s.is_empty()) {
+            key = format!("{key}/{sub}");
+        }
+        let e = out.by_key.entry(key).or_default();
+        if counter {
+            e.0 += value;
+        } else {
+            e.1 += value;
+        }
+    }
+    Some(out)
+}
+
+/// Requests and server seconds by "VERB resource[/subresource]".
+#[derive(Clone, Debug, Default)]
+pub struct Requests {
+    pub by_key: HashMap<String, (f64, f64)>,
+}
+
+impl Requests {
+    /// Every request counted.
+    pub fn total(&self) -> f64 {
+        self.by_key.values().map(|v| v.0).sum()
+    }
+
+    /// Seconds the API server spent on them.
+    pub fn seconds(&self) -> f64 {
+        self.by_key.values().map(|v| v.1).sum()
+    }
+
+    /// What happened between `before` and `self`, largest counts first.
+    pub fn since(&self, before: &Requests) -> Vec<(String, f64, f64)> {
+        let mut out: Vec<(String, f64, f64)> = self
+            .by_key
+            .iter()
+            .map(|(k, v)| {
+                let b = before.by_key.get(k).copied().unwrap_or_default();
+                (k.clone(), v.0 - b.0, v.1 - b.1)
+            })
+            .filter(|e| e.1 > 0.0)
+            .collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
+    }
 }
 
 /// Nearest-rank percentile of sorted values.
