@@ -470,6 +470,16 @@ pub async fn run(
         ),
         g_policies,
     )
+    // Its sandboxes care about the spec, not the status (the sandbox count is written up to
+    // once a second while sandboxes come and go; each write used to re-run every sandbox of
+    // the policy, quadratic work in a burst).
+    .filter({
+        let mut seen = std::collections::HashMap::new();
+        move |event| {
+            let starts = policy::starts_sandbox_passes(&mut seen, event);
+            async move { starts }
+        }
+    })
     .touched_objects();
     // A sandbox deleted changes its policy's count.
     let (sandbox_gone_tx, sandbox_gone_rx) = futures::channel::mpsc::unbounded();

@@ -31,6 +31,62 @@ pub fn sandboxes_of(ctx: &Ctx, policy: &ObjectRef<AgentPolicy>) -> Vec<ObjectRef
         .collect()
 }
 
+/// What of a policy its sandboxes' passes read: its identity, spec (generation) and deletion.
+type PolicyInputs = (Option<i64>, bool);
+
+/// Whether a policy watch event re-runs the passes of its sandboxes: a deletion, a relist
+/// (after a watch gap anything may have changed), a new policy, or a change of what the
+/// passes read (`PolicyInputs`); not a status write (the sandbox count). `seen` holds each
+/// policy's inputs by UID.
+pub fn starts_sandbox_passes(
+    seen: &mut HashMap<String, PolicyInputs>,
+    event: &Result<kube::runtime::watcher::Event<AgentPolicy>, kube::runtime::watcher::Error>,
+) -> bool {
+    use kube::runtime::watcher::Event;
+    let inputs = |p: &AgentPolicy| (p.meta().generation, p.meta().deletion_timestamp.is_some());
+    match event {
+        Ok(Event::Apply(p)) => {
+            let Some(uid) = p.uid() else {
+                return true;
+            };
+            seen.insert(uid, inputs(p)) != Some(inputs(p))
+        }
+        Ok(Event::InitApply(p)) => {
+            if let Some(uid) = p.uid() {
+                seen.insert(uid, inputs(p));
+            }
+            true
+        }
+        Ok(Event::Delete(p)) => {
+            if let Some(uid) = p.uid() {
+                seen.remove(&uid);
+            }
+            true
+        }
+        _ => true,
+    }
+}
+
+/// How many sandboxes use policy `ns/name`: a scan of the cache that allocates nothing per
+/// sandbox (a pass runs for each sandbox that comes or goes; building a reference to each
+/// sandbox made the passes of a burst quadratic in allocations).
+fn count_of(ctx: &Ctx, ns: &str, name: &str) -> usize {
+    ctx.caches
+        .sandboxes
+        .state()
+        .iter()
+        .filter(|s| {
+            s.metadata.namespace.as_deref() == Some(ns)
+                && if s.spec.policy_ref.is_unset() {
+                    // A sandbox of a pool: its policy is its template's.
+                    s.policy_name() == name
+                } else {
+                    s.spec.policy_ref.name == name
+                }
+        })
+        .count()
+}
+
 /// `Accepted` and `Ready`, plus kstatus' `Reconciling` and `Stalled`: a policy is checked in
 /// one pass, so it is never Reconciling; an invalid one stays invalid until someone edits it
 /// (Stalled, kstatus Failed), a valid one is Ready (kstatus Current).
@@ -57,7 +113,7 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Ctx) -> Result<Action, Err
     let ns = policy.namespace().ok_or(Error::Missing("namespace"))?;
     let name = policy.name_any();
     let previous = policy.status.clone().unwrap_or_default();
-    let count = sandboxes_of(&ctx, &ObjectRef::from_obj(&*policy)).len() as i32;
+    let count = count_of(&ctx, &ns, &name) as i32;
     let generation = policy.meta().generation;
     // A count that changes while sandboxes come and go is written at most once a second.
     let key = policy.uid().unwrap_or_else(|| format!("{ns}/{name}"));
@@ -245,5 +301,62 @@ mod tests {
             kstatus(Some(4), Some(3), &conditions).0,
             KStatus::InProgress
         );
+    }
+}
+
+#[cfg(test)]
+mod status_filter_tests {
+    use super::*;
+    use kube::runtime::watcher::Event;
+
+    fn policy(generation: i64, count: i32) -> AgentPolicy {
+        let mut p = AgentPolicy::new("p", Default::default());
+        p.metadata.namespace = Some("ns".into());
+        p.metadata.uid = Some("u1".into());
+        p.metadata.generation = Some(generation);
+        p.status = Some(AgentPolicyStatus {
+            sandbox_count: Some(count),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn a_status_write_re_runs_no_sandbox_but_a_spec_change_and_a_deletion_do() {
+        let mut seen = HashMap::new();
+        assert!(starts_sandbox_passes(
+            &mut seen,
+            &Ok(Event::Apply(policy(1, 0)))
+        ));
+        // The sandbox count written, again and again: nothing for the sandboxes.
+        for count in 1..5 {
+            assert!(!starts_sandbox_passes(
+                &mut seen,
+                &Ok(Event::Apply(policy(1, count)))
+            ));
+        }
+        assert!(starts_sandbox_passes(
+            &mut seen,
+            &Ok(Event::Apply(policy(2, 5)))
+        ));
+        let mut deleting = policy(2, 5);
+        deleting.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        assert!(starts_sandbox_passes(
+            &mut seen,
+            &Ok(Event::Apply(deleting))
+        ));
+        assert!(starts_sandbox_passes(
+            &mut seen,
+            &Ok(Event::Delete(policy(2, 5)))
+        ));
+        // A relist re-runs them all (anything may have changed during the gap).
+        assert!(starts_sandbox_passes(
+            &mut seen,
+            &Ok(Event::InitApply(policy(2, 5)))
+        ));
+        assert!(!starts_sandbox_passes(
+            &mut seen,
+            &Ok(Event::Apply(policy(2, 6)))
+        ));
     }
 }
