@@ -207,6 +207,10 @@ fn take_steps() -> Vec<Step> {
                 assert_eq!(pool["start"], "Warm", "{}", s.body);
                 assert_eq!(pool["instance"], WARM);
                 assert_eq!(pool["instanceUid"], WARM_UID, "{}", s.body);
+                assert_eq!(
+                    s.body["metadata"]["resourceVersion"], "1",
+                    "conditional on the sandbox as the pass read it"
+                );
             })
             .reply_with(|s| {
                 let mut v = serde_json::to_value(taker(None)).expect("taker json");
@@ -297,4 +301,55 @@ async fn a_restarted_operator_whose_cache_shows_the_take_moves_without_reading()
     )
     .await;
     assert_eq!(seen.len(), 4);
+}
+
+#[tokio::test]
+async fn a_pool_being_deleted_hands_out_no_warm_sandbox() {
+    let mut cache = cached(json!({}));
+    cache.pools[0].metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-01-01T00:00:00Z".parse().expect("time"),
+        ));
+    cache.pools[0].metadata.finalizers = Some(vec!["foregroundDeletion".into()]);
+    // No take: the sandbox records a cold start (then runs its normal pass, not scripted here).
+    let steps = vec![
+        Step::apply(format!("{SANDBOXES}/{TAKER}/status"))
+            .check(|s| {
+                let pool = &s.body["status"]["pool"];
+                assert_eq!(pool["start"], "Cold", "{}", s.body);
+            })
+            .respond(
+                500,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "stop here", "reason": "InternalError", "code": 500}),
+            ),
+    ];
+    let (client, handle) = mock_client();
+    let ctx = context(client, cache, OptionalCrds::default());
+    let verifier = tokio::spawn(serve(handle, steps));
+    let result = reconcile(Arc::new(taker(None)), ctx.clone()).await;
+    assert!(result.is_err(), "the scripted status write fails");
+    drop(ctx);
+    let seen = join(verifier).await;
+    assert!(
+        !seen.iter().any(|s| s.path.ends_with(WARM)),
+        "the warm sandbox is not taken: {:?}",
+        seen.iter().map(Seen::describe).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_take_is_not_recorded_over_a_newer_sandbox_and_nothing_moves() {
+    // The server has a newer taker than the cache (a start recorded since, say): the record is
+    // refused and the pass looks again soon, moving nothing.
+    let mut steps = take_steps();
+    steps[1] = Step::apply(format!("{SANDBOXES}/{TAKER}/status")).fail(409, "Conflict");
+    let (actions, seen, _) = passes(cached(json!({})), vec![taker(None)], steps).await;
+    assert_eq!(actions[0], Action::requeue(Duration::from_millis(200)));
+    assert_eq!(
+        seen.len(),
+        2,
+        "{:?}",
+        seen.iter().map(Seen::describe).collect::<Vec<_>>()
+    );
 }

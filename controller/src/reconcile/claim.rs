@@ -135,7 +135,9 @@ pub async fn prepare(
             "PoolStateLost",
             "the sandbox controls a pod but its status.pool is gone: it takes no other warm sandbox; delete and recreate the sandbox",
         );
-        write(ctx, &sandbox, &outcome, now).await?;
+        if let Some(again) = write(ctx, &sandbox, &outcome, now).await? {
+            return Ok(Prepared::Done(again));
+        }
         return Ok(Prepared::Done(Action::await_change()));
     }
     let claim = sandbox.spec.pool.clone().unwrap_or_default();
@@ -166,7 +168,9 @@ pub async fn prepare(
         .get(&ObjectRef::new(&pool_ref.name).within(&ns))
     else {
         if waits && now >= deadline {
-            write(ctx, &sandbox, &exhausted(), now).await?;
+            if let Some(again) = write(ctx, &sandbox, &exhausted(), now).await? {
+                return Ok(Prepared::Done(again));
+            }
             return Ok(Prepared::Done(Action::await_change()));
         }
         let outcome = Outcome::blocked(
@@ -176,7 +180,9 @@ pub async fn prepare(
                 pool_ref.name
             ),
         );
-        write(ctx, &sandbox, &outcome, now).await?;
+        if let Some(again) = write(ctx, &sandbox, &outcome, now).await? {
+            return Ok(Prepared::Done(again));
+        }
         let left = (deadline.as_millisecond() - now.as_millisecond()).max(0) as u64;
         let again = if waits {
             Duration::from_millis(left).min(Duration::from_secs(60))
@@ -213,8 +219,12 @@ pub async fn prepare(
         .get(&ObjectRef::new(&template.policy_ref.name).within(&ns))
         .and_then(|p| Some((p.uid()?, p.metadata.generation?)));
     let pool_uid = pool.uid().unwrap_or_default();
+    // A pool being deleted hands out nothing: the garbage collector may delete a warm sandbox
+    // it still controls, and the children not yet moved with it, in the middle of a take.
+    let deleting = pool.meta().deletion_timestamp.is_some();
     let mut candidates: Vec<&Arc<AgentSandbox>> = sandboxes
         .iter()
+        .filter(|_| !deleting)
         .filter(warm_of_pool)
         .filter(|s| fit(s, &pool_uid, &hash, current_policy.as_ref()))
         .collect();
@@ -242,7 +252,9 @@ pub async fn prepare(
 
     if waits {
         if now >= deadline {
-            write(ctx, &sandbox, &exhausted(), now).await?;
+            if let Some(again) = write(ctx, &sandbox, &exhausted(), now).await? {
+                return Ok(Prepared::Done(again));
+            }
             return Ok(Prepared::Done(Action::await_change()));
         }
         let outcome = Outcome::new(
@@ -253,7 +265,9 @@ pub async fn prepare(
                 pool_ref.name
             ),
         );
-        write(ctx, &sandbox, &outcome, now).await?;
+        if let Some(again) = write(ctx, &sandbox, &outcome, now).await? {
+            return Ok(Prepared::Done(again));
+        }
         let left = (deadline.as_millisecond() - now.as_millisecond()).max(0) as u64;
         return Ok(Prepared::Done(Action::requeue(
             Duration::from_millis(left).min(Duration::from_millis(500)),
@@ -339,7 +353,9 @@ async fn record(
     let start = recorded.start;
     let mut st = sandbox.status.clone().unwrap_or_default();
     st.pool = Some(recorded);
-    let written = apply_status(ctx, sandbox, st).await?;
+    let Some(written) = apply_status(ctx, sandbox, st).await? else {
+        return Ok(Prepared::Done(Action::requeue(STALE)));
+    };
     let written = Arc::new(written);
     if start == PoolStart::Warm
         && let Some(recorded) = written.status.as_ref().and_then(|s| s.pool.as_ref())
@@ -397,13 +413,14 @@ fn with_template(sandbox: Arc<AgentSandbox>) -> Result<Arc<AgentSandbox>, Error>
     Ok(Arc::new(view))
 }
 
-/// Writes a status for a pass that stops here.
+/// Writes a status for a pass that stops here. `Some` (look again soon) when the sandbox was
+/// newer on the server than in the cache: nothing was written.
 async fn write(
     ctx: &Ctx,
     sandbox: &AgentSandbox,
     outcome: &Outcome,
     now: Timestamp,
-) -> Result<(), Error> {
+) -> Result<Option<Action>, Error> {
     let previous = sandbox.status.clone().unwrap_or_default();
     let name = sandbox.name_any();
     let ns = sandbox.namespace().unwrap_or_default();
@@ -423,30 +440,41 @@ async fn write(
         egress_denials: None,
         ..previous
     };
-    if new != own {
-        apply_status(ctx, sandbox, new).await?;
+    if new != own && apply_status(ctx, sandbox, new).await?.is_none() {
+        return Ok(Some(Action::requeue(STALE)));
     }
-    Ok(())
+    Ok(None)
 }
 
+/// How soon a pass that found its sandbox newer on the server than in the cache looks again.
+const STALE: Duration = Duration::from_millis(200);
+
+/// Applies the status, conditional on the sandbox's resourceVersion as the pass read it: a pass
+/// on a stale copy (one that does not show a take recorded since) must not record another
+/// start over it, nor drop `status.pool`. `None` when the server had a newer version.
 async fn apply_status(
     ctx: &Ctx,
     sandbox: &AgentSandbox,
     mut st: AgentSandboxStatus,
-) -> Result<AgentSandbox, Error> {
+) -> Result<Option<AgentSandbox>, Error> {
     // The gateway writes egressDenials; the operator never applies (so never owns) that field.
     st.egress_denials = None;
     let ns = sandbox.namespace().unwrap_or_default();
     let api: Api<AgentSandbox> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch =
-        json!({"apiVersion": crate::api::API_VERSION, "kind": "AgentSandbox", "status": st});
-    let written = api
+    let patch = json!({"apiVersion": crate::api::API_VERSION, "kind": "AgentSandbox",
+        "metadata": {"resourceVersion": sandbox.resource_version()}, "status": st});
+    let written = match api
         .patch_status(
             &sandbox.name_any(),
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&patch),
         )
-        .await?;
+        .await
+    {
+        Ok(w) => w,
+        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
     if let Some(uid) = sandbox.uid() {
         ctx.written.wrote(
             &uid,
@@ -454,7 +482,7 @@ async fn apply_status(
             written.meta().resource_version.as_deref(),
         );
     }
-    Ok(written)
+    Ok(Some(written))
 }
 
 /// Moves the children of the warm sandbox taken to `sandbox` (those still controlled by the
