@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::LazyLock;
 
-use crate::policy::egress::ASSUMED_CLUSTER_CIDRS;
+use crate::policy::egress::{ASSUMED_CLUSTER_CIDRS, METADATA_CIDRS};
 use crate::policy::net::{AddrSet, Cidr, Family};
 
 /// Addresses that are never a remote service: unspecified, loopback, multicast, broadcast and
@@ -34,8 +34,14 @@ fn set_of(list: &[&str]) -> AddrSet {
 }
 
 static SPECIAL: LazyLock<AddrSet> = LazyLock::new(|| set_of(SPECIAL_CIDRS));
-static PRIVATE: LazyLock<AddrSet> =
-    LazyLock::new(|| set_of(ASSUMED_CLUSTER_CIDRS).union(&set_of(PRIVATE_EXTRA_CIDRS)));
+/// Link-local and metadata addresses join them: `allowMetadataAccess` lets a sandbox reach its
+/// own node's metadata service directly, but a name resolving there would reach the gateway's
+/// node (its identity), so only a CIDR allow that covers the address lets a name go there.
+static PRIVATE: LazyLock<AddrSet> = LazyLock::new(|| {
+    set_of(ASSUMED_CLUSTER_CIDRS)
+        .union(&set_of(PRIVATE_EXTRA_CIDRS))
+        .union(&set_of(METADATA_CIDRS))
+});
 
 /// An address as the policy's address sets index it.
 pub fn key(ip: IpAddr) -> (Family, u128) {

@@ -912,6 +912,11 @@ async fn forward(
     };
     let upstream_req = Request::from_parts(parts, body);
     let Admitted { grant, upstream } = admitted;
+    // The directory may have changed while the name was resolved and dialled: nothing goes
+    // upstream under a rule that no longer holds.
+    if !gw.still_allowed(peer, &grant) {
+        return refuse(d, Denial::PolicyChanged);
+    }
     let response = tokio::time::timeout(gw.timeouts.response, async {
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await?;
@@ -922,9 +927,10 @@ async fn forward(
         tasks.spawn(async move {
             let mut changes = watch_gw.directory.clone();
             tokio::select! {
-                _ = conn => {}
+                biased;
                 () = revoked(&watch_gw, &mut changes, peer, &grant) => {}
                 () = watch_gw.hard_stop.cancelled() => {}
+                _ = conn => {}
             }
         });
         sender.send_request(upstream_req).await

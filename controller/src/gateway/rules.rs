@@ -425,6 +425,40 @@ deny:
     }
 
     #[test]
+    fn allow_metadata_access_never_lets_a_name_reach_the_gateways_own_metadata() {
+        // The sandbox may reach its node's metadata directly; a name resolving there would
+        // reach the gateway's node instead: only a CIDR allow covering the address admits it.
+        let with_access = format!("allowMetadataAccess: true\n{NAMES}");
+        let r = rules(&with_access, &["10.96.0.0/12"]);
+        for addr in [
+            "169.254.169.254",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "169.254.170.23",
+            "fe80::1",
+            "fd00:ec2::254",
+            "100.100.100.200",
+            "168.63.129.16",
+        ] {
+            assert_eq!(
+                r.check_addresses(&[ip(addr)], 443),
+                Err(Denial::PrivateAddress),
+                "{addr}"
+            );
+        }
+        let covered = format!(
+            "allowMetadataAccess: true\n{}",
+            NAMES.replace("{cidr: 10.20.0.0/16}", "{cidr: 169.254.169.254/32}")
+        );
+        let r = rules(&covered, &["10.96.0.0/12"]);
+        assert_eq!(r.check_addresses(&[ip("169.254.169.254")], 443), Ok(()));
+        assert_eq!(
+            r.check_addresses(&[ip("169.254.170.23")], 443),
+            Err(Denial::PrivateAddress)
+        );
+    }
+
+    #[test]
     fn names_and_any_name_respect_denied_names() {
         let mut r = rules("{}", &[]);
         r.any_name = Some(Services::all());
