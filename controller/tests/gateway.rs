@@ -1114,6 +1114,67 @@ async fn blocked_names_under_allow_all_hold_for_names_and_for_ip_literals() {
         .await;
     assert_eq!(status, 200);
     assert!(w.tls_ping(s, "a.pkg.example.com").await.is_ok());
+
+    // An address in plain HTTP: its Host must not be blocked (review finding: CONNECT to the
+    // blocked host's address with `Host: api.example.com` reached it).
+    let http_before = w.http_seen.lock().unwrap().requests.len();
+    for (head, reason) in [
+        (
+            "GET / HTTP/1.1\r\nHost: API.example.com:80\r\n\r\n",
+            "NameDenied",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: x.api.example.com\r\n\r\n",
+            "NameDenied",
+        ),
+        // No Host, or two: nothing that can be checked.
+        ("GET / HTTP/1.0\r\n\r\n", "NotTls"),
+        (
+            "GET / HTTP/1.1\r\nHost: a.pkg.example.com\r\nHost: api.example.com\r\n\r\n",
+            "NotTls",
+        ),
+        // Neither TLS nor HTTP: another protocol names no host.
+        ("SSH-2.0-OpenSSH_9.6\r\n", "NotTls"),
+    ] {
+        let (status, _, mut s) = w
+            .connect("127.0.0.1", "192.0.2.20:80", Cred::Of("u1"))
+            .await;
+        assert_eq!(status, 200, "{head:?}");
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok() && rest.is_empty(),
+            "the tunnel stayed open: {head:?}"
+        );
+        w.wait_for_denial(reason).await;
+    }
+    assert_eq!(
+        w.http_seen.lock().unwrap().requests.len(),
+        http_before,
+        "a request reached the address"
+    );
+    // TLS without a server name to an address: refused too.
+    let (_, _, s) = w
+        .connect("127.0.0.1", "192.0.2.10:443", Cred::Of("u1"))
+        .await;
+    assert!(w.tls_ping(s, "192.0.2.10").await.is_err());
+    w.wait_for_denial("SniMissing").await;
+    // An allowed Host at an address goes through.
+    let (status, _, mut s) = w
+        .connect("127.0.0.1", "192.0.2.20:80", Cred::Of("u1"))
+        .await;
+    assert_eq!(status, 200);
+    s.write_all(b"GET /simple HTTP/1.1\r\nHost: plain.example.com\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut body)).await;
+    assert!(
+        String::from_utf8_lossy(&body).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
 }
 
 #[tokio::test]

@@ -682,12 +682,13 @@ where
 
 /// Under host names blocked by the policy (`blockedHosts` under allow-all egress), a tunnel to
 /// an IP literal could still reach a blocked host by its address: the client's first bytes are
-/// read before anything goes upstream, and a TLS ClientHello whose server name is a blocked
-/// name (or under one), or that offers Encrypted Client Hello, closes the tunnel. Bytes that
-/// are not TLS, and TLS without a server name, name no host and go on. A client that sends
-/// nothing first (a protocol where the server speaks first) is refused once the hello timeout
-/// passes: what it will send later could not be checked. Without blocked names, nothing is
-/// read (a CIDR rule allows the address whatever it serves).
+/// read before anything goes upstream, and they must name a host that is not blocked: a TLS
+/// ClientHello whose server name is not a blocked name (nor under one) and that offers no
+/// Encrypted Client Hello, or an HTTP/1 request whose `Host` is not a blocked name. Anything
+/// else (TLS without a server name, other protocols, a client that sends nothing first, as
+/// in protocols where the server speaks first) names no host that could be checked and is
+/// refused. Without blocked names, nothing is read (a CIDR rule allows the address whatever it
+/// serves).
 async fn literal_names_a_blocked_host<S: AsyncRead + Unpin>(
     gw: &Gateway,
     client: &mut S,
@@ -701,17 +702,61 @@ async fn literal_names_a_blocked_host<S: AsyncRead + Unpin>(
         Ok(_) => return None,
         Err(denial) => return Some(denial),
     };
-    match tokio::time::timeout(gw.timeouts.hello, read_hello(client, first)).await {
-        Ok(Ok(sni)) => {
-            let name = sni.strip_suffix('.').unwrap_or(&sni).to_ascii_lowercase();
-            let plain = name
+    let denied = |name: &str| {
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        let plain = !name.is_empty()
+            && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-            (!plain || rules.name_denied(&name)).then_some(Denial::NameDenied)
+        (!plain || rules.name_denied(&name)).then_some(Denial::NameDenied)
+    };
+    let hello = tokio::time::timeout(gw.timeouts.hello, async {
+        match read_hello(client, first).await {
+            Ok(sni) => denied(&sni),
+            Err(Denial::NotTls) => match read_http_host(client, first).await {
+                Some(host) => denied(&host),
+                None => Some(Denial::NotTls),
+            },
+            Err(denial) => Some(denial),
         }
-        Ok(Err(Denial::NotTls | Denial::SniMissing)) => None,
-        Ok(Err(denial)) => Some(denial),
-        Err(_) => Some(Denial::NotTls),
+    })
+    .await;
+    hello.unwrap_or(Some(Denial::NotTls))
+}
+
+/// The `Host` of an HTTP/1 request whose first bytes are in `buf` (reading the rest of its
+/// head from `client`, up to 16 KiB), without a port; `None` when the bytes are not an HTTP/1
+/// request head or it has no single `Host`.
+async fn read_http_host<S: AsyncRead + Unpin>(client: &mut S, buf: &mut Vec<u8>) -> Option<String> {
+    const MAX_HEAD: usize = 16 * 1024;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let mut hosts = req
+                    .headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("host"));
+                let host = std::str::from_utf8(hosts.next()?.value).ok()?.trim();
+                if hosts.next().is_some() {
+                    return None;
+                }
+                let name = match host.rsplit_once(':') {
+                    Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+                    _ => host,
+                };
+                return Some(name.to_string());
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            _ => return None,
+        }
+        let n = client.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

@@ -182,7 +182,7 @@ pub fn compile_gateway(
         );
         report.narrowed(
             "network.egress",
-            "allow-all egress with blocked host names is carried by the egress gateway: TLS whose server name is the name asked for, or plain HTTP on port 80, over TCP; other protocols, and direct connections, are dropped",
+            "allow-all egress with blocked host names is carried by the egress gateway: TLS whose server name is the name asked for, or plain HTTP on port 80, over TCP; to an IP address, TLS naming a host that is not blocked or HTTP/1 whose Host is not blocked; other protocols, TLS without a server name to an address, and direct connections are dropped",
         );
         return Ok(GatewayEgress { rules, env });
     }
