@@ -192,12 +192,13 @@ async fn network_policy_drift_is_put_back() {
     })
     .await;
     // Someone deletes it: it comes back.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let first_uid = pods.get("agent").await.expect("the pod").metadata.uid;
     nps.delete("agent-isolation", &DeleteParams::default())
         .await
         .expect("delete");
     // Until it is back and the pod runs again, a live pod never exists without it (a NetworkPolicy
     // being deleted is still there, and still enforced, until its finalizer is released).
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut pod_went_away = false;
     loop {
@@ -210,7 +211,8 @@ async fn network_policy_drift_is_put_back() {
             !live_pod || np.is_some(),
             "a live pod without its NetworkPolicy"
         );
-        pod_went_away |= pod.is_none();
+        // Gone, or already replaced between two looks (a new UID).
+        pod_went_away |= pod.as_ref().is_none_or(|p| p.metadata.uid != first_uid);
         let restored = np
             .as_ref()
             .is_some_and(|n| n.metadata.deletion_timestamp.is_none());
