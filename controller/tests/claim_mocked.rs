@@ -353,3 +353,117 @@ async fn a_take_is_not_recorded_over_a_newer_sandbox_and_nothing_moves() {
         seen.iter().map(Seen::describe).collect::<Vec<_>>()
     );
 }
+
+/// Runs one pass of `s` against `steps`, whatever it returns; every request.
+async fn one_pass(
+    cache: Cached,
+    s: AgentSandbox,
+    steps: Vec<Step>,
+) -> (Result<Action, palisade::reconcile::Error>, Vec<Seen>) {
+    let (client, handle) = mock_client();
+    let ctx = context(client, cache, OptionalCrds::default());
+    let verifier = tokio::spawn(serve(handle, steps));
+    let result = tokio::time::timeout(Duration::from_secs(20), reconcile(Arc::new(s), ctx.clone()))
+        .await
+        .expect("reconcile timed out");
+    drop(ctx);
+    (result, join(verifier).await)
+}
+
+/// A take that loses: the warm sandbox changed (409) and, read again, another sandbox has it.
+fn lost_take() -> Vec<Step> {
+    vec![
+        Step::new(Method::PATCH, format!("{SANDBOXES}/{WARM}")).fail(409, "Conflict"),
+        Step::get(format!("{SANDBOXES}/{WARM}")).respond(
+            200,
+            warm_json(json!({CLAIMED_BY_ANNOTATION: "someone-else"})),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_young_sandbox_that_lost_every_warm_sandbox_looks_again_instead_of_starting_cold() {
+    // Created just now (no creationTimestamp reads as now): no cold start is recorded, the pass
+    // looks again with a fresher cache.
+    let (result, seen) = one_pass(cached(json!({})), taker(None), lost_take()).await;
+    assert_eq!(
+        result.expect("the pass succeeds"),
+        Action::requeue(Duration::from_millis(200))
+    );
+    assert!(
+        !seen.iter().any(|s| s.path.ends_with("/status")),
+        "nothing recorded: {:?}",
+        seen.iter().map(Seen::describe).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn an_older_sandbox_that_lost_every_warm_sandbox_starts_cold() {
+    let mut s = taker(None);
+    s.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::now() - jiff::SignedDuration::from_secs(30),
+    ));
+    let mut steps = lost_take();
+    steps.push(
+        Step::apply(format!("{SANDBOXES}/{TAKER}/status"))
+            .check(|s| {
+                let pool = &s.body["status"]["pool"];
+                assert_eq!(pool["start"], "Cold", "{}", s.body);
+            })
+            .fail(500, "InternalError"),
+    );
+    let (result, seen) = one_pass(cached(json!({})), s, steps).await;
+    assert!(result.is_err(), "the scripted status write fails");
+    assert_eq!(seen.len(), 3);
+}
+
+#[tokio::test]
+async fn a_move_the_api_server_refuses_is_said_in_status_and_retried() {
+    // The take and its record succeed; moving the pod is refused (permissions): the sandbox's
+    // status says so (Stalled: only a person can fix it) and the pass fails for a retry.
+    let mut steps = take_steps();
+    steps.push(
+        Step::new(Method::PATCH, format!("/api/v1/namespaces/ns/pods/{WARM}"))
+            .fail(403, "Forbidden"),
+    );
+    steps.push(
+        Step::apply(format!("{SANDBOXES}/{TAKER}/status"))
+            .check(|s| {
+                let st = &s.body["status"];
+                assert_eq!(st["pool"]["start"], "Warm", "status.pool kept: {st}");
+                let stalled = st["conditions"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Stalled"))
+                    .cloned()
+                    .unwrap_or_default();
+                assert_eq!(stalled["status"], "True", "{st}");
+                assert_eq!(stalled["reason"], "Forbidden", "{st}");
+                assert!(
+                    st["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("could not move the taken warm sandbox's children"),
+                    "{st}"
+                );
+                assert_eq!(
+                    s.body["metadata"]["resourceVersion"], "2",
+                    "on the sandbox as the take recorded it"
+                );
+            })
+            .reply_with(|s| {
+                let mut v = serde_json::to_value(taker(None)).expect("taker json");
+                v["status"] = s.body["status"].clone();
+                v["metadata"]["resourceVersion"] = json!("3");
+                (200, v)
+            }),
+    );
+    let (result, seen) = one_pass(cached(json!({})), taker(None), steps).await;
+    let error = result.expect_err("the pass fails for a retry with backoff");
+    assert_eq!(error.reason(), "Forbidden");
+    assert_eq!(
+        seen.len(),
+        4,
+        "{:?}",
+        seen.iter().map(Seen::describe).collect::<Vec<_>>()
+    );
+}

@@ -291,6 +291,29 @@ async fn a_template_change_replaces_the_warm_sandboxes_and_leaves_taken_ones() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pod_uid = pods.get(&instance).await.expect("pod").uid();
 
+    // While the warm sandboxes roll, the pool never has more than replicas + surge (2 + 1)
+    // of them, the old ones still leaving included.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = tokio::spawn({
+        let api = Api::<AgentSandbox>::namespaced(client.clone(), ns);
+        let watching = watching.clone();
+        async move {
+            let mut most = 0;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let lp = kube::api::ListParams::default().labels(&format!("{POOL_LABEL}=warm"));
+                if let Ok(list) = api.list(&lp).await {
+                    let untaken = list
+                        .items
+                        .iter()
+                        .filter(|s| !s.annotations().contains_key("palisade.dev/claimed-by"))
+                        .count();
+                    most = most.max(untaken);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            most
+        }
+    });
     let mut template = basic_sandbox("p");
     template["args"] = json!(["--v2"]);
     apply_palisade::<AgentSandboxPool>(&client, ns, "warm", pool_spec(2, template)).await;
@@ -323,6 +346,9 @@ async fn a_template_change_replaces_the_warm_sandboxes_and_leaves_taken_ones() {
         new.iter().all(|n| !old.contains_key(n)),
         "old warm sandboxes remain: {new:?}"
     );
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let most = sampler.await.expect("sampler");
+    assert!(most <= 3, "{most} warm sandboxes at once during the roll");
     for n in &new {
         let pod = pods.get(n).await.expect("new warm pod");
         let args = pod
@@ -519,4 +545,74 @@ async fn waiting_for_an_empty_pool_fails_at_the_deadline_and_a_missing_pool_bloc
         forged.is_err(),
         "a status.pool change was accepted from a person"
     );
+}
+
+#[tokio::test]
+async fn a_pool_whose_warm_pods_a_quota_refuses_is_stalled_with_the_reason_and_an_event() {
+    let ns = &unique("pool-stall");
+    let client = setup(ns).await;
+    apply_policy(&client, ns, "p", json!({"network": {"dns": "none"}})).await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods"},
+        "spec": {"hard": {"pods": "0"}}
+    }))
+    .expect("quota");
+    quotas
+        .create(&Default::default(), &quota)
+        .await
+        .expect("create the quota");
+    wait_for("the quota to be counted", WAIT, || async {
+        quotas.get("no-pods").await.ok()?.status?.hard.map(|_| ())
+    })
+    .await;
+    apply_palisade::<AgentSandboxPool>(&client, ns, "held", pool_spec(1, basic_sandbox("p"))).await;
+    let stalled = wait_for("the pool Stalled by the quota", WAIT * 2, || async {
+        let p = pool_status(&client, ns, "held").await?;
+        let c = p
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Stalled" && c.status == "True")?;
+        Some(c)
+    })
+    .await;
+    assert_eq!(stalled.reason, "WarmSandboxBlocked");
+    assert!(
+        stalled.message.contains("QuotaExceeded"),
+        "{}",
+        stalled.message
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    wait_for("a Warning event on the pool", WAIT, || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("WarmSandboxBlocked")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.involved_object.kind.as_deref() == Some("AgentSandboxPool")
+                    && e.involved_object.name.as_deref() == Some("held")
+            })
+            .then_some(())
+    })
+    .await;
+    // Lifted: the warm sandbox starts (retried with backoff) and the pool becomes Ready.
+    quotas
+        .delete("no-pods", &DeleteParams::default())
+        .await
+        .expect("lift the quota");
+    wait_for(
+        "the pool Ready once the quota is lifted",
+        Duration::from_secs(150),
+        || async {
+            let p = pool_status(&client, ns, "held").await?;
+            p.status?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
 }

@@ -42,6 +42,9 @@ use super::{Ctx, Error};
 pub const CLAIMED_AT_ANNOTATION: &str = "palisade.dev/claimed-at";
 /// Warm sandboxes one pass tries to take at most.
 const MAX_TRIES: usize = 5;
+/// How long after its creation a sandbox that lost every warm sandbox it tried to others looks
+/// again instead of starting cold.
+const CONTENTION_WINDOW: jiff::SignedDuration = jiff::SignedDuration::from_secs(5);
 /// How long `whenEmpty: Wait` waits by default.
 pub const DEFAULT_WAIT_SECONDS: i32 = 60;
 
@@ -79,7 +82,13 @@ pub async fn prepare(
         if recorded.start == PoolStart::Warm {
             // Moved by an earlier pass of this process: only the caches are behind.
             if !ctx.moved.done(&uid, recorded) {
-                take_children(ctx, &sandbox, recorded, None).await?;
+                moving_failed(
+                    ctx,
+                    &sandbox,
+                    take_children(ctx, &sandbox, recorded, None).await,
+                    now,
+                )
+                .await?;
             }
             if moving(ctx, &ns, &uid, recorded) {
                 return Ok(Prepared::Done(Action::requeue(SETTLE)));
@@ -236,6 +245,7 @@ pub async fn prepare(
         candidates.rotate_left(start);
     }
     let api: Api<AgentSandbox> = Api::namespaced(ctx.client.clone(), &ns);
+    let fit_in_cache = candidates.len();
     // A few tries: under contention the next pass sees a fresher cache.
     for candidate in candidates.into_iter().take(MAX_TRIES) {
         if let Some(taken) = take(&api, candidate, &uid, now, |s| {
@@ -250,6 +260,11 @@ pub async fn prepare(
         }
     }
 
+    // Every try lost to another sandbox (or the cache was behind): while the sandbox is young,
+    // look again with a fresher cache rather than start cold past warm sandboxes still free.
+    if fit_in_cache > 0 && now < created + CONTENTION_WINDOW {
+        return Ok(Prepared::Done(Action::requeue(STALE)));
+    }
     if waits {
         if now >= deadline {
             if let Some(again) = write(ctx, &sandbox, &exhausted(), now).await? {
@@ -360,7 +375,14 @@ async fn record(
     if start == PoolStart::Warm
         && let Some(recorded) = written.status.as_ref().and_then(|s| s.pool.as_ref())
     {
-        take_children(ctx, &written, recorded, taken).await?;
+        let now = Timestamp::now();
+        moving_failed(
+            ctx,
+            &written,
+            take_children(ctx, &written, recorded, taken).await,
+            now,
+        )
+        .await?;
         let ns = written.namespace().unwrap_or_default();
         let uid = written.uid().unwrap_or_default();
         if moving(ctx, &ns, &uid, recorded) {
@@ -368,6 +390,46 @@ async fn record(
         }
     }
     Ok(Prepared::Run(with_template(written)?))
+}
+
+/// A move of the taken warm sandbox's children that failed is said in status (Stalled when only
+/// a person can fix it) before the error goes to the retry with backoff: the sandbox does not
+/// sit silent with `status.pool` recorded and nothing running.
+async fn moving_failed(
+    ctx: &Ctx,
+    sandbox: &AgentSandbox,
+    result: Result<(), Error>,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let Err(error) = result else {
+        return Ok(());
+    };
+    // A sandbox that runs already (an operator restarted after the move) keeps its status; the
+    // retry's metrics and log say it.
+    let running = sandbox
+        .status
+        .as_ref()
+        .is_some_and(|st| st.pod_name.is_some() || st.enforced_policy.is_some());
+    if error.namespace_terminating() || running {
+        return Err(error);
+    }
+    let mut outcome = Outcome::new(
+        SandboxPhase::Starting,
+        error.reason(),
+        format!(
+            "could not move the taken warm sandbox's children to this sandbox: {}",
+            error.message()
+        ),
+    );
+    outcome.standing = Some(if error.needs_a_person() {
+        super::status::Standing::Stalled
+    } else {
+        super::status::Standing::Progressing
+    });
+    if let Err(e) = write(ctx, sandbox, &outcome, now).await {
+        tracing::warn!(sandbox = %sandbox.name_any(), error = %e, "could not say in status that the move failed");
+    }
+    Err(error)
 }
 
 /// How soon to look again while the caches catch up with a move.

@@ -20,6 +20,8 @@ use crate::api::pool::{CLAIMED_BY_ANNOTATION, POOL_LABEL, TEMPLATE_HASH_LABEL};
 use crate::api::{
     AgentSandbox, AgentSandboxPool, AgentSandboxPoolStatus, MANAGED_BY_LABEL, MANAGER, SandboxPhase,
 };
+use crate::render::children::service_account_name;
+use crate::render::network::isolation_name;
 use crate::render::template::template_hash;
 
 use super::claim::{CLAIMED_AT_ANNOTATION, fit};
@@ -46,13 +48,16 @@ pub struct Warm {
     pub current: bool,
     pub ready: bool,
     pub deleting: bool,
-    /// Its agent finished or it expired (a warm pod has run out its deadline): replaced.
+    /// Its agent finished or it expired (a warm pod has run out its deadline), or a name it
+    /// needs is held by another object (NameConflict, e.g. a pod a sandbox took from an earlier
+    /// warm sandbox of the same name): replaced, under a new name.
     pub finished: bool,
     /// Taken by a sandbox (its UID), and when.
     pub taken: Option<(String, Option<Timestamp>)>,
     /// Created by an earlier pass and not in the cache yet (counted, never deleted).
     pub expected: bool,
-    /// Blocked: why (the pool is Stalled).
+    /// Blocked, or Stalled (only a person can fix it: a quota, an admission policy): why (the
+    /// pool is Stalled).
     pub blocked: Option<String>,
 }
 
@@ -63,6 +68,16 @@ pub struct PoolPlan {
     /// (name, UID, resourceVersion) of warm sandboxes to delete.
     pub delete: Vec<(String, String, Option<String>)>,
     pub status: Counts,
+    /// Warm sandboxes not of the current set still there (stale, extra, finished, leaving):
+    /// they hold creation back beyond the surge.
+    pub waiting_for_old: usize,
+}
+
+/// How many warm sandboxes a pool may have beyond `spec.replicas` while old ones leave (after
+/// a template change, or while stale or finished ones are deleted): a quarter, at least one,
+/// like a Deployment's default maxSurge. A roll never doubles the pool's pods at once.
+pub fn surge(desired: usize) -> usize {
+    desired.div_ceil(4).max(1)
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -109,6 +124,12 @@ pub fn plan(
         }
     }
     let desired = desired.max(0) as usize;
+    // Warm sandboxes that still hold (or may hold) a pod and are not the current ones: stale,
+    // finished, extra, or on their way out. New ones are created only within the surge.
+    let untaken = warm.iter().filter(|w| w.taken.is_none()).count();
+    let leaving = untaken.saturating_sub(current.len());
+    let room = (desired + surge(desired)).saturating_sub(current.len() + leaving);
+    p.waiting_for_old = leaving;
     if current.len() > desired {
         // Remove the not ready first, then the newest; never one just created.
         let mut extra: Vec<&&Warm> = current.iter().filter(|w| !w.expected).collect();
@@ -117,7 +138,7 @@ pub fn plan(
             p.delete.push(gone(w));
         }
     } else {
-        p.create = (desired - current.len()).min(CREATE_PER_PASS);
+        p.create = (desired - current.len()).min(room).min(CREATE_PER_PASS);
     }
     let untaken = warm
         .iter()
@@ -201,7 +222,7 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
                 finished: matches!(
                     status.and_then(|st| st.phase),
                     Some(SandboxPhase::Succeeded | SandboxPhase::Failed | SandboxPhase::Expired)
-                ),
+                ) || status.is_some_and(name_conflict),
                 taken: s.annotations().get(CLAIMED_BY_ANNOTATION).map(|t| {
                     let at = s
                         .annotations()
@@ -210,8 +231,8 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
                     (t.clone(), at)
                 }),
                 blocked: status
-                    .filter(|st| st.phase == Some(SandboxPhase::Blocked))
-                    .map(|st| st.message.clone().unwrap_or_default()),
+                    .filter(|st| !name_conflict(st))
+                    .and_then(|st| stalled(&s.name_any(), st)),
             }
         })
         .collect();
@@ -259,9 +280,7 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
         delete_as_seen(&api, warm_name, warm_uid, version.clone()).await?;
     }
     for _ in 0..p.create {
-        let created = api
-            .create(&PostParams::default(), &warm_sandbox(&pool, &hash)?)
-            .await?;
+        let created = create_warm(&ctx, &api, &pool, &ns, &hash).await?;
         ctx.pool_expectations.created(&uid, created.name_any());
     }
 
@@ -274,18 +293,31 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
             Want::new("Stalled", true, "WarmSandboxBlocked", why.clone()),
             Want::new("Reconciling", false, "WarmSandboxBlocked", why.clone()),
         ],
-        None if p.status.ready >= desired && p.delete.is_empty() && p.create == 0 => vec![
-            Want::new(
-                "Ready",
-                true,
-                "Ready",
-                format!("{desired} warm sandboxes ready"),
-            ),
-            Want::new("Stalled", false, "Ready", String::new()),
-            Want::new("Reconciling", false, "Ready", String::new()),
-        ],
+        None if p.status.ready >= desired
+            && p.delete.is_empty()
+            && p.create == 0
+            && p.waiting_for_old == 0 =>
+        {
+            vec![
+                Want::new(
+                    "Ready",
+                    true,
+                    "Ready",
+                    format!("{desired} warm sandboxes ready"),
+                ),
+                Want::new("Stalled", false, "Ready", String::new()),
+                Want::new("Reconciling", false, "Ready", String::new()),
+            ]
+        }
         None => {
-            let why = format!("{} of {desired} warm sandboxes ready", p.status.ready);
+            let mut why = format!("{} of {desired} warm sandboxes ready", p.status.ready);
+            if p.waiting_for_old > 0 {
+                why.push_str(&format!(
+                    "; {} old ones still leaving (at most {} beyond the replicas at once)",
+                    p.waiting_for_old,
+                    surge(desired.max(0) as usize)
+                ));
+            }
             vec![
                 Want::new("Ready", false, "Filling", why.clone()),
                 Want::new("Stalled", false, "Filling", String::new()),
@@ -333,12 +365,35 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
     // Passes are triggered by the sandbox cache's updates, not by deletions: a pool not yet
     // full looks again soon, a full one every 30 s (nothing is written while nothing changes).
     Ok(
-        if p.create > 0 || !p.delete.is_empty() || p.status.ready < desired {
+        if p.create > 0 || !p.delete.is_empty() || p.status.ready < desired || p.waiting_for_old > 0
+        {
             Action::requeue(Duration::from_secs(1))
         } else {
             Action::requeue(RESYNC_POOL)
         },
     )
+}
+
+/// Whether a warm sandbox is blocked because a name it needs is held by another object.
+fn name_conflict(st: &crate::api::sandbox::AgentSandboxStatus) -> bool {
+    st.phase == Some(SandboxPhase::Blocked)
+        && st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == "NameConflict")
+}
+
+/// Why a warm sandbox cannot become ready without a person: Blocked (the policy cannot be
+/// enforced here), or Stalled (a quota, an admission policy, missing permissions refuse its
+/// children). The pool is Stalled with it.
+fn stalled(name: &str, st: &crate::api::sandbox::AgentSandboxStatus) -> Option<String> {
+    if st.phase == Some(SandboxPhase::Blocked) {
+        return Some(st.message.clone().unwrap_or_default());
+    }
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled" && c.status == "True")
+        .map(|c| format!("warm sandbox {name}: {}: {}", c.reason, c.message))
 }
 
 /// Deletes a warm sandbox only as it was seen (UID and resourceVersion preconditions): one a
@@ -349,11 +404,14 @@ async fn delete_as_seen(
     uid: &str,
     version: Option<String>,
 ) -> Result<(), Error> {
+    // Foreground: the warm sandbox stays (deleting) until its pod and other children are gone,
+    // so the pool counts it against the surge while its pod still runs.
     let params = kube::api::DeleteParams {
         preconditions: Some(kube::api::Preconditions {
             uid: Some(uid.to_string()),
             resource_version: version,
         }),
+        propagation_policy: Some(kube::api::PropagationPolicy::Foreground),
         ..Default::default()
     };
     match api.delete(name, &params).await {
@@ -363,22 +421,83 @@ async fn delete_as_seen(
     }
 }
 
-/// A warm sandbox of the pool: the template, controlled by the pool, labelled with its name and
-/// the template's hash.
-fn warm_sandbox(pool: &AgentSandboxPool, hash: &str) -> Result<AgentSandbox, Error> {
+/// Characters of a warm sandbox's name suffix (those of the API server's generated names: no
+/// vowels, no look-alikes).
+const SUFFIX_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+/// Names tried for one warm sandbox before the pass gives up (the next pass tries again).
+const NAME_TRIES: usize = 8;
+
+/// A name for a new warm sandbox of `pool`: the pool's name (cut so that the children's names
+/// stay within label limits) and five random characters.
+pub fn warm_name(pool: &str, random: &[u8; 5]) -> String {
+    let prefix: String = pool.chars().take(40).collect();
+    let prefix = prefix.trim_end_matches(['-', '.']);
+    let suffix: String = random
+        .iter()
+        .map(|b| SUFFIX_CHARS[*b as usize % SUFFIX_CHARS.len()] as char)
+        .collect();
+    format!("{prefix}-{suffix}")
+}
+
+/// Whether a name is free for a new warm sandbox as far as the caches know: no sandbox has it,
+/// and no pod, ServiceAccount or NetworkPolicy a sandbox took from an earlier warm sandbox of
+/// that name holds one of the names it would need (its children keep their names when they
+/// move). An object outside the caches that holds one is met as a NameConflict, and that warm
+/// sandbox is replaced under another name.
+fn name_free(ctx: &Ctx, ns: &str, name: &str) -> bool {
+    let c = &ctx.caches;
+    c.sandboxes.get(&ObjectRef::new(name).within(ns)).is_none()
+        && c.pods.get(&ObjectRef::new(name).within(ns)).is_none()
+        && c.service_accounts
+            .get(&ObjectRef::new(&service_account_name(name)).within(ns))
+            .is_none()
+        && c.network_policies
+            .get(&ObjectRef::new(&isolation_name(name)).within(ns))
+            .is_none()
+}
+
+/// Creates a warm sandbox under a name no object the caches know uses (an API server's
+/// generated name may be one a taken warm sandbox's children still carry); a name taken
+/// meanwhile (409) is tried again under another.
+async fn create_warm(
+    ctx: &Ctx,
+    api: &Api<AgentSandbox>,
+    pool: &AgentSandboxPool,
+    ns: &str,
+    hash: &str,
+) -> Result<AgentSandbox, Error> {
+    let random = ring::rand::SystemRandom::new();
+    let mut last = None;
+    for _ in 0..NAME_TRIES {
+        let bytes: [u8; 5] = ring::rand::generate(&random)
+            .map_err(|_| Error::Missing("random bytes"))?
+            .expose();
+        let name = warm_name(&pool.name_any(), &bytes);
+        if !name_free(ctx, ns, &name) {
+            continue;
+        }
+        match api
+            .create(&PostParams::default(), &warm_sandbox(pool, hash, &name)?)
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.code == 409 => last = Some(kube::Error::Api(s)),
+            other => return Ok(other?),
+        }
+    }
+    Err(last.map_or(Error::Missing("a free warm sandbox name"), Error::from))
+}
+
+/// A warm sandbox of the pool named `name`: the template, controlled by the pool, labelled
+/// with its name and the template's hash.
+fn warm_sandbox(pool: &AgentSandboxPool, hash: &str, name: &str) -> Result<AgentSandbox, Error> {
     let owner = pool
         .controller_owner_ref(&())
         .ok_or(Error::Missing("uid"))?;
-    let name = pool.name_any();
-    // Room for the generated suffix and the children's suffixes within label limits (63).
-    let prefix: String = name.chars().take(40).collect();
-    let prefix = prefix.trim_end_matches(['-', '.']);
-    let mut sandbox = AgentSandbox::new("", pool.spec.template.clone());
-    sandbox.metadata.name = None;
-    sandbox.metadata.generate_name = Some(format!("{prefix}-"));
+    let pool_name = pool.name_any();
+    let mut sandbox = AgentSandbox::new(name, pool.spec.template.clone());
     sandbox.metadata.namespace = pool.namespace();
     sandbox.metadata.labels = Some(BTreeMap::from([
-        (POOL_LABEL.to_string(), name),
+        (POOL_LABEL.to_string(), pool_name),
         (TEMPLATE_HASH_LABEL.to_string(), hash.to_string()),
         (MANAGED_BY_LABEL.to_string(), MANAGER.to_string()),
     ]));
@@ -461,9 +580,106 @@ mod tests {
             p.delete.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(),
             vec!["old1", "old2"]
         );
-        assert_eq!(p.create, 1);
+        assert_eq!(p.create, 0, "the old ones still there use up the surge");
+        assert_eq!(p.waiting_for_old, 2);
         assert_eq!(p.status.ready, 1);
         assert_eq!(p.status.updated, 1);
+        // Once they are gone, the replacement comes.
+        let p = plan(2, &warm[2..], |_| Taker::Gone, now());
+        assert_eq!((p.create, p.waiting_for_old), (1, 0));
+    }
+
+    #[test]
+    fn a_roll_never_has_more_than_a_quarter_more_warm_sandboxes_than_the_replicas() {
+        assert_eq!(
+            (surge(0), surge(1), surge(4), surge(5), surge(100)),
+            (1, 1, 1, 2, 25)
+        );
+        // 8 replicas, all of an old template: all are deleted, and while they are there (their
+        // pods terminating) at most 8 + 2 warm sandboxes exist.
+        let old: Vec<Warm> = (0..8).map(|i| w(&format!("old{i}"), false, true)).collect();
+        let p = plan(8, &old, |_| Taker::Gone, now());
+        assert_eq!((p.delete.len(), p.create), (8, 2));
+        let mut leaving = old.clone();
+        for o in &mut leaving {
+            o.deleting = true;
+        }
+        let mut pending = w("new0", true, false);
+        pending.expected = true;
+        let mut state = leaving[..6].to_vec();
+        state.push(pending);
+        let p = plan(8, &state, |_| Taker::Gone, now());
+        assert!(p.delete.is_empty());
+        assert_eq!(p.create, 3, "8 + 2 = 6 leaving + 1 coming + 3 more");
+        let p = plan(8, &[w("a", true, true)], |_| Taker::Gone, now());
+        assert_eq!(p.create, 7, "nothing leaving: the whole gap at once");
+        // A taken warm sandbox (emptied, its pod now the taker's) does not count.
+        let mut taken = w("t", true, true);
+        taken.taken = Some(("x".into(), Some(now())));
+        taken.deleting = true;
+        let p = plan(2, &[taken], |_| Taker::Gone, now());
+        assert_eq!(p.create, 2);
+    }
+
+    #[test]
+    fn warm_names_fit_the_label_limits_and_use_the_generated_alphabet() {
+        let long = "p".repeat(70);
+        let n = warm_name(&long, &[0, 1, 2, 26, 27]);
+        assert_eq!(n, format!("{}-bcd9b", "p".repeat(40)));
+        assert_eq!(warm_name("pool-.", &[255; 5]), "pool-qqqqq");
+        // With every child's suffix, the longest stays within 63 characters.
+        assert!(crate::render::network::isolation_name(&n).len() <= 63);
+        assert!(crate::render::children::service_account_name(&n).len() <= 63);
+    }
+
+    #[test]
+    fn a_warm_sandbox_in_a_name_conflict_is_replaced_and_a_stalled_one_stalls_the_pool() {
+        let mut conflict = crate::api::sandbox::AgentSandboxStatus {
+            phase: Some(SandboxPhase::Blocked),
+            message: Some("Pod x exists and is not controlled by this sandbox".into()),
+            ..Default::default()
+        };
+        conflict
+            .conditions
+            .push(cond("Ready", "False", "NameConflict"));
+        assert!(name_conflict(&conflict));
+        let mut quota = crate::api::sandbox::AgentSandboxStatus {
+            phase: Some(SandboxPhase::Starting),
+            ..Default::default()
+        };
+        assert!(stalled("w", &quota).is_none());
+        quota
+            .conditions
+            .push(cond("Stalled", "True", "QuotaExceeded"));
+        assert!(!name_conflict(&quota));
+        assert_eq!(
+            stalled("w", &quota).as_deref(),
+            Some("warm sandbox w: QuotaExceeded: said QuotaExceeded")
+        );
+        let blocked = crate::api::sandbox::AgentSandboxStatus {
+            phase: Some(SandboxPhase::Blocked),
+            message: Some("RuntimeClass gvisor not found".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            stalled("w", &blocked).as_deref(),
+            Some("RuntimeClass gvisor not found")
+        );
+    }
+
+    fn cond(
+        type_: &str,
+        status: &str,
+        reason: &str,
+    ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: format!("said {reason}"),
+            last_transition_time: Time(Timestamp::from_second(0).unwrap()),
+            observed_generation: None,
+        }
     }
 
     #[test]
