@@ -27,6 +27,8 @@ pub struct Caches {
     pub network_policies: Store<NetworkPolicy>,
     /// The same, without the sandboxes' isolating ones, by namespace (kept from the same watch).
     pub other_network_policies: Arc<super::np_index::OtherNetworkPolicies>,
+    /// The sandboxes of each policy (kept from the sandbox watch).
+    pub sandboxes_by_policy: Arc<super::policy_index::SandboxesByPolicy>,
     /// The operator's children, by their `app.kubernetes.io/managed-by: palisade` label.
     pub pods: Store<Pod>,
     pub service_accounts: Store<ServiceAccount>,

@@ -418,6 +418,7 @@ pub async fn run(
         runtime_classes,
         network_policies: network_policies.clone(),
         other_network_policies: Default::default(),
+        sandboxes_by_policy: Default::default(),
         pods,
         service_accounts,
         services,
@@ -483,10 +484,17 @@ pub async fn run(
     .touched_objects();
     // A sandbox deleted changes its policy's count.
     let (sandbox_gone_tx, sandbox_gone_rx) = futures::channel::mpsc::unbounded();
+    // The index of sandboxes by policy follows each event before the store does, so a pass
+    // woken by the store reads a count at least as new.
+    let by_policy = caches.sandboxes_by_policy.clone();
     let sandbox_stream = synced(
         reflector::reflector(
             sandbox_writer,
-            lenient::watch::<AgentSandbox>(client.clone(), ns, wc.clone()),
+            lenient::watch::<AgentSandbox>(client.clone(), ns, wc.clone()).inspect(move |event| {
+                if let Ok(event) = event {
+                    by_policy.apply_event(event);
+                }
+            }),
         )
         .inspect(move |event| {
             // The shared store tells its subscribers of changes, not of deletions.
@@ -564,7 +572,7 @@ pub async fn run(
             pod_writer,
             watcher::watcher(api::<Pod>(&client, ns), ours.clone())
                 .default_backoff()
-                .modify(slim),
+                .modify(super::live::keep_what_is_read),
         )
         .inspect(move |event| {
             if let Ok(watcher::Event::Delete(pod)) = event

@@ -1363,6 +1363,29 @@ mod tests {
             "{:?}",
             d.step
         );
+        // The operator's pod cache keeps only what is read: the same reading, the same guard.
+        let mut running = pod.clone();
+        running.status = Some(
+            serde_json::from_value(serde_json::json!({"phase": "Running", "podIP": "10.1.2.3",
+                "hostIP": "192.0.2.1", "qosClass": "Burstable", "startTime": "2026-01-01T00:00:00Z",
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:02Z"},
+                    {"type": "PodScheduled", "status": "True"}],
+                "initContainerStatuses": [{"name": "isolation-check", "image": "i", "imageID": "sha256:1",
+                    "ready": false, "restartCount": 1,
+                    "lastState": {"terminated": {"exitCode": 1, "message": "open"}},
+                    "state": {"terminated": {"exitCode": 0, "startedAt": "2026-01-01T00:00:00Z"}}}],
+                "containerStatuses": [{"name": "agent", "image": "a", "imageID": "sha256:2",
+                    "ready": true, "restartCount": 0, "containerID": "containerd://x",
+                    "state": {"running": {"startedAt": "2026-01-01T00:00:01Z"}}}]}))
+            .unwrap(),
+        );
+        let mut slim = running.clone();
+        crate::reconcile::live::keep_what_is_read(&mut slim);
+        assert_eq!(LivePod::read(&slim, "sb"), LivePod::read(&running, "sb"));
+        assert_eq!(Guard::of(&slim), Guard::of(&plan.pod));
+        let full = serde_json::to_vec(&running).unwrap().len();
+        let kept = serde_json::to_vec(&slim).unwrap().len();
+        assert!(kept * 3 < full * 2, "{kept} of {full} bytes kept");
         pod.spec.as_mut().unwrap().init_containers = None;
         let without = LivePod::read(&pod, "sb");
         let d = decide_with(&s, PolicyState::Found(&p), Some(&np), Some(&without));

@@ -78,6 +78,78 @@ impl Guard {
     }
 }
 
+/// Drops from a cached pod what [`LivePod::read`] and [`Guard::of`] never read (environment,
+/// commands, volumes, tolerations, image digests, most of the status): the operator's pod
+/// cache holds one per sandbox, and these are most of a pod's size. Everything the decisions
+/// read stays exactly as it was (a test reads a pod before and after).
+pub fn keep_what_is_read(pod: &mut Pod) {
+    use k8s_openapi::api::core::v1::{Container, ContainerStatus, PodSpec, PodStatus};
+    pod.metadata.managed_fields = None;
+    let container = |c: &mut Container| Container {
+        name: std::mem::take(&mut c.name),
+        image: c.image.take(),
+        security_context: c.security_context.take(),
+        ..Default::default()
+    };
+    if let Some(spec) = pod.spec.as_mut() {
+        *spec = PodSpec {
+            containers: spec.containers.iter_mut().map(container).collect(),
+            // Of the init containers only the names are read.
+            init_containers: spec.init_containers.as_mut().map(|all| {
+                all.iter_mut()
+                    .map(|c| Container {
+                        name: std::mem::take(&mut c.name),
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            runtime_class_name: spec.runtime_class_name.take(),
+            service_account_name: spec.service_account_name.take(),
+            automount_service_account_token: spec.automount_service_account_token.take(),
+            host_network: spec.host_network.take(),
+            host_pid: spec.host_pid.take(),
+            host_ipc: spec.host_ipc.take(),
+            security_context: spec.security_context.take(),
+            scheduling_gates: spec.scheduling_gates.take(),
+            ..Default::default()
+        };
+    }
+    let container_status = |c: &mut ContainerStatus| ContainerStatus {
+        name: std::mem::take(&mut c.name),
+        state: c.state.take(),
+        last_state: c.last_state.take(),
+        ..Default::default()
+    };
+    if let Some(status) = pod.status.as_mut() {
+        *status = PodStatus {
+            phase: status.phase.take(),
+            reason: status.reason.take(),
+            message: status.message.take(),
+            pod_ip: status.pod_ip.take(),
+            start_time: status.start_time.take(),
+            conditions: status.conditions.take().map(|all| {
+                all.into_iter()
+                    .filter(|c| c.type_ == "Ready")
+                    .map(|c| k8s_openapi::api::core::v1::PodCondition {
+                        type_: c.type_,
+                        status: c.status,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            container_statuses: status
+                .container_statuses
+                .as_mut()
+                .map(|all| all.iter_mut().map(container_status).collect()),
+            init_container_statuses: status
+                .init_container_statuses
+                .as_mut()
+                .map(|all| all.iter_mut().map(container_status).collect()),
+            ..Default::default()
+        };
+    }
+}
+
 /// A sandbox's pod as it is in the cluster.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LivePod {

@@ -21,6 +21,7 @@ pub mod live;
 pub mod np_index;
 pub mod ownership;
 pub mod policy;
+pub mod policy_index;
 pub mod pool;
 pub mod record;
 pub mod sandbox;

@@ -20,15 +20,13 @@ use crate::render::{CheckedPolicy, check_policy};
 use super::conditions::{Want, merge};
 use super::{Ctx, Error, RESYNC};
 
-/// The sandboxes (as store references) that use a policy.
+/// The sandboxes (as store references) that use a policy (from the index kept from the
+/// sandbox watch).
 pub fn sandboxes_of(ctx: &Ctx, policy: &ObjectRef<AgentPolicy>) -> Vec<ObjectRef<AgentSandbox>> {
-    ctx.caches
-        .sandboxes
-        .state()
-        .iter()
-        .filter(|s| s.namespace() == policy.namespace && s.policy_name() == policy.name)
-        .map(|s| ObjectRef::from_obj(&**s))
-        .collect()
+    ctx.caches.sandboxes_by_policy.sandboxes(
+        policy.namespace.as_deref().unwrap_or_default(),
+        &policy.name,
+    )
 }
 
 /// What of a policy its sandboxes' passes read: its identity, spec (generation) and deletion.
@@ -67,24 +65,11 @@ pub fn starts_sandbox_passes(
     }
 }
 
-/// How many sandboxes use policy `ns/name`: a scan of the cache that allocates nothing per
-/// sandbox (a pass runs for each sandbox that comes or goes; building a reference to each
-/// sandbox made the passes of a burst quadratic in allocations).
+/// How many sandboxes use policy `ns/name`: from the index kept from the sandbox watch (a pass
+/// runs for each sandbox that comes or goes; a scan of every sandbox there made a burst
+/// quadratic).
 fn count_of(ctx: &Ctx, ns: &str, name: &str) -> usize {
-    ctx.caches
-        .sandboxes
-        .state()
-        .iter()
-        .filter(|s| {
-            s.metadata.namespace.as_deref() == Some(ns)
-                && if s.spec.policy_ref.is_unset() {
-                    // A sandbox of a pool: its policy is its template's.
-                    s.policy_name() == name
-                } else {
-                    s.spec.policy_ref.name == name
-                }
-        })
-        .count()
+    ctx.caches.sandboxes_by_policy.count(ns, name)
 }
 
 /// `Accepted` and `Ready`, plus kstatus' `Reconciling` and `Stalled`: a policy is checked in

@@ -48,6 +48,9 @@ pub struct Cached {
 pub fn caches(c: Cached) -> Caches {
     Caches {
         policies: ready_store(c.policies),
+        sandboxes_by_policy: Arc::new(palisade::reconcile::policy_index::SandboxesByPolicy::of(
+            &c.sandboxes,
+        )),
         sandboxes: ready_store(c.sandboxes),
         pools: ready_store(c.pools),
         runtime_classes: ready_store(c.runtime_classes),
