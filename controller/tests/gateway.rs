@@ -197,13 +197,15 @@ fn s1_egress(with_api: bool) -> Value {
         json!({"fqdn": "denied.example.com"}),
         json!({"fqdn": "mixed.example.com"}),
     ];
+    let mut plain = vec![json!({"fqdn": "plain.example.com"})];
     if with_api {
         names.push(json!({"fqdn": "api.example.com"}));
+        plain.push(json!({"fqdn": "slow.example.com"}));
     }
     json!({
         "allow": [
             {"to": names, "ports": [{"port": 443}]},
-            {"to": [{"fqdn": "plain.example.com"}], "ports": [{"port": 80}]},
+            {"to": plain, "ports": [{"port": 80}]},
             {"to": [{"cidr": "192.0.2.99/32"}], "ports": [{"port": 443}]}
         ],
         "deny": [{"to": [{"cidr": "198.51.100.0/24"}]}]
@@ -243,6 +245,9 @@ struct World {
     served: tokio::task::JoinHandle<()>,
 }
 
+/// How long a dial to slow.example.com (192.0.2.21:80) takes here.
+const SLOW_DIAL: Duration = Duration::from_millis(600);
+
 /// How long a request the gateway cannot attribute yet waits for the pod watch, here.
 const SOURCE_WAIT: Duration = Duration::from_millis(400);
 /// The same for the address of a sandbox pod not reported Running yet.
@@ -268,6 +273,7 @@ async fn world_served(limits: Limits, workers: Option<usize>) -> World {
         ("a.pkg.example.com", vec![ips(&["192.0.2.10"])]),
         ("other.example.com", vec![ips(&["192.0.2.10"])]),
         ("plain.example.com", vec![ips(&["192.0.2.20"])]),
+        ("slow.example.com", vec![ips(&["192.0.2.21"])]),
         (
             "rebind.example.com",
             vec![ips(&["192.0.2.10"]), ips(&["169.254.169.254"])],
@@ -287,11 +293,15 @@ async fn world_served(limits: Limits, workers: Option<usize>) -> World {
     )
     .await
     .unwrap();
-    let connector = Arc::new(MapConnector::new(HashMap::from([
-        ("192.0.2.10:443".parse().unwrap(), tls),
-        ("192.0.2.99:443".parse().unwrap(), tls),
-        ("192.0.2.20:80".parse().unwrap(), http),
-    ])));
+    let connector = Arc::new(
+        MapConnector::new(HashMap::from([
+            ("192.0.2.10:443".parse().unwrap(), tls),
+            ("192.0.2.99:443".parse().unwrap(), tls),
+            ("192.0.2.20:80".parse().unwrap(), http),
+            ("192.0.2.21:80".parse().unwrap(), http),
+        ]))
+        .slow("192.0.2.21:80".parse().unwrap(), SLOW_DIAL),
+    );
     let mut cache = RulesCache::default();
     let (tx, rx) = watch::channel(Arc::new(directory(true, &mut cache)));
     let audit = Arc::new(Mutex::new(Vec::new()));
@@ -897,6 +907,43 @@ async fn plain_http_only_on_port_80_with_a_matching_host_and_no_credential_upstr
         assert_eq!((got, denial_header(&head)), (status, reason), "{request}");
     }
     assert_eq!(w.http_seen.lock().unwrap().requests.len(), 1);
+}
+
+#[tokio::test]
+async fn a_plain_request_whose_rule_goes_while_it_is_dialled_sends_nothing_upstream() {
+    // Admitted, then the policy loses slow.example.com while the gateway dials it (600 ms):
+    // the request is checked again before anything is sent, and refused.
+    let mut w = world().await;
+    let auth = w.auth(&Cred::Of("u1"));
+    let proxy = w.proxy;
+    let sent = tokio::spawn(async move {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        let head = format!(
+            "GET http://slow.example.com/secret HTTP/1.1\r\nHost: slow.example.com\r\n{auth}\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut response)).await;
+        String::from_utf8_lossy(&response).to_string()
+    });
+    // The dial has started (the connector was asked) before the policy narrows.
+    for _ in 0..100 {
+        if w.dialled().iter().any(|a| a.port() == 80) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(w.dialled().contains(&"192.0.2.21:80".parse().unwrap()));
+    let narrowed = directory(false, &mut w.cache);
+    w.directory.send_replace(Arc::new(narrowed));
+    let response = sent.await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+    assert_eq!(denial_header(&response), "PolicyChanged", "{response}");
+    assert!(
+        w.http_seen.lock().unwrap().requests.is_empty(),
+        "a request went upstream: {:?}",
+        w.http_seen.lock().unwrap().requests
+    );
 }
 
 #[tokio::test]

@@ -99,6 +99,8 @@ fn answer(
 pub struct MapConnector {
     pub map: HashMap<SocketAddr, SocketAddr>,
     pub asked: Mutex<Vec<SocketAddr>>,
+    /// Dials to these addresses take this long first (a slow upstream).
+    pub delays: HashMap<SocketAddr, std::time::Duration>,
 }
 
 impl MapConnector {
@@ -106,7 +108,14 @@ impl MapConnector {
         MapConnector {
             map,
             asked: Mutex::new(Vec::new()),
+            delays: HashMap::new(),
         }
+    }
+
+    /// Dials to `address` wait `delay` before connecting.
+    pub fn slow(mut self, address: SocketAddr, delay: std::time::Duration) -> Self {
+        self.delays.insert(address, delay);
+        self
     }
 
     pub fn asked(&self) -> Vec<SocketAddr> {
@@ -120,7 +129,11 @@ impl Connect for MapConnector {
             asked.push(address);
         }
         let target = self.map.get(&address).copied();
+        let delay = self.delays.get(&address).copied();
         Box::pin(async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
             match target {
                 Some(t) if t.ip().is_loopback() => TcpStream::connect(t).await,
                 _ => Err(std::io::Error::other("not a loopback test server")),
