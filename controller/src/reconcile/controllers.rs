@@ -510,7 +510,7 @@ pub async fn run(
     // The operator's own status writes start no pass.
     .filter({
         let ctx = ctx.clone();
-        let mut seen = std::collections::HashMap::new();
+        let mut seen = sandbox::SeenSandboxes::default();
         move |event| {
             let starts = sandbox::starts_pass(&mut seen, &ctx.written, event);
             async move { starts }

@@ -699,7 +699,7 @@ pub fn waiting_for_pool(
 /// written by anyone else (the operator puts back a status it did not write). `seen` holds
 /// each sandbox's inputs and version.
 pub fn starts_pass(
-    seen: &mut HashMap<String, (u64, Option<String>)>,
+    seen: &mut SeenSandboxes,
     written: &Written,
     event: &Result<watcher::Event<AgentSandbox>, watcher::Error>,
 ) -> bool {
@@ -707,8 +707,17 @@ pub fn starts_pass(
         Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => s,
         Ok(watcher::Event::Delete(s)) => {
             if let Some(uid) = s.uid() {
-                seen.remove(&uid);
+                seen.live.remove(&uid);
             }
+            return true;
+        }
+        // A relist: what it does not list again was deleted unseen, and is forgotten at its end.
+        Ok(watcher::Event::Init) => {
+            seen.before_relist = Some(std::mem::take(&mut seen.live));
+            return true;
+        }
+        Ok(watcher::Event::InitDone) => {
+            seen.before_relist = None;
             return true;
         }
         _ => return true,
@@ -716,11 +725,36 @@ pub fn starts_pass(
     let Some(uid) = s.uid() else { return true };
     let inputs = decision_inputs(s);
     let version = s.resource_version();
-    match seen.insert(uid.clone(), (inputs, version.clone())) {
+    let before = match (event, seen.before_relist.as_mut()) {
+        (Ok(watcher::Event::InitApply(_)), Some(old)) => old.remove(&uid),
+        _ => None,
+    };
+    let before = before.or_else(|| seen.live.remove(&uid));
+    seen.live.insert(uid.clone(), (inputs, version.clone()));
+    match before {
         Some((before, _)) if before != inputs => true,
         Some((_, seen_version)) if seen_version == version => false,
         Some(_) => !written.is_own(&uid, version.as_deref()),
         None => true,
+    }
+}
+
+/// Each sandbox's decision inputs and resourceVersion as last seen by [`starts_pass`], by UID;
+/// during a relist, the view before it (what the relist does not list again is forgotten).
+#[derive(Debug, Default)]
+pub struct SeenSandboxes {
+    live: HashMap<String, (u64, Option<String>)>,
+    before_relist: Option<HashMap<String, (u64, Option<String>)>>,
+}
+
+impl SeenSandboxes {
+    /// How many sandboxes are remembered.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
     }
 }
 
@@ -767,7 +801,7 @@ mod tests {
         // so does a relist of a sandbox whose version moved on unseen; a relist of the same
         // version does not.
         let written = Written::default();
-        let mut seen = HashMap::new();
+        let mut seen = SeenSandboxes::default();
         let apply = |s: &AgentSandbox| Ok(watcher::Event::Apply(s.clone()));
         assert!(
             starts_pass(&mut seen, &written, &apply(&base)),
@@ -843,5 +877,57 @@ mod tests {
             after(&decision, conflict, Some(version(1))).enforced_policy,
             None
         );
+    }
+
+    #[test]
+    fn a_relist_forgets_sandboxes_deleted_unseen_and_starts_no_pass_for_unchanged_ones() {
+        let sandbox = |name: &str, rv: &str| -> AgentSandbox {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "palisade.dev/v1alpha1", "kind": "AgentSandbox",
+                "metadata": {"name": name, "namespace": "ns", "uid": name, "generation": 1,
+                    "resourceVersion": rv},
+                "spec": {"policyRef": {"name": "p"}, "image": "i"}
+            }))
+            .expect("sandbox")
+        };
+        let written = Written::default();
+        let mut seen = SeenSandboxes::default();
+        let event = |e: watcher::Event<AgentSandbox>| Ok(e);
+        for s in ["a", "b"] {
+            assert!(starts_pass(
+                &mut seen,
+                &written,
+                &event(watcher::Event::Apply(sandbox(s, "1")))
+            ));
+        }
+        assert_eq!(seen.len(), 2);
+        // The watch was down; b was deleted meanwhile. The relist lists a, unchanged.
+        assert!(starts_pass(
+            &mut seen,
+            &written,
+            &event(watcher::Event::Init)
+        ));
+        assert!(!starts_pass(
+            &mut seen,
+            &written,
+            &event(watcher::Event::InitApply(sandbox("a", "1")))
+        ));
+        assert!(starts_pass(
+            &mut seen,
+            &written,
+            &event(watcher::Event::InitDone)
+        ));
+        assert_eq!(seen.len(), 1, "b is forgotten");
+        // A relist that finds a newer version someone else wrote starts a pass.
+        assert!(starts_pass(
+            &mut seen,
+            &written,
+            &event(watcher::Event::Init)
+        ));
+        assert!(starts_pass(
+            &mut seen,
+            &written,
+            &event(watcher::Event::InitApply(sandbox("a", "2")))
+        ));
     }
 }
