@@ -567,6 +567,7 @@ pub async fn run(
     }
     // A pod deleted wakes the isolating NetworkPolicy that waits for it (if any).
     let (pod_gone_tx, pod_gone_rx) = futures::channel::mpsc::unbounded();
+    let (pod_relist_tx, pod_relist_rx) = futures::channel::mpsc::unbounded();
     let pod_stream = synced(
         reflector::reflector(
             pod_writer,
@@ -574,11 +575,27 @@ pub async fn run(
                 .default_backoff()
                 .modify(super::live::keep_what_is_read),
         )
-        .inspect(move |event| {
-            if let Ok(watcher::Event::Delete(pod)) = event
-                && let Some(np) = isolation::pod_gone(pod)
-            {
-                let _ = pod_gone_tx.unbounded_send(np);
+        .inspect({
+            // Pods deleted while the watch was down wake their sandbox and the NetworkPolicy
+            // that waits for them when the relist ends, not at the next resync.
+            let mut relisted = super::relist::RelistGone::default();
+            move |event| {
+                let Ok(event) = event else { return };
+                if let watcher::Event::Delete(pod) = event
+                    && let Some(np) = isolation::pod_gone(pod)
+                {
+                    let _ = pod_gone_tx.unbounded_send(np);
+                }
+                for gone in relisted.apply(event) {
+                    let _ = pod_gone_tx.unbounded_send(
+                        ObjectRef::new(&crate::render::network::isolation_name(&gone.name))
+                            .within(&gone.namespace),
+                    );
+                    if let Some(sandbox) = gone.sandbox {
+                        let _ = pod_relist_tx
+                            .unbounded_send(ObjectRef::new(&sandbox).within(&gone.namespace));
+                    }
+                }
             }
         }),
         g_pods,
@@ -726,6 +743,7 @@ pub async fn run(
         .reconcile_on(cilium_triggers)
         .reconcile_on(seccomp_triggers)
         .reconcile_on(admin_triggers)
+        .reconcile_on(pod_relist_rx)
         .reconcile_all_on(futures::stream::select(
             crd_trigger_rx,
             coalesced(all_rx, Duration::from_secs(1)),

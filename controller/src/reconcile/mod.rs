@@ -24,6 +24,7 @@ pub mod policy;
 pub mod policy_index;
 pub mod pool;
 pub mod record;
+pub mod relist;
 pub mod sandbox;
 pub mod status;
 pub mod written;
