@@ -370,25 +370,47 @@ async fn one_pass(
     (result, join(verifier).await)
 }
 
-/// A take that loses: the warm sandbox changed (409) and, read again, another sandbox has it.
-fn lost_take() -> Vec<Step> {
-    vec![
-        Step::new(Method::PATCH, format!("{SANDBOXES}/{WARM}")).fail(409, "Conflict"),
-        Step::get(format!("{SANDBOXES}/{WARM}")).respond(
-            200,
-            warm_json(json!({CLAIMED_BY_ANNOTATION: "someone-else"})),
-        ),
-    ]
+/// Takes that lose, `n` times: the warm sandbox changed (409) and, read again, another
+/// sandbox has it. Which warm sandboxes are tried first depends on the taker's UID.
+fn lost_takes(n: usize) -> Vec<Step> {
+    (0..n)
+        .flat_map(|_| {
+            [
+                Step::new(Method::PATCH, format!("{SANDBOXES}/pool-w"))
+                    .any_under()
+                    .fail(409, "Conflict"),
+                Step::get(format!("{SANDBOXES}/pool-w"))
+                    .any_under()
+                    .respond(
+                        200,
+                        warm_json(json!({CLAIMED_BY_ANNOTATION: "someone-else"})),
+                    ),
+            ]
+        })
+        .collect()
+}
+
+/// The caches with `n` fit warm sandboxes (pool-w1 … pool-wn).
+fn cached_with_warm(n: usize) -> Cached {
+    let mut cache = cached(json!({}));
+    for i in 2..=n {
+        let mut more = warm(json!({}));
+        more.metadata.name = Some(format!("pool-w{i}"));
+        more.metadata.uid = Some(format!("warm-uid-{i}"));
+        cache.sandboxes.push(more);
+    }
+    cache
 }
 
 #[tokio::test]
-async fn a_young_sandbox_that_lost_every_warm_sandbox_looks_again_instead_of_starting_cold() {
-    // Created just now (no creationTimestamp reads as now): no cold start is recorded, the pass
-    // looks again with a fresher cache.
-    let (result, seen) = one_pass(cached(json!({})), taker(None), lost_take()).await;
-    assert_eq!(
-        result.expect("the pass succeeds"),
-        Action::requeue(Duration::from_millis(200))
+async fn a_young_sandbox_that_lost_every_try_looks_again_while_untried_warm_sandboxes_remain() {
+    // Six fit in the cache, five tried and lost; created just now (no creationTimestamp reads
+    // as now): no cold start is recorded, the pass looks again soon with a fresher cache.
+    let (result, seen) = one_pass(cached_with_warm(6), taker(None), lost_takes(5)).await;
+    let action = result.expect("the pass succeeds");
+    assert!(
+        (200..=400).any(|ms| action == Action::requeue(Duration::from_millis(ms))),
+        "{action:?}"
     );
     assert!(
         !seen.iter().any(|s| s.path.ends_with("/status")),
@@ -398,12 +420,28 @@ async fn a_young_sandbox_that_lost_every_warm_sandbox_looks_again_instead_of_sta
 }
 
 #[tokio::test]
+async fn a_sandbox_that_lost_every_warm_sandbox_the_cache_shows_starts_cold_at_once() {
+    // One fit in the cache, tried and lost: nothing untried is left, so it starts cold now.
+    let mut steps = lost_takes(1);
+    steps.push(
+        Step::apply(format!("{SANDBOXES}/{TAKER}/status"))
+            .check(|s| {
+                assert_eq!(s.body["status"]["pool"]["start"], "Cold", "{}", s.body);
+            })
+            .fail(500, "InternalError"),
+    );
+    let (result, seen) = one_pass(cached(json!({})), taker(None), steps).await;
+    assert!(result.is_err(), "the scripted status write fails");
+    assert_eq!(seen.len(), 3);
+}
+
+#[tokio::test]
 async fn an_older_sandbox_that_lost_every_warm_sandbox_starts_cold() {
     let mut s = taker(None);
     s.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         jiff::Timestamp::now() - jiff::SignedDuration::from_secs(30),
     ));
-    let mut steps = lost_take();
+    let mut steps = lost_takes(5);
     steps.push(
         Step::apply(format!("{SANDBOXES}/{TAKER}/status"))
             .check(|s| {
@@ -412,9 +450,9 @@ async fn an_older_sandbox_that_lost_every_warm_sandbox_starts_cold() {
             })
             .fail(500, "InternalError"),
     );
-    let (result, seen) = one_pass(cached(json!({})), s, steps).await;
+    let (result, seen) = one_pass(cached_with_warm(6), s, steps).await;
     assert!(result.is_err(), "the scripted status write fails");
-    assert_eq!(seen.len(), 3);
+    assert_eq!(seen.len(), 11);
 }
 
 #[tokio::test]

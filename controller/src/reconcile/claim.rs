@@ -260,10 +260,17 @@ pub async fn prepare(
         }
     }
 
-    // Every try lost to another sandbox (or the cache was behind): while the sandbox is young,
-    // look again with a fresher cache rather than start cold past warm sandboxes still free.
-    if fit_in_cache > 0 && now < created + CONTENTION_WINDOW {
-        return Ok(Prepared::Done(Action::requeue(STALE)));
+    // Every try lost to another sandbox, and the cache shows fit warm sandboxes not tried:
+    // while the sandbox is young, look again (with a fresher cache, after a wait that grows
+    // with its age) rather than start cold past warm sandboxes still free.
+    if fit_in_cache > MAX_TRIES && now < created + CONTENTION_WINDOW {
+        let age = (now.as_millisecond() - created.as_millisecond()).max(0) as u64;
+        let jitter = uid
+            .bytes()
+            .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64))
+            % 100;
+        let wait = Duration::from_millis(200 + age / 2 + jitter).min(Duration::from_millis(1600));
+        return Ok(Prepared::Done(Action::requeue(wait)));
     }
     if waits {
         if now >= deadline {

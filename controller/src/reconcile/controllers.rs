@@ -482,29 +482,25 @@ pub async fn run(
         }
     })
     .touched_objects();
-    // A sandbox deleted changes its policy's count.
+    // A sandbox deleted or moved changes its policy's count.
     let (sandbox_gone_tx, sandbox_gone_rx) = futures::channel::mpsc::unbounded();
     // The index of sandboxes by policy follows each event before the store does, so a pass
-    // woken by the store reads a count at least as new.
+    // woken by the store reads a count at least as new. A policy that lost a sandbox (deleted,
+    // moved to another policy, gone in a relist) is woken: the shared store tells its
+    // subscribers of changes, not of deletions, and only the sandbox's new policy sees those.
     let by_policy = caches.sandboxes_by_policy.clone();
     let sandbox_stream = synced(
         reflector::reflector(
             sandbox_writer,
             lenient::watch::<AgentSandbox>(client.clone(), ns, wc.clone()).inspect(move |event| {
                 if let Ok(event) = event {
-                    by_policy.apply_event(event);
+                    for (ns, name) in by_policy.apply_event(event) {
+                        let _ = sandbox_gone_tx
+                            .unbounded_send(ObjectRef::<AgentPolicy>::new(&name).within(&ns));
+                    }
                 }
             }),
-        )
-        .inspect(move |event| {
-            // The shared store tells its subscribers of changes, not of deletions.
-            if let Ok(watcher::Event::Delete(s)) = event
-                && let Some(ns) = s.namespace()
-            {
-                let _ = sandbox_gone_tx
-                    .unbounded_send(ObjectRef::<AgentPolicy>::new(&s.policy_name()).within(&ns));
-            }
-        }),
+        ),
         g_sandboxes,
     )
     // The operator's own status writes start no pass.

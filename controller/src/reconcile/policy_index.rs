@@ -3,7 +3,7 @@
 //! runs for each sandbox that comes or goes, so a scan there made a burst of N sandboxes cost
 //! N² steps.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 
 use kube::ResourceExt;
@@ -20,8 +20,9 @@ struct Index {
     /// Each sandbox (by UID, else namespace/name) and the policy it was filed under, with its
     /// name.
     filed: HashMap<String, (PolicyKey, String)>,
-    /// Each policy's sandboxes, by name.
-    by_policy: HashMap<PolicyKey, BTreeSet<String>>,
+    /// Each policy's sandboxes: name → the key they were filed under (a sandbox of the same
+    /// name but another UID never removes another's entry).
+    by_policy: HashMap<PolicyKey, BTreeMap<String, String>>,
 }
 
 impl Index {
@@ -30,26 +31,32 @@ impl Index {
             .unwrap_or_else(|| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()))
     }
 
-    fn put(&mut self, s: &AgentSandbox) {
-        self.remove(s);
+    /// Files `s`; the policy it was filed under before, if another.
+    fn put(&mut self, s: &AgentSandbox) -> Option<PolicyKey> {
+        let before = self.remove(s);
         let policy = (s.namespace().unwrap_or_default(), s.policy_name());
         self.by_policy
             .entry(policy.clone())
             .or_default()
-            .insert(s.name_any());
-        self.filed.insert(Self::key(s), (policy, s.name_any()));
+            .insert(s.name_any(), Self::key(s));
+        self.filed
+            .insert(Self::key(s), (policy.clone(), s.name_any()));
+        before.filter(|b| *b != policy)
     }
 
-    fn remove(&mut self, s: &AgentSandbox) {
-        let Some((policy, name)) = self.filed.remove(&Self::key(s)) else {
-            return;
-        };
+    /// Unfiles `s`; the policy it was filed under.
+    fn remove(&mut self, s: &AgentSandbox) -> Option<PolicyKey> {
+        let key = Self::key(s);
+        let (policy, name) = self.filed.remove(&key)?;
         if let Some(names) = self.by_policy.get_mut(&policy) {
-            names.remove(&name);
+            if names.get(&name) == Some(&key) {
+                names.remove(&name);
+            }
             if names.is_empty() {
                 self.by_policy.remove(&policy);
             }
         }
+        Some(policy)
     }
 }
 
@@ -67,22 +74,36 @@ struct Inner {
 }
 
 impl SandboxesByPolicy {
-    /// Follows the sandbox watch.
-    pub fn apply_event(&self, event: &watcher::Event<AgentSandbox>) {
+    /// Follows the sandbox watch. Returns the policies (namespace, name) that lost a sandbox:
+    /// deleted, moved to another policy, or not listed again by a relist. Their count changed,
+    /// and no event of theirs says so.
+    pub fn apply_event(&self, event: &watcher::Event<AgentSandbox>) -> Vec<(String, String)> {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         match event {
-            watcher::Event::Apply(s) => inner.live.put(s),
-            watcher::Event::Delete(s) => inner.live.remove(s),
-            watcher::Event::Init => inner.relist = Some(Index::default()),
+            watcher::Event::Apply(s) => inner.live.put(s).into_iter().collect(),
+            watcher::Event::Delete(s) => inner.live.remove(s).into_iter().collect(),
+            watcher::Event::Init => {
+                inner.relist = Some(Index::default());
+                Vec::new()
+            }
             watcher::Event::InitApply(s) => {
                 if let Some(relist) = inner.relist.as_mut() {
                     relist.put(s);
                 }
+                Vec::new()
             }
             watcher::Event::InitDone => {
-                if let Some(relist) = inner.relist.take() {
-                    inner.live = relist;
-                }
+                let Some(relist) = inner.relist.take() else {
+                    return Vec::new();
+                };
+                let before = std::mem::replace(&mut inner.live, relist);
+                // Every policy whose set of sandboxes changed.
+                before
+                    .by_policy
+                    .into_iter()
+                    .filter(|(policy, names)| inner.live.by_policy.get(policy) != Some(names))
+                    .map(|(policy, _)| policy)
+                    .collect()
             }
         }
     }
@@ -94,7 +115,7 @@ impl SandboxesByPolicy {
             .live
             .by_policy
             .get(&(namespace.to_string(), name.to_string()))
-            .map_or(0, BTreeSet::len)
+            .map_or(0, BTreeMap::len)
     }
 
     /// The sandboxes that use policy `namespace/name`.
@@ -106,7 +127,7 @@ impl SandboxesByPolicy {
             .get(&(namespace.to_string(), name.to_string()))
             .map(|names| {
                 names
-                    .iter()
+                    .keys()
                     .map(|n| ObjectRef::new(n).within(namespace))
                     .collect()
             })
@@ -155,11 +176,30 @@ mod tests {
         // Applied again unchanged: counted once.
         index.apply_event(&watcher::Event::Apply(sandbox("a", "s1", "u1", uses("p"))));
         assert_eq!(index.count("a", "p"), 2);
-        // Moved to another policy.
-        index.apply_event(&watcher::Event::Apply(sandbox("a", "s1", "u1", uses("q"))));
+        // Moved to another policy: the one it left is told.
+        let left = index.apply_event(&watcher::Event::Apply(sandbox("a", "s1", "u1", uses("q"))));
+        assert_eq!(left, vec![("a".to_string(), "p".to_string())]);
         assert_eq!((index.count("a", "p"), index.count("a", "q")), (1, 1));
-        index.apply_event(&watcher::Event::Delete(sandbox("a", "s2", "u2", uses("p"))));
+        let left = index.apply_event(&watcher::Event::Delete(sandbox("a", "s2", "u2", uses("p"))));
+        assert_eq!(left, vec![("a".to_string(), "p".to_string())]);
         assert_eq!(index.count("a", "p"), 0);
+        // A new sandbox of the same name (another UID) is not removed by the old one's deletion.
+        index.apply_event(&watcher::Event::Apply(sandbox("a", "s9", "new", uses("q"))));
+        index.apply_event(&watcher::Event::Apply(sandbox("a", "s9", "old", uses("q"))));
+        index.apply_event(&watcher::Event::Delete(sandbox(
+            "a",
+            "s9",
+            "new",
+            uses("q"),
+        )));
+        assert_eq!(index.count("a", "q"), 2);
+        index.apply_event(&watcher::Event::Delete(sandbox(
+            "a",
+            "s9",
+            "old",
+            uses("q"),
+        )));
+        assert_eq!(index.count("a", "q"), 1);
         assert_eq!(
             index.sandboxes("a", "q"),
             vec![ObjectRef::<AgentSandbox>::new("s1").within("a")]
@@ -173,7 +213,16 @@ mod tests {
             uses("p"),
         )));
         assert_eq!(index.count("a", "q"), 1);
-        index.apply_event(&watcher::Event::InitDone);
+        let mut changed = index.apply_event(&watcher::Event::InitDone);
+        changed.sort();
+        // a/q lost s1, b/p lost s3 (and gained s4).
+        assert_eq!(
+            changed,
+            vec![
+                ("a".to_string(), "q".to_string()),
+                ("b".to_string(), "p".to_string())
+            ]
+        );
         assert_eq!((index.count("a", "q"), index.count("b", "p")), (0, 1));
         assert!(index.sandboxes("b", "p")[0].name == "s4");
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -20,7 +20,7 @@ use crate::api::pool::{CLAIMED_BY_ANNOTATION, POOL_LABEL, TEMPLATE_HASH_LABEL};
 use crate::api::{
     AgentSandbox, AgentSandboxPool, AgentSandboxPoolStatus, MANAGED_BY_LABEL, MANAGER, SandboxPhase,
 };
-use crate::render::children::service_account_name;
+use crate::render::children::{service_account_name, workspace_claim_name};
 use crate::render::network::isolation_name;
 use crate::render::template::template_hash;
 
@@ -34,6 +34,8 @@ use super::{Ctx, Error};
 const RESYNC_POOL: Duration = Duration::from_secs(30);
 /// Warm sandboxes created in one pass at most (the next pass creates more).
 const CREATE_PER_PASS: usize = 100;
+/// A warm sandbox being deleted counts against the surge for this long at most.
+pub const LEAVING_FOR: Duration = Duration::from_secs(120);
 /// A taken warm sandbox whose taker is gone is deleted this long after it was taken.
 const ORPHAN_AFTER: Duration = Duration::from_secs(120);
 
@@ -48,6 +50,10 @@ pub struct Warm {
     pub current: bool,
     pub ready: bool,
     pub deleting: bool,
+    /// Being deleted for longer than [`LEAVING_FOR`] (a pod stuck terminating on a lost node,
+    /// a finalizer nobody removes): no longer counted against the surge, so it cannot hold
+    /// the pool below its replicas.
+    pub stuck: bool,
     /// Its agent finished or it expired (a warm pod has run out its deadline), or a name it
     /// needs is held by another object (NameConflict, e.g. a pod a sandbox took from an earlier
     /// warm sandbox of the same name): replaced, under a new name.
@@ -126,7 +132,10 @@ pub fn plan(
     let desired = desired.max(0) as usize;
     // Warm sandboxes that still hold (or may hold) a pod and are not the current ones: stale,
     // finished, extra, or on their way out. New ones are created only within the surge.
-    let untaken = warm.iter().filter(|w| w.taken.is_none()).count();
+    let untaken = warm
+        .iter()
+        .filter(|w| w.taken.is_none() && !w.stuck)
+        .count();
     let leaving = untaken.saturating_sub(current.len());
     let room = (desired + surge(desired)).saturating_sub(current.len() + leaving);
     p.waiting_for_old = leaving;
@@ -205,6 +214,13 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
         .get(&ObjectRef::new(&pool.spec.template.policy_ref.name).within(&ns))
         .and_then(|p| Some((p.uid()?, p.metadata.generation?)));
     let sandboxes = ctx.caches.sandboxes.state();
+    // A NameConflict with a child another sandbox took from an earlier warm sandbox of the
+    // same name is replaced under a new name; any other (an object outside Palisade, a webhook
+    // that rewrites owners) stalls the pool with its reason, never a loop of replacements.
+    let replaceable_conflict = |s: &AgentSandbox| {
+        s.status.as_ref().is_some_and(name_conflict)
+            && held_by_another_sandbox(&ctx, &ns, &s.name_any(), &s.uid().unwrap_or_default())
+    };
     let warm: Vec<Warm> = sandboxes
         .iter()
         .filter(|s| s.namespace().as_deref() == Some(ns.as_str()) && controlled_by(s.meta(), &uid))
@@ -219,10 +235,13 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
                 current: s.labels().get(TEMPLATE_HASH_LABEL) == Some(&hash),
                 ready: fit(s, &uid, &hash, policy.as_ref()),
                 deleting: s.meta().deletion_timestamp.is_some(),
+                stuck: s.meta().deletion_timestamp.as_ref().is_some_and(|t| {
+                    now.as_millisecond() - t.0.as_millisecond() > LEAVING_FOR.as_millis() as i64
+                }),
                 finished: matches!(
                     status.and_then(|st| st.phase),
                     Some(SandboxPhase::Succeeded | SandboxPhase::Failed | SandboxPhase::Expired)
-                ) || status.is_some_and(name_conflict),
+                ) || replaceable_conflict(s),
                 taken: s.annotations().get(CLAIMED_BY_ANNOTATION).map(|t| {
                     let at = s
                         .annotations()
@@ -231,7 +250,7 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
                     (t.clone(), at)
                 }),
                 blocked: status
-                    .filter(|st| !name_conflict(st))
+                    .filter(|_| !replaceable_conflict(s))
                     .and_then(|st| stalled(&s.name_any(), st)),
             }
         })
@@ -247,6 +266,7 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
             current: true,
             ready: false,
             deleting: false,
+            stuck: false,
             finished: false,
             taken: None,
             blocked: None,
@@ -279,9 +299,27 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
     for (warm_name, warm_uid, version) in &p.delete {
         delete_as_seen(&api, warm_name, warm_uid, version.clone()).await?;
     }
+    // A refused create (a quota on AgentSandboxes, an admission policy) is said in status
+    // before the error goes to the retry.
+    let mut refused = None;
     for _ in 0..p.create {
-        let created = create_warm(&ctx, &api, &pool, &ns, &hash).await?;
-        ctx.pool_expectations.created(&uid, created.name_any());
+        match create_warm(&ctx, &api, &pool, &ns, &hash).await {
+            Ok(created) => ctx.pool_expectations.created(&uid, created.name_any()),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let mut p = p;
+    if let Some(e) = refused.as_ref().filter(|e| e.needs_a_person()) {
+        p.status.stalled.get_or_insert_with(|| {
+            format!(
+                "could not create a warm sandbox: {}: {}",
+                e.reason(),
+                e.message()
+            )
+        });
     }
 
     let previous = pool.status.clone().unwrap_or_default();
@@ -293,11 +331,7 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
             Want::new("Stalled", true, "WarmSandboxBlocked", why.clone()),
             Want::new("Reconciling", false, "WarmSandboxBlocked", why.clone()),
         ],
-        None if p.status.ready >= desired
-            && p.delete.is_empty()
-            && p.create == 0
-            && p.waiting_for_old == 0 =>
-        {
+        None if p.status.ready >= desired && p.delete.is_empty() && p.create == 0 => {
             vec![
                 Want::new(
                     "Ready",
@@ -364,6 +398,9 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
     }
     // Passes are triggered by the sandbox cache's updates, not by deletions: a pool not yet
     // full looks again soon, a full one every 30 s (nothing is written while nothing changes).
+    if let Some(e) = refused {
+        return Err(e);
+    }
     Ok(
         if p.create > 0 || !p.delete.is_empty() || p.status.ready < desired || p.waiting_for_old > 0
         {
@@ -454,6 +491,43 @@ fn name_free(ctx: &Ctx, ns: &str, name: &str) -> bool {
         && c.network_policies
             .get(&ObjectRef::new(&isolation_name(name)).within(ns))
             .is_none()
+        && c.services.get(&ObjectRef::new(name).within(ns)).is_none()
+        && c.claims
+            .get(&ObjectRef::new(&workspace_claim_name(name)).within(ns))
+            .is_none()
+}
+
+/// Whether one of the names warm sandbox `name` (UID `uid`) needs is held by a child another
+/// sandbox controls (as the caches of the operator's children show).
+fn held_by_another_sandbox(ctx: &Ctx, ns: &str, name: &str, uid: &str) -> bool {
+    let c = &ctx.caches;
+    let other = |meta: Option<ObjectMeta>| {
+        meta.as_ref()
+            .and_then(super::ownership::controlling_sandbox)
+            .is_some_and(|o| o.uid != uid)
+    };
+    let at = |n: &str| ObjectRef::new(n).within(ns);
+    other(c.pods.get(&at(name)).map(|o| o.metadata.clone()))
+        || other(
+            c.service_accounts
+                .get(&ObjectRef::new(&service_account_name(name)).within(ns))
+                .map(|o| o.metadata.clone()),
+        )
+        || other(
+            c.network_policies
+                .get(&ObjectRef::new(&isolation_name(name)).within(ns))
+                .map(|o| o.metadata.clone()),
+        )
+        || other(
+            c.services
+                .get(&ObjectRef::new(name).within(ns))
+                .map(|o| o.metadata.clone()),
+        )
+        || other(
+            c.claims
+                .get(&ObjectRef::new(&workspace_claim_name(name)).within(ns))
+                .map(|o| o.metadata.clone()),
+        )
 }
 
 /// Creates a warm sandbox under a name no object the caches know uses (an API server's
@@ -539,6 +613,7 @@ mod tests {
             current,
             ready,
             deleting: false,
+            stuck: false,
             finished: false,
             taken: None,
             blocked: None,
@@ -619,6 +694,22 @@ mod tests {
         taken.deleting = true;
         let p = plan(2, &[taken], |_| Taker::Gone, now());
         assert_eq!(p.create, 2);
+    }
+
+    #[test]
+    fn warm_sandboxes_stuck_deleting_no_longer_hold_the_pool_below_its_replicas() {
+        // 2 replicas; 3 old ones deleting (their pods stuck terminating) and no current one.
+        let mut leaving: Vec<Warm> = (0..3).map(|i| w(&format!("old{i}"), false, true)).collect();
+        for o in &mut leaving {
+            o.deleting = true;
+        }
+        let p = plan(2, &leaving, |_| Taker::Gone, now());
+        assert_eq!(p.create, 0, "2 + 1 allowed, 3 still leaving");
+        for o in &mut leaving {
+            o.stuck = true;
+        }
+        let p = plan(2, &leaving, |_| Taker::Gone, now());
+        assert_eq!((p.create, p.waiting_for_old), (2, 0));
     }
 
     #[test]

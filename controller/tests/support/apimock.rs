@@ -49,6 +49,8 @@ type Reply = Box<dyn FnOnce(&Seen) -> (u16, Value) + Send>;
 pub struct Step {
     method: Method,
     path: String,
+    /// `path` is a prefix: any path under it matches (requests whose order depends on a hash).
+    prefix: bool,
     query: Vec<(String, String)>,
     check: Option<Check>,
     reply: Reply,
@@ -59,6 +61,7 @@ impl Step {
         Self {
             method,
             path: path.into(),
+            prefix: false,
             query: Vec::new(),
             check: None,
             reply: Box::new(|_| (200, json!({}))),
@@ -98,6 +101,12 @@ impl Step {
     }
 
     /// Runs assertions on the request (chained after any earlier check).
+    /// Matches any path under this step's path.
+    pub fn any_under(mut self) -> Self {
+        self.prefix = true;
+        self
+    }
+
     pub fn check(mut self, f: impl FnOnce(&Seen) + Send + 'static) -> Self {
         let previous = self.check.take();
         self.check = Some(Box::new(move |s: &Seen| {
@@ -221,8 +230,13 @@ pub async fn serve(mut handle: Handle, steps: Vec<Step>) -> Vec<Seen> {
                 seen.iter().map(Seen::describe).collect::<Vec<_>>()
             );
         };
+        let path = if step.prefix && request.path.starts_with(&step.path) {
+            step.path.as_str()
+        } else {
+            request.path.as_str()
+        };
         assert_eq!(
-            (&request.method, request.path.as_str()),
+            (&request.method, path),
             (&step.method, step.path.as_str()),
             "step {}/{total}: unexpected request {} (query {:?}); seen before: {:?}",
             i + 1,
