@@ -407,6 +407,16 @@ async fn a_young_sandbox_that_lost_every_try_looks_again_while_untried_warm_sand
     // Six fit in the cache, five tried and lost; created just now (no creationTimestamp reads
     // as now): no cold start is recorded, the pass looks again soon with a fresher cache.
     let (result, seen) = one_pass(cached_with_warm(6), taker(None), lost_takes(5)).await;
+    let tried: std::collections::BTreeSet<&str> = seen
+        .iter()
+        .filter(|s| s.method == Method::PATCH)
+        .map(|s| s.path.as_str())
+        .collect();
+    assert_eq!(
+        tried.len(),
+        5,
+        "five different warm sandboxes tried: {tried:?}"
+    );
     let action = result.expect("the pass succeeds");
     assert!(
         (200..=400).any(|ms| action == Action::requeue(Duration::from_millis(ms))),

@@ -184,19 +184,19 @@ mod tests {
         assert_eq!(left, vec![("a".to_string(), "p".to_string())]);
         assert_eq!(index.count("a", "p"), 0);
         // A new sandbox of the same name (another UID) is not removed by the old one's deletion.
-        index.apply_event(&watcher::Event::Apply(sandbox("a", "s9", "new", uses("q"))));
         index.apply_event(&watcher::Event::Apply(sandbox("a", "s9", "old", uses("q"))));
+        index.apply_event(&watcher::Event::Apply(sandbox("a", "s9", "new", uses("q"))));
         index.apply_event(&watcher::Event::Delete(sandbox(
             "a",
             "s9",
-            "new",
+            "old",
             uses("q"),
         )));
         assert_eq!(index.count("a", "q"), 2);
         index.apply_event(&watcher::Event::Delete(sandbox(
             "a",
             "s9",
-            "old",
+            "new",
             uses("q"),
         )));
         assert_eq!(index.count("a", "q"), 1);

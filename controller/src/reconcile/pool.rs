@@ -249,8 +249,16 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
                         .and_then(|a| a.parse().ok());
                     (t.clone(), at)
                 }),
+                // A NameConflict the caches do not explain yet (they may lag the read that
+                // found it) stalls the pool only once it has lasted a while.
                 blocked: status
-                    .filter(|_| !replaceable_conflict(s))
+                    .filter(|st| {
+                        !replaceable_conflict(s)
+                            && !conflict_since(st).is_some_and(|t| {
+                                now.as_millisecond() - t.as_millisecond()
+                                    < CONFLICT_GRACE.as_millis() as i64
+                            })
+                    })
                     .and_then(|st| stalled(&s.name_any(), st)),
             }
         })
@@ -418,6 +426,20 @@ fn name_conflict(st: &crate::api::sandbox::AgentSandboxStatus) -> bool {
             .conditions
             .iter()
             .any(|c| c.type_ == "Ready" && c.reason == "NameConflict")
+}
+
+/// How long a NameConflict the caches do not explain waits before it stalls the pool.
+const CONFLICT_GRACE: Duration = Duration::from_secs(15);
+
+/// Since when a warm sandbox has been blocked by a NameConflict.
+fn conflict_since(st: &crate::api::sandbox::AgentSandboxStatus) -> Option<Timestamp> {
+    if st.phase != Some(SandboxPhase::Blocked) {
+        return None;
+    }
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.reason == "NameConflict")
+        .map(|c| c.last_transition_time.0)
 }
 
 /// Why a warm sandbox cannot become ready without a person: Blocked (the policy cannot be
@@ -725,6 +747,15 @@ mod tests {
 
     #[test]
     fn a_warm_sandbox_in_a_name_conflict_is_replaced_and_a_stalled_one_stalls_the_pool() {
+        let young = crate::api::sandbox::AgentSandboxStatus {
+            phase: Some(SandboxPhase::Blocked),
+            conditions: vec![cond("Ready", "False", "NameConflict")],
+            ..Default::default()
+        };
+        assert_eq!(
+            conflict_since(&young),
+            Some(Timestamp::from_second(0).unwrap())
+        );
         let mut conflict = crate::api::sandbox::AgentSandboxStatus {
             phase: Some(SandboxPhase::Blocked),
             message: Some("Pod x exists and is not controlled by this sandbox".into()),

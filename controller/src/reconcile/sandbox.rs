@@ -713,7 +713,11 @@ pub fn starts_pass(
         }
         // A relist: what it does not list again was deleted unseen, and is forgotten at its end.
         Ok(watcher::Event::Init) => {
-            seen.before_relist = Some(std::mem::take(&mut seen.live));
+            // A relist that restarts keeps what the first one had not listed again yet.
+            let live = std::mem::take(&mut seen.live);
+            seen.before_relist
+                .get_or_insert_with(HashMap::new)
+                .extend(live);
             return true;
         }
         Ok(watcher::Event::InitDone) => {

@@ -100,13 +100,13 @@ impl Step {
         self
     }
 
-    /// Runs assertions on the request (chained after any earlier check).
     /// Matches any path under this step's path.
     pub fn any_under(mut self) -> Self {
         self.prefix = true;
         self
     }
 
+    /// Runs assertions on the request (chained after any earlier check).
     pub fn check(mut self, f: impl FnOnce(&Seen) + Send + 'static) -> Self {
         let previous = self.check.take();
         self.check = Some(Box::new(move |s: &Seen| {
