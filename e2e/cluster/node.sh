@@ -731,10 +731,14 @@ node_operator_image() {
   chmod -R a+rX,go-w "${work}/root"
   chmod 1777 "${work}/root/tmp"
   tar --owner=0 --group=0 --numeric-owner -C "${work}/root" -cf "${work}/layer.tar" .
+  # Built under a scratch tag and tagged <ref> only once complete: pods of the chart may be
+  # pulling <ref> already, and one that pulled between the append and the mutate got an image
+  # without its entrypoint and kept it (IfNotPresent).
   "${BIN_DIR}/crane" append --insecure --platform linux/amd64 -f "${work}/layer.tar" \
-    -t "${REGISTRY}/${ref}" >/dev/null 2>>"${LOG_DIR}/crane.log"
+    -t "${REGISTRY}/${ref}-building" >/dev/null 2>>"${LOG_DIR}/crane.log"
   "${BIN_DIR}/crane" mutate --insecure --entrypoint=/usr/local/bin/palisade --user 65532:65532 \
-    --env PATH=/usr/local/bin:/usr/bin:/bin "${REGISTRY}/${ref}" >/dev/null 2>>"${LOG_DIR}/crane.log"
+    --env PATH=/usr/local/bin:/usr/bin:/bin -t "${REGISTRY}/${ref}" "${REGISTRY}/${ref}-building" \
+    >/dev/null 2>>"${LOG_DIR}/crane.log"
   rm -rf "${work}"
 }
 
