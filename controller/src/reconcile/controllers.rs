@@ -489,6 +489,8 @@ pub async fn run(
     // moved to another policy, gone in a relist) is woken: the shared store tells its
     // subscribers of changes, not of deletions, and only the sandbox's new policy sees those.
     let by_policy = caches.sandboxes_by_policy.clone();
+    // A warm sandbox deleted by someone else wakes its pool (the store tells of changes only).
+    let (warm_gone_tx, warm_gone_rx) = futures::channel::mpsc::unbounded();
     let sandbox_stream = synced(
         reflector::reflector(
             sandbox_writer,
@@ -497,6 +499,9 @@ pub async fn run(
                     for (ns, name) in by_policy.apply_event(event) {
                         let _ = sandbox_gone_tx
                             .unbounded_send(ObjectRef::<AgentPolicy>::new(&name).within(&ns));
+                    }
+                    if let Some(pool) = pool::pool_losing(event) {
+                        let _ = warm_gone_tx.unbounded_send(pool);
                     }
                 }
             }),
@@ -757,6 +762,7 @@ pub async fn run(
             let warm = sandbox_events.filter_map(|s| async move { pool::pool_of(&s) });
             Controller::for_shared_stream(events, pools.clone())
                 .reconcile_on(warm)
+                .reconcile_on(warm_gone_rx)
                 .with_config(
                     kube::runtime::controller::Config::default().concurrency(settings.concurrency),
                 )

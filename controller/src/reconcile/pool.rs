@@ -29,8 +29,8 @@ use super::conditions::{Want, merge};
 use super::ownership::controlled_by;
 use super::{Ctx, Error};
 
-/// A full pool looks again this often (a warm sandbox deleted by someone is not an event it
-/// gets).
+/// A full pool looks again this often (a warm sandbox gone while the watch was down is not an
+/// event it gets).
 const RESYNC_POOL: Duration = Duration::from_secs(30);
 /// Warm sandboxes created in one pass at most (the next pass creates more).
 const CREATE_PER_PASS: usize = 100;
@@ -613,6 +613,18 @@ pub fn pool_of(s: &AgentSandbox) -> Option<ObjectRef<AgentSandboxPool>> {
         .then(|| ObjectRef::new(&owner.name).within(&s.namespace().unwrap_or_default()))
 }
 
+/// The pool a watch event removed a warm sandbox from. The shared store tells its subscribers
+/// of changes only; a warm sandbox deleted at once (no finalizer holds it) would otherwise wait
+/// for the pool's resync to be replaced. Sandboxes gone in a relist are left to the resync.
+pub fn pool_losing(
+    event: &kube::runtime::watcher::Event<AgentSandbox>,
+) -> Option<ObjectRef<AgentSandboxPool>> {
+    match event {
+        kube::runtime::watcher::Event::Delete(s) => pool_of(s),
+        _ => None,
+    }
+}
+
 pub fn error_policy(pool: Arc<AgentSandboxPool>, error: &Error, ctx: Ctx) -> Action {
     ctx.metrics
         .reconcile_error("agentsandboxpool", error.label());
@@ -644,6 +656,39 @@ mod tests {
 
     fn now() -> Timestamp {
         Timestamp::from_second(10_000).unwrap()
+    }
+
+    #[test]
+    fn a_deleted_warm_sandbox_wakes_its_pool_and_nothing_else_does() {
+        use kube::runtime::watcher::Event as WatchEvent;
+        let mut warm = AgentSandbox::new("p-x1", Default::default());
+        warm.metadata.namespace = Some("ns".into());
+        warm.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: crate::api::API_VERSION.into(),
+                kind: "AgentSandboxPool".into(),
+                name: "p".into(),
+                uid: "pool-uid".into(),
+                controller: Some(true),
+                ..Default::default()
+            },
+        ]);
+        assert_eq!(
+            pool_losing(&WatchEvent::Delete(warm.clone())),
+            Some(ObjectRef::new("p").within("ns"))
+        );
+        // Changes reach the pool through the store's subscription, not this way.
+        assert_eq!(pool_losing(&WatchEvent::Apply(warm.clone())), None);
+        assert_eq!(pool_losing(&WatchEvent::InitApply(warm.clone())), None);
+        // A sandbox of no pool, or one owned by a pool without being controlled by it.
+        let mut other = warm.clone();
+        other.metadata.owner_references = None;
+        assert_eq!(pool_losing(&WatchEvent::Delete(other)), None);
+        let mut not_controlled = warm;
+        if let Some(o) = not_controlled.metadata.owner_references.as_mut() {
+            o[0].controller = None;
+        }
+        assert_eq!(pool_losing(&WatchEvent::Delete(not_controlled)), None);
     }
 
     #[test]
