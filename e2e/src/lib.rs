@@ -7,7 +7,7 @@ pub mod sandboxes;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Event, Namespace};
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
@@ -125,6 +125,33 @@ where
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Waits until the namespace holds a Warning event with this reason about the object of this
+/// kind and name (events are read as core/v1 Events, whichever API published them).
+pub async fn wait_warning(
+    client: &Client,
+    ns: &str,
+    about: (&str, &str),
+    reason: &str,
+    timeout: Duration,
+) {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let (kind, name) = about;
+    let what = format!("a Warning event {reason} about {kind} {ns}/{name}");
+    wait_for(&what, timeout, || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.involved_object.kind.as_deref() == Some(kind)
+                    && e.involved_object.name.as_deref() == Some(name)
+            })
+            .then_some(())
+    })
+    .await
 }
 
 /// Reads every YAML document of a file as JSON values.

@@ -14,10 +14,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, LogParams};
 use palisade_e2e::node::{self, Line, PACKAGES_ADDRESS, TOOLS_IMAGE, WORLD_CA, result_of};
-use palisade_e2e::{unique, wait_for};
+use palisade_e2e::{unique, wait_for, wait_warning};
 use serde_json::{Value, json};
 
 /// What runs in the sandbox (python3 -c): each step prints one JSON line as the probe does
@@ -335,20 +335,12 @@ async fn curl_and_pip_reach_a_name_through_the_gateway_and_nothing_else_gets_out
     )
     .await;
     assert!(denials["total"].as_u64().unwrap_or(0) >= 4, "{denials}");
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    wait_for(
-        "an EgressDenied event for the sandbox",
+    wait_warning(
+        &client,
+        &ns,
+        ("AgentSandbox", "agent"),
+        "EgressDenied",
         Duration::from_secs(30),
-        || async {
-            let list = events.list(&ListParams::default()).await.ok()?;
-            list.items
-                .iter()
-                .any(|e| {
-                    e.reason.as_deref() == Some("EgressDenied")
-                        && e.involved_object.name.as_deref() == Some("agent")
-                })
-                .then_some(())
-        },
     )
     .await;
 

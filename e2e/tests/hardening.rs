@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod, ResourceQuota, Service};
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -17,7 +17,7 @@ use palisade_e2e::sandboxes::{
     WAIT, apply_policy, apply_sandbox, basic_sandbox, condition, live_pod_uid, set_pod_phase_until,
     setup, wait_phase,
 };
-use palisade_e2e::{apply_cluster, unique, wait_for};
+use palisade_e2e::{apply_cluster, unique, wait_for, wait_warning};
 use serde_json::json;
 
 async fn running_pod_uid(client: &Client, ns: &str, name: &str) -> String {
@@ -561,21 +561,13 @@ async fn an_api_refusal_reaches_status_and_events() {
     .await;
     let message = s.status.and_then(|st| st.message).unwrap_or_default();
     assert!(message.contains("exceeded quota"), "{message}");
-    let events: Api<CoreEvent> = Api::namespaced(client.clone(), ns);
-    wait_for("a Warning event QuotaExceeded", WAIT, || {
-        let events = events.clone();
-        async move {
-            let list = events.list(&ListParams::default()).await.ok()?;
-            list.items
-                .iter()
-                .any(|e| {
-                    e.reason.as_deref() == Some("QuotaExceeded")
-                        && e.type_.as_deref() == Some("Warning")
-                        && e.involved_object.name.as_deref() == Some("agent")
-                })
-                .then_some(())
-        }
-    })
+    wait_warning(
+        &client,
+        ns,
+        ("AgentSandbox", "agent"),
+        "QuotaExceeded",
+        WAIT,
+    )
     .await;
     quotas
         .delete("no-pods", &DeleteParams::default())

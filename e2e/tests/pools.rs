@@ -15,7 +15,7 @@ use palisade::api::{AgentSandbox, AgentSandboxPool, SandboxPhase};
 use palisade_e2e::sandboxes::{
     WAIT, apply_policy, apply_sandbox, basic_sandbox, setup, wait_phase,
 };
-use palisade_e2e::{apply_palisade, unique, wait_for};
+use palisade_e2e::{apply_palisade, unique, wait_for, wait_warning};
 use serde_json::{Value, json};
 
 const POOL_LABEL: &str = "palisade.dev/pool";
@@ -583,19 +583,13 @@ async fn a_pool_whose_warm_pods_a_quota_refuses_is_stalled_with_the_reason_and_a
         "{}",
         stalled.message
     );
-    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
-    wait_for("a Warning event on the pool", WAIT, || async {
-        let list = events.list(&Default::default()).await.ok()?;
-        list.items
-            .iter()
-            .any(|e| {
-                e.reason.as_deref() == Some("WarmSandboxBlocked")
-                    && e.type_.as_deref() == Some("Warning")
-                    && e.involved_object.kind.as_deref() == Some("AgentSandboxPool")
-                    && e.involved_object.name.as_deref() == Some("held")
-            })
-            .then_some(())
-    })
+    wait_warning(
+        &client,
+        ns,
+        ("AgentSandboxPool", "held"),
+        "WarmSandboxBlocked",
+        WAIT,
+    )
     .await;
     // Lifted: the warm sandbox starts (retried with backoff) and the pool becomes Ready.
     quotas
