@@ -177,6 +177,35 @@ async fn a_sandbox_takes_a_ready_warm_sandbox_without_recreating_it_and_the_pool
 }
 
 #[tokio::test]
+async fn a_warm_sandbox_deleted_by_hand_is_replaced_without_waiting_for_the_resync() {
+    let ns = &unique("pool-gone");
+    let client = setup(ns).await;
+    apply_policy(&client, ns, "p", json!({"network": {"dns": "none"}})).await;
+    apply_palisade::<AgentSandboxPool>(&client, ns, "warm", pool_spec(2, basic_sandbox("p"))).await;
+    let warm = wait_ready(&client, ns, "warm", 2).await;
+    let gone = warm.keys().next().expect("a warm sandbox").clone();
+    // Deleted at once (no finalizer holds a sandbox): the watch's Delete event is all the
+    // operator hears of it.
+    Api::<AgentSandbox>::namespaced(client.clone(), ns)
+        .delete(&gone, &DeleteParams::default())
+        .await
+        .expect("delete a warm sandbox");
+    // The pool's last pass was when it became Ready, just before; its resync would come 30 s
+    // after that. Half of it is far more than the deletion's own wake needs (under a second).
+    wait_for(
+        "a replacement for the deleted warm sandbox",
+        Duration::from_secs(15),
+        || async {
+            let now = warm_of(&client, ns, "warm").await;
+            (now.len() == 2 && !now.contains_key(&gone)).then_some(())
+        },
+    )
+    .await;
+    let refilled = wait_ready(&client, ns, "warm", 2).await;
+    assert!(!refilled.contains_key(&gone), "{refilled:?}");
+}
+
+#[tokio::test]
 async fn concurrent_sandboxes_never_take_the_same_warm_sandbox() {
     let ns = &unique("pool-race");
     let client = setup(ns).await;

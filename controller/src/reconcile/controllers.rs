@@ -489,8 +489,12 @@ pub async fn run(
     // moved to another policy, gone in a relist) is woken: the shared store tells its
     // subscribers of changes, not of deletions, and only the sandbox's new policy sees those.
     let by_policy = caches.sandboxes_by_policy.clone();
-    // A warm sandbox deleted by someone else wakes its pool (the store tells of changes only).
+    // A warm sandbox deleted by someone else wakes its pool, and a relist every pool (the store
+    // tells its subscribers of changes only). Sent once the store holds the event, so the
+    // woken pass never counts the deleted sandbox.
     let (warm_gone_tx, warm_gone_rx) = futures::channel::mpsc::unbounded();
+    let (relisted_tx, relisted_rx) = futures::channel::mpsc::unbounded();
+    let ctx_wake = ctx.clone();
     let sandbox_stream = synced(
         reflector::reflector(
             sandbox_writer,
@@ -500,12 +504,21 @@ pub async fn run(
                         let _ = sandbox_gone_tx
                             .unbounded_send(ObjectRef::<AgentPolicy>::new(&name).within(&ns));
                     }
-                    if let Some(pool) = pool::pool_losing(event) {
-                        let _ = warm_gone_tx.unbounded_send(pool);
-                    }
                 }
             }),
-        ),
+        )
+        .inspect(move |event| {
+            let Ok(event) = event else { return };
+            match pool::on_sandbox_event(event, &ctx_wake.pool_expectations) {
+                Some(pool::Wake::Pool(p)) => {
+                    let _ = warm_gone_tx.unbounded_send(p);
+                }
+                Some(pool::Wake::Every) => {
+                    let _ = relisted_tx.unbounded_send(());
+                }
+                None => {}
+            }
+        }),
         g_sandboxes,
     )
     // The operator's own status writes start no pass.
@@ -763,6 +776,7 @@ pub async fn run(
             Controller::for_shared_stream(events, pools.clone())
                 .reconcile_on(warm)
                 .reconcile_on(warm_gone_rx)
+                .reconcile_all_on(relisted_rx)
                 .with_config(
                     kube::runtime::controller::Config::default().concurrency(settings.concurrency),
                 )
@@ -773,6 +787,7 @@ pub async fn run(
         }
         _ => {
             tracing::error!("the pool or sandbox store cannot be shared; pools are off");
+            drop((warm_gone_rx, relisted_rx));
             futures::future::ready(()).boxed()
         }
     };

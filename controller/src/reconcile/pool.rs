@@ -179,6 +179,17 @@ impl Expectations {
             .push((name, std::time::Instant::now()));
     }
 
+    /// A warm sandbox deleted: no longer expected, whether a pass saw it or not.
+    pub fn forget(&self, pool: &str, name: &str) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = m.get_mut(pool) {
+            list.retain(|(n, _)| n != name);
+            if list.is_empty() {
+                m.remove(pool);
+            }
+        }
+    }
+
     /// Names still expected (not in `seen`, created less than 30 s ago).
     fn pending(&self, pool: &str, seen: &dyn Fn(&str) -> bool) -> Vec<String> {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -404,8 +415,9 @@ pub async fn reconcile(pool: Arc<AgentSandboxPool>, ctx: Ctx) -> Result<Action, 
             )
             .await?;
     }
-    // Passes are triggered by the sandbox cache's updates, not by deletions: a pool not yet
-    // full looks again soon, a full one every 30 s (nothing is written while nothing changes).
+    // Passes are triggered by the sandbox cache's updates and by warm sandboxes' deletions and
+    // relists; a pool not yet full looks again soon, a full one every 30 s (nothing is written
+    // while nothing changes).
     if let Some(e) = refused {
         return Err(e);
     }
@@ -613,14 +625,31 @@ pub fn pool_of(s: &AgentSandbox) -> Option<ObjectRef<AgentSandboxPool>> {
         .then(|| ObjectRef::new(&owner.name).within(&s.namespace().unwrap_or_default()))
 }
 
-/// The pool a watch event removed a warm sandbox from. The shared store tells its subscribers
-/// of changes only; a warm sandbox deleted at once (no finalizer holds it) would otherwise wait
-/// for the pool's resync to be replaced. Sandboxes gone in a relist are left to the resync.
-pub fn pool_losing(
+/// Which pools a sandbox watch event wakes once the sandbox cache holds it. The shared store
+/// tells its subscribers of changes only: a warm sandbox deleted at once (no finalizer holds
+/// it) would otherwise wait for the pool's resync to be replaced, and a relist, which re-sends
+/// what it found, says nothing to a pool left with no warm sandbox at all.
+#[derive(Debug, PartialEq)]
+pub enum Wake {
+    Pool(ObjectRef<AgentSandboxPool>),
+    Every,
+}
+
+/// The pools to wake for a sandbox watch event. A deleted warm sandbox is no longer expected
+/// by its pool (one deleted before any pass saw it would otherwise count as on its way for
+/// 30 s, and the woken pass would create nothing).
+pub fn on_sandbox_event(
     event: &kube::runtime::watcher::Event<AgentSandbox>,
-) -> Option<ObjectRef<AgentSandboxPool>> {
+    expected: &Expectations,
+) -> Option<Wake> {
     match event {
-        kube::runtime::watcher::Event::Delete(s) => pool_of(s),
+        kube::runtime::watcher::Event::Delete(s) => {
+            let owner = super::ownership::controller_of(s.meta())
+                .filter(|o| o.kind == "AgentSandboxPool")?;
+            expected.forget(&owner.uid, &s.name_any());
+            pool_of(s).map(Wake::Pool)
+        }
+        kube::runtime::watcher::Event::InitDone => Some(Wake::Every),
         _ => None,
     }
 }
@@ -659,7 +688,7 @@ mod tests {
     }
 
     #[test]
-    fn a_deleted_warm_sandbox_wakes_its_pool_and_nothing_else_does() {
+    fn a_deleted_warm_sandbox_wakes_its_pool_unexpected_and_a_relist_wakes_every_pool() {
         use kube::runtime::watcher::Event as WatchEvent;
         let mut warm = AgentSandbox::new("p-x1", Default::default());
         warm.metadata.namespace = Some("ns".into());
@@ -673,22 +702,47 @@ mod tests {
                 ..Default::default()
             },
         ]);
-        assert_eq!(
-            pool_losing(&WatchEvent::Delete(warm.clone())),
-            Some(ObjectRef::new("p").within("ns"))
-        );
+        let expected = Expectations::default();
+        expected.created("pool-uid", "p-x1".into());
+        expected.created("pool-uid", "p-x2".into());
         // Changes reach the pool through the store's subscription, not this way.
-        assert_eq!(pool_losing(&WatchEvent::Apply(warm.clone())), None);
-        assert_eq!(pool_losing(&WatchEvent::InitApply(warm.clone())), None);
+        assert_eq!(
+            on_sandbox_event(&WatchEvent::Apply(warm.clone()), &expected),
+            None
+        );
+        assert_eq!(
+            on_sandbox_event(&WatchEvent::InitApply(warm.clone()), &expected),
+            None
+        );
+        assert_eq!(expected.pending("pool-uid", &|_| false).len(), 2);
+        assert_eq!(
+            on_sandbox_event(&WatchEvent::Delete(warm.clone()), &expected),
+            Some(Wake::Pool(ObjectRef::new("p").within("ns")))
+        );
+        // Deleted before any pass saw it: expected no more (the other one still is).
+        assert_eq!(
+            expected.pending("pool-uid", &|_| false),
+            vec!["p-x2".to_string()]
+        );
+        assert_eq!(
+            on_sandbox_event(&WatchEvent::InitDone, &expected),
+            Some(Wake::Every)
+        );
         // A sandbox of no pool, or one owned by a pool without being controlled by it.
         let mut other = warm.clone();
         other.metadata.owner_references = None;
-        assert_eq!(pool_losing(&WatchEvent::Delete(other)), None);
+        assert_eq!(
+            on_sandbox_event(&WatchEvent::Delete(other), &expected),
+            None
+        );
         let mut not_controlled = warm;
         if let Some(o) = not_controlled.metadata.owner_references.as_mut() {
             o[0].controller = None;
         }
-        assert_eq!(pool_losing(&WatchEvent::Delete(not_controlled)), None);
+        assert_eq!(
+            on_sandbox_event(&WatchEvent::Delete(not_controlled), &expected),
+            None
+        );
     }
 
     #[test]
