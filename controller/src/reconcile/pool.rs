@@ -510,58 +510,49 @@ pub fn warm_name(pool: &str, random: &[u8; 5]) -> String {
     format!("{prefix}-{suffix}")
 }
 
-/// Whether a name is free for a new warm sandbox as far as the caches know: no sandbox has it,
-/// and no pod, ServiceAccount or NetworkPolicy a sandbox took from an earlier warm sandbox of
-/// that name holds one of the names it would need (its children keep their names when they
-/// move). An object outside the caches that holds one is met as a NameConflict, and that warm
-/// sandbox is replaced under another name.
-fn name_free(ctx: &Ctx, ns: &str, name: &str) -> bool {
+/// The children a sandbox named `name` would have (pod, ServiceAccount, NetworkPolicy,
+/// Service, workspace claim), as the caches hold them: children keep their names when a
+/// sandbox takes them from a warm sandbox.
+fn children_named(ctx: &Ctx, ns: &str, name: &str) -> [Option<ObjectMeta>; 5] {
+    fn at<K: Resource<DynamicType = ()>>(name: &str, ns: &str) -> ObjectRef<K> {
+        ObjectRef::new(name).within(ns)
+    }
     let c = &ctx.caches;
-    c.sandboxes.get(&ObjectRef::new(name).within(ns)).is_none()
-        && c.pods.get(&ObjectRef::new(name).within(ns)).is_none()
-        && c.service_accounts
-            .get(&ObjectRef::new(&service_account_name(name)).within(ns))
-            .is_none()
-        && c.network_policies
-            .get(&ObjectRef::new(&isolation_name(name)).within(ns))
-            .is_none()
-        && c.services.get(&ObjectRef::new(name).within(ns)).is_none()
-        && c.claims
-            .get(&ObjectRef::new(&workspace_claim_name(name)).within(ns))
-            .is_none()
+    [
+        c.pods.get(&at(name, ns)).map(|o| o.metadata.clone()),
+        c.service_accounts
+            .get(&at(&service_account_name(name), ns))
+            .map(|o| o.metadata.clone()),
+        c.network_policies
+            .get(&at(&isolation_name(name), ns))
+            .map(|o| o.metadata.clone()),
+        c.services.get(&at(name, ns)).map(|o| o.metadata.clone()),
+        c.claims
+            .get(&at(&workspace_claim_name(name), ns))
+            .map(|o| o.metadata.clone()),
+    ]
+}
+
+/// Whether a name is free for a new warm sandbox as far as the caches know: no sandbox has it,
+/// and none of the names it would need is held (by children a sandbox took from an earlier
+/// warm sandbox of that name, or anything else). An object outside the caches that holds one
+/// is met as a NameConflict, and that warm sandbox is replaced under another name.
+fn name_free(ctx: &Ctx, ns: &str, name: &str) -> bool {
+    ctx.caches
+        .sandboxes
+        .get(&ObjectRef::new(name).within(ns))
+        .is_none()
+        && children_named(ctx, ns, name).iter().all(Option::is_none)
 }
 
 /// Whether one of the names warm sandbox `name` (UID `uid`) needs is held by a child another
 /// sandbox controls (as the caches of the operator's children show).
 fn held_by_another_sandbox(ctx: &Ctx, ns: &str, name: &str, uid: &str) -> bool {
-    let c = &ctx.caches;
-    let other = |meta: Option<ObjectMeta>| {
+    children_named(ctx, ns, name).iter().any(|meta| {
         meta.as_ref()
             .and_then(super::ownership::controlling_sandbox)
             .is_some_and(|o| o.uid != uid)
-    };
-    let at = |n: &str| ObjectRef::new(n).within(ns);
-    other(c.pods.get(&at(name)).map(|o| o.metadata.clone()))
-        || other(
-            c.service_accounts
-                .get(&ObjectRef::new(&service_account_name(name)).within(ns))
-                .map(|o| o.metadata.clone()),
-        )
-        || other(
-            c.network_policies
-                .get(&ObjectRef::new(&isolation_name(name)).within(ns))
-                .map(|o| o.metadata.clone()),
-        )
-        || other(
-            c.services
-                .get(&ObjectRef::new(name).within(ns))
-                .map(|o| o.metadata.clone()),
-        )
-        || other(
-            c.claims
-                .get(&ObjectRef::new(&workspace_claim_name(name)).within(ns))
-                .map(|o| o.metadata.clone()),
-        )
+    })
 }
 
 /// Creates a warm sandbox under a name no object the caches know uses (an API server's
